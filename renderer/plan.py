@@ -1,0 +1,285 @@
+"""The plan: every process of a version, with what it runs and the environment it gets.
+
+The plan has two consumers, which is why dev and production cannot drift:
+
+* the templates (renderer.render) turn it into Kubernetes objects;
+* `kai dev` (runner.supervisor) starts it as local processes.
+
+Environment names come from runner.contract, the one definition both sides share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from runner import contract
+
+from .krt import Version
+from .project import PUBLISHED, STARTED, ConfigSource, Project, Resources
+
+MANAGED_BY = "kai"
+ENTRYPOINT = "entrypoint"
+NODE = "node"
+ACTIVE_SERVICE = "active-entrypoint"
+MAX_NAME = 63  # DNS-1123 / DNS-1035 label and label-value limit
+HASH_LEN = 10
+CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024  # leave room for metadata under etcd's 1 MiB
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process (a Deployment in the cluster, a child process in `kai dev`)."""
+
+    name: str  # Kubernetes object name
+    component: str  # ENTRYPOINT or NODE
+    node: str | None  # the node's name in krt.yml, None for the entrypoint
+    image: str
+    command: tuple[str, ...]
+    env: dict[str, str]  # the contract environment, with cluster paths
+    ports: tuple[Port, ...]
+    replicas: int
+    gpu: bool
+    labels: dict[str, str]
+    selector: dict[str, str]
+    resources: Resources
+    secret_env: tuple[str, ...] = ()  # config variables, from the version's Secret
+    secret_files: tuple[str, ...] = ()  # config files, mounted from the version's Secret
+
+    def local_env(self, version_dir: Path, nats_url: str, config_dir: Path,
+                  ports: dict[str, int] | None = None) -> dict[str, str]:
+        """The same environment with the paths and addresses of one local machine."""
+        env = dict(self.env)
+        env[contract.ENV_VERSION_DIR] = str(version_dir)
+        env[contract.ENV_NATS_URL] = nats_url
+        env[contract.ENV_CONFIG_DIR] = str(config_dir)
+        for key, value in (ports or {}).items():
+            env[key] = str(value)
+        return env
+
+
+@dataclass(frozen=True)
+class VersionPlan:
+    project: str
+    namespace: str
+    version: str
+    description: str
+    state: str
+    service_name: str  # the version's name, or ACTIVE_SERVICE when published
+    processes: tuple[Process, ...]
+    files: dict[str, bytes]  # version-relative posix path -> content (proto + node sources)
+    configmap_name: str
+    config_variables: tuple[str, ...] = ()
+    config_files: tuple[str, ...] = ()
+    config_source: ConfigSource | None = None
+    workflows: tuple[contract.Workflow, ...] = field(default_factory=tuple)
+
+    @property
+    def published(self) -> bool:
+        return self.state == PUBLISHED
+
+    @property
+    def entrypoint(self) -> Process:
+        return next(p for p in self.processes if p.component == ENTRYPOINT)
+
+    @property
+    def nodes(self) -> tuple[Process, ...]:
+        return tuple(p for p in self.processes if p.component == NODE)
+
+    @property
+    def secret_name(self) -> str | None:
+        return self.config_source.secret if self.config_source else None
+
+    @property
+    def files_size(self) -> int:
+        return sum(len(v) for v in self.files.values())
+
+
+class PlanError(Exception):
+    """The version cannot be planned as asked (too large for a ConfigMap, ...)."""
+
+
+# --- derived names -------------------------------------------------------------
+
+
+def entrypoint_name(version: str) -> str:
+    return f"{version}-{ENTRYPOINT}"
+
+
+def node_process_name(version: str, node: str) -> str:
+    return f"{version}-{node}"
+
+
+def configmap_name(version: str, files: dict[str, bytes]) -> str:
+    return f"{version}-files-{content_hash(files)}"
+
+
+def content_hash(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(files[path]).digest())
+    return h.hexdigest()[:HASH_LEN]
+
+
+def derived_names(version: Version) -> list[tuple[str, str]]:
+    """Every Kubernetes name (or label value) a manifest value ends up in.
+
+    Returns (name, field path that caused it); validation checks each fits MAX_NAME.
+    """
+    v = version.name
+    out = [
+        (v, "version"),
+        (entrypoint_name(v), "version"),
+        (f"{v}-files-" + "0" * HASH_LEN, "version"),
+    ]
+    for i, node in enumerate(version.nodes):
+        out.append((node_process_name(v, node.name), f"nodes[{i}].name"))
+    return out
+
+
+# --- building the plan ------------------------------------------------------------
+
+
+def version_files(version: Version) -> dict[str, bytes]:
+    """The files a version's pods need: its proto(s) and each node's source folder."""
+    root = version.directory
+    files: dict[str, bytes] = {}
+    proto_dir = PurePosixPath(version.proto).parent
+    for path in _walk(root / proto_dir):
+        if path.suffix == ".proto":
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+    for node in version.nodes:
+        folder = PurePosixPath(node.src).parent
+        for path in _walk(root / folder):
+            rel = path.relative_to(root).as_posix()
+            if folder == PurePosixPath(".") and path.suffix not in (".py", ".proto"):
+                continue  # a node at the version root: take only code, not the whole tree
+            files[rel] = path.read_bytes()
+    return dict(sorted(files.items()))
+
+
+def _walk(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        parts = path.relative_to(folder).parts
+        if any(p == "__pycache__" or p.startswith(".") for p in parts) or path.suffix == ".pyc":
+            continue
+        out.append(path)
+    return out
+
+
+def labels(project: str, version: str, component: str, name: str, instance: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/part-of": project,
+        "app.kubernetes.io/version": version,
+    }
+
+
+def build_plan(project: Project, version: Version, state: str | None = None) -> VersionPlan:
+    """The plan of one version in a project. `state` defaults to the desired state in kai.yaml."""
+    state = state or project.state_of(version.name)
+    vs = project.versions.get(version.name)
+    v = version.name
+    workflows = tuple(
+        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
+    )
+    files = version_files(version)
+    if sum(len(b) for b in files.values()) > CONFIGMAP_LIMIT:
+        raise PlanError(
+            f"version {v}: its proto and node sources total "
+            f"{sum(len(b) for b in files.values())} bytes, more than a ConfigMap holds "
+            f"({CONFIGMAP_LIMIT}); build an image with the code baked in and point the "
+            "nodes' `image` at it"
+        )
+    base = contract.RunnerEnv(
+        project=project.name,
+        version=v,
+        version_dir=contract.VERSION_MOUNT,
+        proto=version.proto,
+        workflows=workflows,
+        nats_url=project.nats.url,
+        config_variables=version.config.variables,
+        config_files=version.config.files,
+        config_dir=contract.CONFIG_MOUNT,
+        storage=project.nats.storage,
+    )
+    ep_name = entrypoint_name(v)
+    ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, ep_name)
+    ep_labels.update({"type": ENTRYPOINT, "version-name": ep_name})
+    processes = [
+        Process(
+            name=ep_name,
+            component=ENTRYPOINT,
+            node=None,
+            image=version.entrypoint_image,
+            command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
+            env=base.to_environ(),
+            ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
+            replicas=1,
+            gpu=False,
+            labels=ep_labels,
+            selector={"type": ENTRYPOINT, "version-name": ep_name},
+            resources=project.resources,
+        )
+    ]
+    for node in sorted(version.nodes, key=lambda n: n.name):
+        name = node_process_name(v, node.name)
+        env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
+        node_labels = labels(project.name, v, NODE, node.name, name)
+        node_labels.update({"type": NODE, "version-name": v})
+        processes.append(
+            Process(
+                name=name,
+                component=NODE,
+                node=node.name,
+                image=node.image,
+                command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
+                env=env.to_environ(),
+                ports=(Port("metrics", contract.NODE_WEB_PORT),),
+                replicas=node.replicas,
+                gpu=node.gpu,
+                labels=node_labels,
+                selector={"app.kubernetes.io/instance": name},
+                resources=project.resources,
+                secret_env=version.config.variables,
+                secret_files=version.config.files,
+            )
+        )
+    return VersionPlan(
+        project=project.name,
+        namespace=project.namespace,
+        version=v,
+        description=version.description,
+        state=state,
+        service_name=ACTIVE_SERVICE if state == PUBLISHED else v,
+        processes=tuple(processes),
+        files=files,
+        configmap_name=configmap_name(v, files),
+        config_variables=version.config.variables,
+        config_files=version.config.files,
+        config_source=vs.config if vs else None,
+        workflows=workflows,
+    )
+
+
+def is_running(state: str) -> bool:
+    """Started and published versions render; stopped ones render nothing."""
+    return state in (STARTED, PUBLISHED)

@@ -1,0 +1,47 @@
+"""One clear line per mistake in a user's input.
+
+Every check of user input (krt.yml, kai.yaml, a .krt archive, the proto)
+reports :class:`Problem` values; commands print them one per line and exit 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """A mistake at a place in a file: `file:line:col: path: message`.
+
+    `line` and `col` are 1-based; 0 means the position is unknown. `path` is the
+    field path inside the document, like `workflows[0].sequential[1]`.
+    """
+
+    file: str
+    line: int = 0
+    col: int = 0
+    path: str = ""
+    message: str = ""
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}:{self.col}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class InputError(Exception):
+    """Input that cannot be used; carries every problem found, sorted by position."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))

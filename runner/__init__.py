@@ -1,0 +1,6 @@
+"""KAI runner: the node SDK, node and entrypoint processes, NATS JetStream transport.
+
+The runner never imports the renderer: the runner image carries only this package.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,242 @@
+"""The environment contract between the renderer and the runner.
+
+Everything a runner process needs to know arrives as environment variables
+whose names are defined here, once. The renderer imports this module to build
+the plan (and so the Kubernetes manifests and `kai dev`); the runner reads the
+same names back with :func:`RunnerEnv.from_environ`. NATS subjects, stream and
+consumer names and message headers are derived here too, so both sides agree.
+
+This module must stay free of third-party imports: it is imported by the
+renderer and at the very start of every runner process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# --- environment variable names -------------------------------------------
+
+ENV_NATS_URL = "KAI_NATS_URL"
+ENV_PROJECT = "KAI_PROJECT"
+ENV_VERSION = "KAI_VERSION"
+ENV_NODE = "KAI_NODE"  # set for node processes only
+ENV_VERSION_DIR = "KAI_VERSION_DIR"  # where the version's files are (proto, src/...)
+ENV_HANDLER = "KAI_HANDLER"  # node: src path relative to the version dir
+ENV_PROTO = "KAI_PROTO"  # proto path relative to the version dir
+ENV_WORKFLOWS = "KAI_WORKFLOWS"  # JSON: [{"name", "rpc", "chain": [node, ...]}, ...]
+ENV_CONFIG_VARIABLES = "KAI_CONFIG_VARIABLES"  # comma-separated declared variable names
+ENV_CONFIG_FILES = "KAI_CONFIG_FILES"  # comma-separated declared file names
+ENV_CONFIG_DIR = "KAI_CONFIG_DIR"  # directory where config files are mounted
+ENV_GRPC_PORT = "KAI_GRPC_PORT"
+ENV_WEB_PORT = "KAI_WEB_PORT"  # entrypoint: /proto /healthz /readyz /metrics; node: same minus /proto
+ENV_REQUEST_TIMEOUT = "KAI_REQUEST_TIMEOUT"  # seconds, used when the client sets no deadline
+ENV_STORAGE = "KAI_STORAGE"  # "file" or "memory": JetStream storage of the streams
+ENV_MAX_DELIVER = "KAI_MAX_DELIVER"
+ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
+ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
+
+# --- defaults ----------------------------------------------------------------
+
+GRPC_PORT = 9000
+WEB_PORT = 8080
+NODE_WEB_PORT = 9090
+VERSION_MOUNT = "/opt/kai/version"  # where the version ConfigMap is mounted in a pod
+CONFIG_MOUNT = "/opt/kai/config"  # where declared config files are mounted in a pod
+TMP_DIR = "/tmp"
+DEFAULT_NATS_URL = "nats://nats.kai-system.svc:4222"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_STORAGE = "file"
+DEFAULT_MAX_DELIVER = 5
+DEFAULT_ACK_WAIT = 30.0
+
+# The runner image's command; the subcommand selects the process role.
+RUNNER_COMMAND: tuple[str, ...] = ("python", "-m", "runner")
+ROLE_NODE = "node"
+ROLE_ENTRYPOINT = "entrypoint"
+
+# --- message headers ---------------------------------------------------------
+
+HDR_REQUEST_ID = "Kai-Request-Id"
+HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
+HDR_REPLY = "Kai-Reply"  # the entrypoint's inbox subject for the final answer
+HDR_WORKFLOW = "Kai-Workflow"
+HDR_STATUS = "Kai-Status"  # on replies: a grpc.StatusCode name, "OK" on success
+HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
+HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id
+
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _token(value: str) -> str:
+    """Make a value safe as one NATS subject token or stream-name part."""
+    return _TOKEN.sub("_", value)
+
+
+def stream_name(project: str, version: str, workflow: str) -> str:
+    """The JetStream stream of one workflow of one version."""
+    return f"KAI_{_token(project)}_{_token(version)}_{_token(workflow)}"
+
+
+def stream_subjects(project: str, version: str, workflow: str) -> str:
+    """The subject filter a workflow's stream captures."""
+    return f"kai.{_token(project)}.{_token(version)}.{_token(workflow)}.>"
+
+
+def step_subject(project: str, version: str, workflow: str, step: int) -> str:
+    """The subject that carries the input of step `step` (0-based) of a chain."""
+    return f"kai.{_token(project)}.{_token(version)}.{_token(workflow)}.s{step}"
+
+
+def consumer_name(step: int, node: str) -> str:
+    """The durable consumer of one step, shared by all replicas of its node."""
+    return f"s{step}-{_token(node)}"
+
+
+def reply_prefix(project: str, version: str) -> str:
+    """Entrypoint inbox subjects start with this (core NATS, not stored)."""
+    return f"_KAI_REPLY.{_token(project)}.{_token(version)}"
+
+
+def data_stream_name(project: str) -> str:
+    """The project's stream for predictions, measurements and db documents."""
+    return f"KAI_{_token(project)}_DATA"
+
+
+def data_subjects(project: str) -> str:
+    return f"kai-data.{_token(project)}.>"
+
+
+def data_subject(project: str, kind: str, *parts: str) -> str:
+    """A subject in the project's data stream, e.g. (p, "db", version, collection)."""
+    tail = ".".join(_token(p) for p in parts)
+    return f"kai-data.{_token(project)}.{_token(kind)}" + (f".{tail}" if tail else "")
+
+
+# --- typed view of the environment ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow as the runner sees it: an rpc bound to a chain of nodes."""
+
+    name: str
+    rpc: str
+    chain: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "rpc": self.rpc, "chain": list(self.chain)}
+
+
+def encode_workflows(workflows: list[Workflow] | tuple[Workflow, ...]) -> str:
+    return json.dumps([w.to_json() for w in workflows], separators=(",", ":"), sort_keys=True)
+
+
+def decode_workflows(raw: str) -> tuple[Workflow, ...]:
+    items = json.loads(raw)
+    return tuple(Workflow(i["name"], i["rpc"], tuple(i["chain"])) for i in items)
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(x for x in (p.strip() for p in raw.split(",")) if x)
+
+
+class ContractError(ValueError):
+    """The environment does not satisfy the contract (a missing or bad variable)."""
+
+
+@dataclass(frozen=True)
+class RunnerEnv:
+    """All settings a runner process takes from its environment."""
+
+    project: str
+    version: str
+    version_dir: str
+    proto: str
+    workflows: tuple[Workflow, ...]
+    nats_url: str = DEFAULT_NATS_URL
+    node: str | None = None
+    handler: str | None = None
+    config_variables: tuple[str, ...] = ()
+    config_files: tuple[str, ...] = ()
+    config_dir: str = CONFIG_MOUNT
+    grpc_port: int = GRPC_PORT
+    web_port: int = WEB_PORT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    storage: str = DEFAULT_STORAGE
+    max_deliver: int = DEFAULT_MAX_DELIVER
+    ack_wait: float = DEFAULT_ACK_WAIT
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_environ(self) -> dict[str, str]:
+        """The variables, as strings, in a stable order."""
+        env = {
+            ENV_NATS_URL: self.nats_url,
+            ENV_PROJECT: self.project,
+            ENV_VERSION: self.version,
+            ENV_VERSION_DIR: self.version_dir,
+            ENV_PROTO: self.proto,
+            ENV_WORKFLOWS: encode_workflows(self.workflows),
+            ENV_CONFIG_VARIABLES: ",".join(self.config_variables),
+            ENV_CONFIG_FILES: ",".join(self.config_files),
+            ENV_CONFIG_DIR: self.config_dir,
+            ENV_GRPC_PORT: str(self.grpc_port),
+            ENV_WEB_PORT: str(self.web_port),
+            ENV_REQUEST_TIMEOUT: _num(self.request_timeout),
+            ENV_STORAGE: self.storage,
+            ENV_MAX_DELIVER: str(self.max_deliver),
+            ENV_ACK_WAIT: _num(self.ack_wait),
+            ENV_LOG_LEVEL: self.log_level,
+        }
+        if self.node is not None:
+            env[ENV_NODE] = self.node
+        if self.handler is not None:
+            env[ENV_HANDLER] = self.handler
+        env.update(self.extra)
+        return dict(sorted(env.items()))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> RunnerEnv:
+        e = os.environ if environ is None else environ
+
+        def need(name: str) -> str:
+            value = e.get(name, "")
+            if not value:
+                raise ContractError(f"environment variable {name} is not set")
+            return value
+
+        try:
+            workflows = decode_workflows(need(ENV_WORKFLOWS))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContractError(f"{ENV_WORKFLOWS} is not valid: {exc}") from None
+        try:
+            return cls(
+                project=need(ENV_PROJECT),
+                version=need(ENV_VERSION),
+                version_dir=need(ENV_VERSION_DIR),
+                proto=need(ENV_PROTO),
+                workflows=workflows,
+                nats_url=e.get(ENV_NATS_URL) or DEFAULT_NATS_URL,
+                node=e.get(ENV_NODE) or None,
+                handler=e.get(ENV_HANDLER) or None,
+                config_variables=_split(e.get(ENV_CONFIG_VARIABLES, "")),
+                config_files=_split(e.get(ENV_CONFIG_FILES, "")),
+                config_dir=e.get(ENV_CONFIG_DIR) or CONFIG_MOUNT,
+                grpc_port=int(e.get(ENV_GRPC_PORT) or GRPC_PORT),
+                web_port=int(e.get(ENV_WEB_PORT) or WEB_PORT),
+                request_timeout=float(e.get(ENV_REQUEST_TIMEOUT) or DEFAULT_REQUEST_TIMEOUT),
+                storage=e.get(ENV_STORAGE) or DEFAULT_STORAGE,
+                max_deliver=int(e.get(ENV_MAX_DELIVER) or DEFAULT_MAX_DELIVER),
+                ack_wait=float(e.get(ENV_ACK_WAIT) or DEFAULT_ACK_WAIT),
+                log_level=e.get(ENV_LOG_LEVEL) or "INFO",
+            )
+        except ValueError as exc:
+            raise ContractError(f"bad number in the environment: {exc}") from None
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

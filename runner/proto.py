@@ -1,0 +1,166 @@
+"""Compile a version's .proto in process with grpcio-tools.
+
+Both sides use this: the renderer to validate a version (the rpc exists and is
+unary), the runner to serve the rpcs through generic handlers and to build the
+message classes node code works with. No generated code is needed on disk,
+except the `<stem>_pb2.py` that :func:`generate_pb2` writes for node code that
+imports it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+_LOCK = threading.Lock()
+_PROTOC_LINE = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<msg>.*)$")
+
+
+@dataclass(frozen=True)
+class ProtoProblem:
+    """One protoc diagnostic: the file (relative to the include root), 1-based position."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.col}: {self.message}"
+        return f"{self.file}: {self.message}"
+
+
+class ProtoError(Exception):
+    """The proto does not compile. `problems` holds every diagnostic protoc gave."""
+
+    def __init__(self, problems: list[ProtoProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems) or "protoc failed")
+
+
+def _wkt_include() -> str:
+    return str(resources.files("grpc_tools") / "_proto")
+
+
+def _run_protoc(args: list[str]) -> tuple[int, str]:
+    """Run protoc in process and capture what it writes to stderr (fd 2)."""
+    from grpc_tools import protoc
+
+    with _LOCK, tempfile.TemporaryFile(mode="w+b") as err:
+        saved = os.dup(2)
+        try:
+            os.dup2(err.fileno(), 2)
+            code = protoc.main(["protoc", *args])
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        return code, err.read().decode("utf-8", "replace")
+
+
+def _relative(file: str, root: Path) -> str:
+    try:
+        return str(Path(file).relative_to(root))
+    except ValueError:
+        return file
+
+
+def _problems(stderr: str, default_file: str, root: Path) -> list[ProtoProblem]:
+    out: list[ProtoProblem] = []
+    for raw in stderr.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        m = _PROTOC_LINE.match(line)
+        if m:
+            out.append(
+                ProtoProblem(_relative(m["file"], root), int(m["line"]), int(m["col"]), m["msg"].strip())
+            )
+        else:
+            out.append(ProtoProblem(default_file, 0, 0, line))
+    return out
+
+
+@dataclass
+class CompiledProto:
+    """A compiled proto: its descriptors, message classes and service."""
+
+    file_set: descriptor_pb2.FileDescriptorSet
+    pool: descriptor_pool.DescriptorPool
+    proto: str  # the entry file, relative to the include root
+
+    @property
+    def services(self) -> list[ServiceDescriptor]:
+        fd = self.pool.FindFileByName(self.proto)
+        return [fd.services_by_name[name] for name in sorted(fd.services_by_name)]
+
+    def methods(self) -> dict[str, MethodDescriptor]:
+        """Every rpc of every service in the entry file, by rpc name."""
+        out: dict[str, MethodDescriptor] = {}
+        for service in self.services:
+            for method in service.methods:
+                out.setdefault(method.name, method)
+        return out
+
+    def message_class(self, descriptor: Descriptor | str) -> type[Message]:
+        if isinstance(descriptor, str):
+            descriptor = self.pool.FindMessageTypeByName(descriptor)
+        return message_factory.GetMessageClass(descriptor)
+
+    @property
+    def files(self) -> list[str]:
+        """The files the proto consists of (itself and what it imports), minus well-known types."""
+        return sorted(f.name for f in self.file_set.file if not f.name.startswith("google/"))
+
+
+def compile_proto(root: Path, proto: str) -> CompiledProto:
+    """Compile `root/proto` (and its imports) and load it into a fresh descriptor pool.
+
+    Raises ProtoError with protoc's diagnostics when it does not compile.
+    """
+    root = Path(root)
+    if not (root / proto).is_file():
+        raise ProtoError([ProtoProblem(proto, 0, 0, "file not found")])
+    with tempfile.TemporaryDirectory(prefix="kai-proto-") as tmp:
+        out = Path(tmp) / "set.pb"
+        code, stderr = _run_protoc(
+            [
+                f"-I{root}",
+                f"-I{_wkt_include()}",
+                "--include_imports",
+                f"--descriptor_set_out={out}",
+                proto,
+            ]
+        )
+        if code != 0 or not out.exists():
+            raise ProtoError(_problems(stderr, proto, root) or [ProtoProblem(proto, 0, 0, "protoc failed")])
+        file_set = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for fd in file_set.file:
+        pool.Add(fd)
+    return CompiledProto(file_set=file_set, pool=pool, proto=proto)
+
+
+def generate_pb2(root: Path, proto: str, out_dir: Path) -> Path:
+    """Write `<stem>_pb2.py` for `root/proto` (and its imports) into `out_dir`.
+
+    Generated with the protobuf runtime that is installed, so it always loads.
+    Returns the path of the entry file's module.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    code, stderr = _run_protoc(
+        [f"-I{root}", f"-I{_wkt_include()}", f"--python_out={out_dir}", proto]
+    )
+    if code != 0:
+        raise ProtoError(_problems(stderr, proto, root) or [ProtoProblem(proto, 0, 0, "protoc failed")])
+    return out_dir / (proto[: -len(".proto")] + "_pb2.py")
