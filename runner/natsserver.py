@@ -94,7 +94,7 @@ class NatsServer:
         if self.proc and self.proc.poll() is None:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [find_binary(), "-c", str(self._config())],
             stdout=out,

@@ -83,12 +83,16 @@ def _problems(stderr: str, default_file: str, root: Path) -> list[ProtoProblem]:
             continue
         m = _PROTOC_LINE.match(line)
         if m:
-            out.append(
-                ProtoProblem(_relative(m["file"], root), int(m["line"]), int(m["col"]), m["msg"].strip())
-            )
+            file = _relative(m["file"], root)
+            out.append(ProtoProblem(file, int(m["line"]), int(m["col"]), m["msg"].strip()))
         else:
             out.append(ProtoProblem(default_file, 0, 0, line))
     return out
+
+
+def _failure(stderr: str, proto: str, root: Path) -> ProtoError:
+    problems = _problems(stderr, proto, root)
+    return ProtoError(problems or [ProtoProblem(proto, 0, 0, "protoc failed")])
 
 
 @dataclass
@@ -143,7 +147,7 @@ def compile_proto(root: Path, proto: str) -> CompiledProto:
             ]
         )
         if code != 0 or not out.exists():
-            raise ProtoError(_problems(stderr, proto, root) or [ProtoProblem(proto, 0, 0, "protoc failed")])
+            raise _failure(stderr, proto, root)
         file_set = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for fd in file_set.file:
@@ -162,5 +166,5 @@ def generate_pb2(root: Path, proto: str, out_dir: Path) -> Path:
         [f"-I{root}", f"-I{_wkt_include()}", f"--python_out={out_dir}", proto]
     )
     if code != 0:
-        raise ProtoError(_problems(stderr, proto, root) or [ProtoProblem(proto, 0, 0, "protoc failed")])
+        raise _failure(stderr, proto, root)
     return out_dir / (proto[: -len(".proto")] + "_pb2.py")
