@@ -1,0 +1,343 @@
+"""Output checks, run on every render: is each rendered object valid Kubernetes?
+
+* kubernetes-validate's bundled JSON schemas, in strict mode, at the project's
+  Kubernetes version. One Draft 2020-12 validator is built per (version, kind,
+  apiVersion) and cached, instead of re-reading the 1.5 MB `_definitions.json`
+  on every object as `kubernetes_validate.utils.validate` does;
+* kubeconform, strict and offline against the same schemas, when it is on PATH;
+* kinds with no bundled schema (Argo CD, Flux, External Secrets, Sealed Secrets)
+  have their required fields checked in code.
+
+Every finding is a :class:`~renderer.problems.Problem` named after the file it
+is in: `rendered/<project>/<file>: <field path>: <message>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+
+from .problems import Problem
+
+SCHEMA_ROOT = "kubernetes-json-schema"
+DEFINITIONS = "_definitions.json"
+_VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-local-strict$")
+_API_GROUP = re.compile(r"^([^./]*)(?:\.[^/]*)?/")
+_GROUP_PREFIX = r"\1-"
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+Obj = Mapping[str, Any]
+
+
+class SchemaError(Exception):
+    """The configured Kubernetes version has no bundled schemas."""
+
+
+# --- kubernetes-validate's bundled schemas ----------------------------------------------
+
+
+def _schema_root() -> Path:
+    return Path(str(resources.files("kubernetes_validate").joinpath(SCHEMA_ROOT)))
+
+
+@functools.cache
+def bundled_versions() -> tuple[tuple[int, int, int], ...]:
+    """The Kubernetes versions kubernetes-validate has strict schemas for, oldest first."""
+    found = []
+    for entry in _schema_root().iterdir():
+        m = _VERSION_DIR.match(entry.name)
+        if m:
+            found.append((int(m[1]), int(m[2]), int(m[3])))
+    return tuple(sorted(found))
+
+
+def _parse_minor(version: str) -> tuple[int, int]:
+    m = re.match(r"^v?(\d+)\.(\d+)", version.strip())
+    if not m:
+        raise SchemaError(f"Kubernetes version {version!r} is not of the form MAJOR.MINOR")
+    return int(m[1]), int(m[2])
+
+
+@functools.cache
+def schema_dir(kubernetes_version: str) -> Path:
+    """The strict schema folder for a version: the newest bundled one not newer than it."""
+    wanted = _parse_minor(kubernetes_version)
+    versions = bundled_versions()
+    usable = [v for v in versions if v[:2] <= wanted]
+    if not versions or wanted > versions[-1][:2] or not usable:
+        have = ", ".join(f"{v[0]}.{v[1]}" for v in versions)
+        raise SchemaError(
+            f"kubernetes-validate has no schemas for Kubernetes {kubernetes_version} "
+            f"(bundled: {have})"
+        )
+    major, minor, patch = usable[-1]
+    return _schema_root() / f"v{major}.{minor}.{patch}-local-strict"
+
+
+def schema_file_name(kind: str, api_version: str) -> str:
+    """`Deployment`, `apps/v1` -> `deployment-apps-v1.json` (kubernetes-validate's naming)."""
+    return f"{kind.lower()}-{_API_GROUP.sub(_GROUP_PREFIX, api_version)}.json"
+
+
+@functools.cache
+def _registry(kubernetes_version: str) -> Registry:
+    defs = json.loads((schema_dir(kubernetes_version) / DEFINITIONS).read_text())
+    return Resource.from_contents(defs) @ Registry()
+
+
+@functools.cache
+def validator_for(
+    kubernetes_version: str, kind: str, api_version: str
+) -> jsonschema.Draft202012Validator | None:
+    """The cached strict validator of one kind, or None when no schema is bundled for it."""
+    path = schema_dir(kubernetes_version) / schema_file_name(kind, api_version)
+    if not path.is_file():
+        return None
+    schema = json.loads(path.read_text())
+    registry = Resource.from_contents(schema) @ _registry(kubernetes_version)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def _field_path(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_problems(file: str, obj: Obj, validator: jsonschema.Draft202012Validator,
+                     kubernetes_version: str) -> list[Problem]:
+    if validator.is_valid(obj):
+        return []
+    problems = []
+    for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
+        problems.append(Problem(
+            file, path=_field_path(error.absolute_path) or "(object)",
+            message=f"{error.message} (Kubernetes {kubernetes_version} schema, strict)",
+        ))
+    return problems
+
+
+def _get(obj: Any, path: str) -> Any:
+    cur = obj
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _require(file: str, obj: Obj, fields: Mapping[str, type | tuple[type, ...]]) -> list[Problem]:
+    problems = []
+    for path, kinds in fields.items():
+        value = _get(obj, path)
+        if value is None or value == "" or not isinstance(value, kinds):
+            names = kinds if isinstance(kinds, tuple) else (kinds,)
+            what = " or ".join(
+                {str: "string", dict: "mapping", list: "list", bool: "boolean", int: "integer"}
+                .get(k, k.__name__) for k in names
+            )
+            why = "is required" if value is None or value == "" else "has the wrong type"
+            problems.append(Problem(file, path=path, message=f"{why} (a non-empty {what})"))
+    return problems
+
+
+def _check_application(file: str, obj: Obj) -> list[Problem]:
+    problems = _require(file, obj, {
+        "metadata.name": str, "spec.project": str, "spec.source.repoURL": str,
+        "spec.source.path": str, "spec.destination.namespace": str,
+    })
+    dest = _get(obj, "spec.destination") or {}
+    if not (isinstance(dest, Mapping) and (dest.get("server") or dest.get("name"))):
+        problems.append(Problem(file, path="spec.destination",
+                                message="needs `server` or `name` (the target cluster)"))
+    return problems
+
+
+def _check_gitrepository(file: str, obj: Obj) -> list[Problem]:
+    return _require(file, obj, {"metadata.name": str, "spec.url": str, "spec.interval": str})
+
+
+def _check_flux_kustomization(file: str, obj: Obj) -> list[Problem]:
+    problems = _require(file, obj, {
+        "metadata.name": str, "spec.interval": str, "spec.path": str,
+        "spec.sourceRef.kind": str, "spec.sourceRef.name": str,
+    })
+    if not isinstance(_get(obj, "spec.prune"), bool):
+        problems.append(Problem(file, path="spec.prune", message="is required (a boolean)"))
+    return problems
+
+
+def _check_externalsecret(file: str, obj: Obj) -> list[Problem]:
+    problems = _require(file, obj, {
+        "metadata.name": str, "spec.secretStoreRef.name": str, "spec.target.name": str,
+        "spec.data": list,
+    })
+    for i, item in enumerate(_get(obj, "spec.data") or []):
+        problems += [
+            Problem(file, path=f"spec.data[{i}].{p.path}", message=p.message)
+            for p in _require(file, item, {"secretKey": str, "remoteRef.key": str})
+        ]
+    return problems
+
+
+def _check_sealedsecret(file: str, obj: Obj) -> list[Problem]:
+    return _require(file, obj, {"metadata.name": str, "spec.encryptedData": dict})
+
+
+CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
+    ("argoproj.io", "Application"): _check_application,
+    ("source.toolkit.fluxcd.io", "GitRepository"): _check_gitrepository,
+    ("kustomize.toolkit.fluxcd.io", "Kustomization"): _check_flux_kustomization,
+    ("external-secrets.io", "ExternalSecret"): _check_externalsecret,
+    ("bitnami.com", "SealedSecret"): _check_sealedsecret,
+}
+
+
+def _check_names(file: str, obj: Obj) -> list[Problem]:
+    """What the schemas leave out: name syntax and label value length."""
+    problems = []
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return [Problem(file, path="metadata", message="is required")]
+    name = meta.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        problems.append(Problem(file, path="metadata.name",
+                                message=f"{name!r} is not a valid Kubernetes name"))
+    for key, value in (meta.get("labels") or {}).items():
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            problems.append(Problem(file, path=f"metadata.labels.{key}",
+                                    message=f"{value!r} is not a valid label value"))
+    return problems
+
+
+def check_object(file: str, obj: Obj, kubernetes_version: str) -> list[Problem]:
+    """Every problem of one object; `file` is the name the problems carry."""
+    if not isinstance(obj, Mapping):
+        return [Problem(file, message="is not a Kubernetes object (a mapping)")]
+    kind, api_version = obj.get("kind"), obj.get("apiVersion")
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return [Problem(file, message="has no `kind` and `apiVersion`")]
+    problems = _check_names(file, obj)
+    group = api_version.rpartition("/")[0]
+    custom = CUSTOM_CHECKS.get((group, kind))
+    if custom is not None:
+        return problems + custom(file, obj)
+    try:
+        validator = validator_for(kubernetes_version, kind, api_version)
+    except SchemaError as exc:
+        return [*problems, Problem(file, message=str(exc))]
+    if validator is None:
+        return [*problems, Problem(
+            file, path="kind",
+            message=f"no schema for {kind} {api_version} at Kubernetes {kubernetes_version}",
+        )]
+    return problems + _schema_problems(file, obj, validator, kubernetes_version)
+
+
+def check_objects(objects: Mapping[str, Obj], kubernetes_version: str) -> list[Problem]:
+    """Check objects keyed by the file name their problems should carry."""
+    problems: list[Problem] = []
+    for file in sorted(objects):
+        problems += check_object(file, objects[file], kubernetes_version)
+    return problems
+
+
+# --- kubeconform --------------------------------------------------------------------------
+
+
+def kubeconform_path() -> str | None:
+    return shutil.which("kubeconform")
+
+
+@functools.cache
+def _kubeconform_schemas(kubernetes_version: str) -> Path:
+    """kubernetes-validate's strict schemas, with their `$ref`s made file-relative.
+
+    The bundled files refer to `/api/_definitions.json` under a kubernetes.io `$id`,
+    which kubeconform would try to download; offline it needs plain relative refs.
+    """
+    source = schema_dir(kubernetes_version)
+    target = Path(tempfile.mkdtemp(prefix="kai-kubeconform-")) / source.name
+    target.mkdir()
+    for path in source.glob("*.json"):
+        text = path.read_text().replace('"/api/_definitions.json#', '"_definitions.json#')
+        data = json.loads(text)
+        data.pop("$id", None)
+        (target / path.name).write_text(json.dumps(data))
+    return target
+
+
+def kubeconform(files: Mapping[str, bytes], kubernetes_version: str) -> list[Problem]:
+    """Run kubeconform (strict, offline) over rendered files when it is on PATH."""
+    exe = kubeconform_path()
+    docs = {f: b for f, b in files.items() if not f.endswith("kustomization.yaml")}
+    if exe is None or not docs:
+        return []
+    schemas = _kubeconform_schemas(kubernetes_version)
+    location = str(schemas / "{{ .ResourceKind }}{{ .KindSuffix }}.json")
+    problems: list[Problem] = []
+    with tempfile.TemporaryDirectory(prefix="kai-check-") as tmp:
+        for rel, data in docs.items():
+            path = Path(tmp, rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        proc = subprocess.run(
+            [exe, "-strict", "-summary=false", "-output", "json", "-ignore-missing-schemas",
+             "-schema-location", location, "-kubernetes-version",
+             ".".join(map(str, _parse_minor(kubernetes_version))) + ".0", tmp],
+            capture_output=True, text=True, check=False,
+        )
+        try:
+            report = json.loads(proc.stdout or "{}")
+        except json.JSONDecodeError:
+            report = {}
+        for res in report.get("resources") or []:
+            if res.get("status") in ("statusInvalid", "statusError"):
+                rel = Path(res.get("filename", "")).relative_to(tmp).as_posix()
+                for err in res.get("validationErrors") or [{"path": "", "msg": res.get("msg")}]:
+                    problems.append(Problem(rel, path=str(err.get("path", "")).strip("/")
+                                            .replace("/", "."),
+                                            message=f"kubeconform: {err.get('msg', '')}"))
+        if proc.returncode not in (0, 1) and not problems:
+            problems.append(Problem("kubeconform", message=(proc.stderr or proc.stdout).strip()))
+    return problems
+
+
+def check_files(files: Mapping[str, bytes], kubernetes_version: str,
+                prefix: str = "") -> list[Problem]:
+    """Parse rendered YAML files back and check every object in them (and kubeconform)."""
+    objects: dict[str, Obj] = {}
+    problems: list[Problem] = []
+    for rel in sorted(files):
+        if rel.rsplit("/", 1)[-1] == "kustomization.yaml":
+            continue
+        try:
+            docs = [d for d in yaml.safe_load_all(files[rel]) if d is not None]
+        except yaml.YAMLError as exc:
+            problems.append(Problem(prefix + rel, message=f"not valid YAML: {exc}"))
+            continue
+        for i, doc in enumerate(docs):
+            objects[prefix + rel + (f"#{i}" if len(docs) > 1 else "")] = doc
+    problems += check_objects(objects, kubernetes_version)
+    problems += [
+        Problem(prefix + p.file, p.line, p.col, p.path, p.message)
+        for p in kubeconform(files, kubernetes_version)
+    ]
+    return problems

@@ -1,0 +1,498 @@
+"""Plans in, Kubernetes YAML out: the `rendered/<project>/` tree and `deploy/`.
+
+Jinja2 templates (`templates/*.yaml.j2`, shipped as package `renderer.templates`)
+turn a plan into objects; every value goes through `tojson`, so nothing a user
+writes can inject YAML. The output is parsed back, checked (renderer.checks) and
+dumped canonically (renderer.output).
+
+The tree is built from independent parts, so one version can be re-rendered alone:
+
+* `project_tree(project)`: Namespace and NetworkPolicies (project settings only);
+* `version_tree(project, version, state)`: one version's folder, a pure function of
+  the project settings, the version's files and its state;
+* `kustomization(project, paths)`: the `kustomization.yaml` listing every file.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+import yaml
+
+from runner import contract
+
+from . import checks, output
+from .krt import Version
+from .plan import (
+    ACTIVE_SERVICE,
+    ENTRYPOINT,
+    MANAGED_BY,
+    PlanError,
+    Process,
+    VersionPlan,
+    build_plan,
+    is_running,
+    labels,
+)
+from .problems import InputError, Problem
+from .project import DEPLOY_DIR, PUBLISHED, RENDERED_DIR, VERSIONS_DIR, ConfigSource, Project
+
+SYNC_WAVE = "argocd.argoproj.io/sync-wave"
+RUN_AS = 10001  # uid and gid of every container
+GRACE_SECONDS = 30
+TMP_SIZE = "256Mi"
+ARGOCD_NAMESPACE = "argocd"
+FLUX_NAMESPACE = "flux-system"
+KUSTOMIZATION = "kustomization.yaml"
+NATS_DEFAULT_PORT = 4222
+SECRET = "secret"
+EXTERNAL_SECRET = "externalSecret"
+SEALED_SECRET = "sealedSecret"
+CONFIGMAP_KEY_MAX = 253
+OBJECT_LIMIT = 1024 * 1024  # etcd's limit for one object
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_KEY_SAFE = re.compile(r"[^-.A-Za-z0-9]")
+
+
+class RenderError(InputError):
+    """The tree cannot be rendered, or what was rendered is invalid; carries Problems."""
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+def _load_template(name: str) -> str:
+    return resources.files("renderer.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FunctionLoader(_load_template),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    auto_reload=False,
+)
+
+
+@functools.cache
+def _template(name: str) -> jinja2.Template:
+    return _ENV.get_template(f"{name}.yaml.j2")
+
+
+def render_template(template: str, /, **context: Any) -> dict[str, Any]:
+    """Render one template and parse it back into an object."""
+    obj = yaml.load(_template(template).render(**context), Loader=_Loader)
+    if not isinstance(obj, dict):
+        raise TypeError(f"template {template} did not produce a mapping")
+    return obj
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def file_name(obj: Mapping[str, Any]) -> str:
+    """`<kind lowercased>-<name>.yaml`, the file an object is written to."""
+    return f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+
+
+def configmap_key(path: str) -> str:
+    """A ConfigMap key for a version-relative path (keys cannot hold `/`).
+
+    Every character outside `[-.A-Za-z0-9]` (including `_` itself) becomes `_XX` (hex),
+    so the mapping is one-to-one: `src/main.py` -> `src_2Fmain.py`. A key that would be
+    too long becomes `_H` + a hash of the path. Pods get the tree back through `items`.
+    """
+    key = _KEY_SAFE.sub(lambda m: "".join(f"_{b:02X}" for b in m[0].encode()), path)
+    if len(key) > CONFIGMAP_KEY_MAX or key.startswith(".."):
+        key = "_H" + hashlib.sha256(path.encode()).hexdigest()
+    return key
+
+
+def nats_ports(url: str) -> list[int]:
+    """The TCP ports of a (possibly comma-separated) NATS URL; 4222 when none is given."""
+    ports = set()
+    for part in url.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            port = urlsplit(part if "://" in part else f"nats://{part}").port
+        except ValueError:
+            port = None
+        ports.add(port or NATS_DEFAULT_PORT)
+    return sorted(ports) or [NATS_DEFAULT_PORT]
+
+
+# --- one version -------------------------------------------------------------------------
+
+
+def _version_problem(plan: VersionPlan, message: str) -> RenderError:
+    return RenderError([Problem(f"{VERSIONS_DIR}/{plan.version}", message=message)])
+
+
+def _configmap(plan: VersionPlan) -> dict[str, Any]:
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for path, content in plan.files.items():
+        key = configmap_key(path)
+        try:
+            data[key] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[key] = base64.b64encode(content).decode("ascii")
+    return render_template(
+        "configmap",
+        name=plan.configmap_name,
+        namespace=plan.namespace,
+        labels=labels(plan.project, plan.version, "files", "files", plan.configmap_name),
+        data=data,
+        binary_data=binary,
+    )
+
+
+def _deployment(plan: VersionPlan, process: Process, items: list[dict[str, str]]) -> dict[str, Any]:
+    limits = dict(process.resources.limits)
+    if process.gpu:
+        limits["nvidia.com/gpu"] = "1"
+    return render_template(
+        "deployment",
+        p=process,
+        namespace=plan.namespace,
+        container=ENTRYPOINT if process.node is None else process.node,
+        limits=limits,
+        secret_name=plan.secret_name or "",
+        configmap=plan.configmap_name,
+        items=items,
+        uid=RUN_AS,
+        grace_seconds=GRACE_SECONDS,
+        tmp_size=TMP_SIZE,
+        grpc_port=contract.GRPC_PORT,
+        node_web_port=contract.NODE_WEB_PORT,
+        version_mount=contract.VERSION_MOUNT,
+        config_mount=contract.CONFIG_MOUNT,
+        tmp_dir=contract.TMP_DIR,
+    )
+
+
+def _service(plan: VersionPlan) -> dict[str, Any]:
+    return render_template(
+        "service",
+        name=plan.service_name,
+        namespace=plan.namespace,
+        selector=plan.entrypoint.selector,
+        grpc_port=contract.GRPC_PORT,
+        web_port=contract.WEB_PORT,
+    )
+
+
+def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
+    ing = project.ingress
+    return render_template(
+        "ingress",
+        name=ACTIVE_SERVICE,
+        namespace=plan.namespace,
+        labels=labels(plan.project, plan.version, "ingress", "ingress", ACTIVE_SERVICE),
+        annotations={**dict(ing.annotations), SYNC_WAVE: "0"},
+        class_name=ing.class_name,
+        tls_secret=ing.tls_secret,
+        host=ing.host,
+        service=ACTIVE_SERVICE,
+    )
+
+
+def _externalsecret(plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
+    if not source.store:
+        raise _version_problem(plan, f"config source {EXTERNAL_SECRET} needs `store` "
+                                     "(the SecretStore or ClusterSecretStore to read from)")
+    return render_template(
+        "externalsecret",
+        name=source.secret,
+        namespace=plan.namespace,
+        labels=labels(plan.project, plan.version, "config", "config", source.secret),
+        store=source.store,
+        store_kind=source.store_kind or "ClusterSecretStore",
+        remote_key=source.remote_key or source.secret,
+        keys=sorted({*plan.config_variables, *plan.config_files}),
+    )
+
+
+def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
+    where = source.file or "(no file)"
+    problem = functools.partial(Problem, where)
+    if not source.file:
+        raise RenderError([problem(message=f"version {plan.version}: config source "
+                                           f"{SEALED_SECRET} needs `file`")])
+    path = Path(project.root) / source.file
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_bytes()) if d is not None]
+    except OSError as exc:
+        message = f"cannot read the SealedSecret: {exc.strerror}"
+        raise RenderError([problem(message=message)]) from None
+    except yaml.YAMLError as exc:
+        raise RenderError([problem(message=f"not valid YAML: {exc}")]) from None
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise RenderError([problem(message="must hold exactly one SealedSecret object")])
+    obj: dict[str, Any] = docs[0]
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    errors = []
+    if obj.get("kind") != "SealedSecret" or not str(obj.get("apiVersion", "")).startswith(
+        "bitnami.com/"
+    ):
+        errors.append(problem(path="kind", message="must be a bitnami.com SealedSecret"))
+    if meta.get("name") != source.secret:
+        errors.append(problem(path="metadata.name", message=(
+            f"is {meta.get('name')!r}, but kai.yaml says the Secret is {source.secret!r}")))
+    if meta.get("namespace") not in (None, plan.namespace):
+        errors.append(problem(path="metadata.namespace", message=(
+            f"is {meta.get('namespace')!r}, but the project's namespace is {plan.namespace!r}")))
+    if errors:
+        raise RenderError(errors)
+    obj = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    meta["namespace"] = plan.namespace
+    meta["annotations"] = {**(meta.get("annotations") or {}), SYNC_WAVE: "-1"}
+    obj["metadata"] = meta
+    return obj
+
+
+def _config_objects(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
+    declared = sorted({*plan.config_variables, *plan.config_files})
+    if not declared:
+        return []
+    source = plan.config_source
+    if source is None or not source.secret:
+        raise _version_problem(plan, (
+            f"declares config ({', '.join(declared)}) but kai.yaml names no Secret for it; "
+            f"set versions.{plan.version}.config before starting it"))
+    clash = sorted(set(plan.config_variables) & {k for p in plan.processes for k in p.env})
+    if clash:
+        raise _version_problem(plan, f"config variables {', '.join(clash)} clash with the "
+                                     "runner's own environment variables")
+    if source.kind == SECRET:
+        return []  # the user creates the Secret; nothing of it enters git
+    if source.kind == EXTERNAL_SECRET:
+        return [_externalsecret(plan, source)]
+    if source.kind == SEALED_SECRET:
+        return [_sealedsecret(project, plan, source)]
+    raise _version_problem(plan, f"unknown config source kind {source.kind!r} "
+                                 f"(allowed: {SECRET}, {EXTERNAL_SECRET}, {SEALED_SECRET})")
+
+
+def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
+    """The Kubernetes objects of one version in its planned state (none when stopped)."""
+    if not is_running(plan.state):
+        return []
+    objects = [*_config_objects(project, plan), _configmap(plan)]
+    items = [{"key": configmap_key(path), "path": path} for path in sorted(plan.files)]
+    objects += [_deployment(plan, process, items) for process in plan.processes]
+    objects.append(_service(plan))
+    if plan.published:
+        objects.append(_ingress(project, plan))
+    return objects
+
+
+def version_tree(project: Project, version: Version, state: str | None = None) -> dict[str, bytes]:
+    """One version's files, as paths relative to `rendered/<project>/`, checked.
+
+    A pure function of the project settings, the version and its state: a caller that
+    knows only one version changed can re-render just this part.
+    """
+    try:
+        plan = build_plan(project, version, state)
+    except PlanError as exc:
+        raise RenderError([Problem(f"{VERSIONS_DIR}/{version.name}", message=str(exc))]) from None
+    objects = render_version(project, plan)
+    return _files(project, objects, folder=plan.version, source=f"{VERSIONS_DIR}/{plan.version}")
+
+
+# --- the project ---------------------------------------------------------------------------
+
+
+def render_project_objects(project: Project) -> list[dict[str, Any]]:
+    """The project-level objects: its Namespace and NetworkPolicies."""
+    base = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": project.name}
+    common = {"namespace": project.namespace, "labels": base}
+    return [
+        render_template("namespace", namespace=project.namespace, project=project.name,
+                        managed_by=MANAGED_BY),
+        render_template(
+            "networkpolicy", kind="default", name=f"{project.name}-default-deny",
+            pod_selector={"app.kubernetes.io/part-of": project.name},
+            nats_ports=nats_ports(project.nats.url), nats_namespace=project.nats.namespace,
+            ports=[], **common,
+        ),
+        render_template(
+            "networkpolicy", kind="entrypoint", name=f"{project.name}-entrypoint-ingress",
+            pod_selector={"app.kubernetes.io/part-of": project.name, "type": ENTRYPOINT},
+            nats_ports=[], nats_namespace="",
+            ports=[contract.GRPC_PORT, contract.WEB_PORT], **common,
+        ),
+    ]
+
+
+def project_tree(project: Project) -> dict[str, bytes]:
+    """The project-level files (paths relative to `rendered/<project>/`), checked."""
+    return _files(project, render_project_objects(project), folder="", source="kai.yaml")
+
+
+def kustomization(project: Project, paths: list[str] | set[str]) -> bytes:
+    """`kustomization.yaml`: every file (sorted), the namespace and the image map."""
+    images = []
+    for img in sorted(project.images, key=lambda i: i.name):
+        entry = {"name": img.name, "newName": img.new_name}
+        if img.new_tag:
+            entry["newTag"] = img.new_tag
+        images.append(entry)
+    doc: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": project.namespace,
+        "resources": sorted(p for p in paths if p != KUSTOMIZATION),
+    }
+    if images:
+        doc["images"] = images
+    return output.dump(doc, source="kai.yaml")
+
+
+def render_project(project: Project, versions: Mapping[str, Version]) -> dict[str, bytes]:
+    """The whole `rendered/<project>/` tree: relative posix path -> file bytes.
+
+    `versions` maps version names to loaded versions; every started or published one
+    in kai.yaml must be there. Raises RenderError when the tree cannot be rendered or
+    is not valid, so an invalid tree is never written.
+    """
+    published = sorted(n for n, vs in project.versions.items() if vs.state == PUBLISHED)
+    if len(published) > 1:
+        raise RenderError([Problem("kai.yaml", path="versions", message=(
+            f"{len(published)} versions are published ({', '.join(published)}); at most one "
+            "may be, since there is one active-entrypoint Service per project"))])
+    problems: list[Problem] = []
+    tree = project_tree(project)
+    for name in sorted(project.versions):
+        state = project.versions[name].state
+        if not is_running(state):
+            continue
+        version = versions.get(name)
+        if version is None:
+            problems.append(Problem("kai.yaml", path=f"versions.{name}", message=(
+                f"is {state}, but there is no version {name} in {VERSIONS_DIR}/")))
+            continue
+        try:
+            tree.update(version_tree(project, version, state))
+        except RenderError as exc:
+            problems += exc.problems
+    if problems:
+        raise RenderError(problems)
+    _check_unique(project, tree)
+    prefix = f"{RENDERED_DIR}/{project.name}/"
+    kubeconform = checks.kubeconform(tree, project.kubernetes_version)
+    if kubeconform:
+        raise RenderError([Problem(prefix + p.file, path=p.path, message=p.message)
+                           for p in kubeconform])
+    tree[KUSTOMIZATION] = kustomization(project, set(tree))
+    return dict(sorted(tree.items()))
+
+
+def _check_unique(project: Project, tree: Mapping[str, bytes]) -> None:
+    """Two versions may not render the same object (e.g. one ExternalSecret name)."""
+    seen: dict[str, str] = {}
+    problems = []
+    for rel in sorted(tree):
+        name = rel.rsplit("/", 1)[-1]
+        if name in seen:
+            problems.append(Problem(f"{RENDERED_DIR}/{project.name}/{rel}", message=(
+                f"the same object is rendered by {seen[name]} too; object names must be "
+                "unique in the project")))
+        else:
+            seen[name] = rel
+    if problems:
+        raise RenderError(problems)
+
+
+# --- deploy/ --------------------------------------------------------------------------------
+
+
+def render_deploy(project: Project, repo_url: str, branch: str) -> dict[str, bytes]:
+    """`deploy/`: an Argo CD Application, and a Flux GitRepository + Kustomization.
+
+    Both point at `rendered/<project>` of `repo_url` on `branch`. Apply one of
+    `deploy/argocd/` or `deploy/flux/`, not both.
+    """
+    common = {
+        "name": project.name,
+        "namespace": project.namespace,
+        "repo_url": repo_url,
+        "branch": branch,
+        "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
+                   "app.kubernetes.io/part-of": project.name},
+    }
+    path = f"{RENDERED_DIR}/{project.name}"
+    objects = {
+        "argocd": render_template("argocd-application", argocd_namespace=ARGOCD_NAMESPACE,
+                                  path=path, **common),
+        "flux/git": render_template("flux-gitrepository", flux_namespace=FLUX_NAMESPACE,
+                                    **common),
+        "flux/kustomization": render_template("flux-kustomization",
+                                              flux_namespace=FLUX_NAMESPACE,
+                                              path=f"./{path}", **common),
+    }
+    tree: dict[str, bytes] = {}
+    checked: dict[str, dict[str, Any]] = {}
+    for key, obj in objects.items():
+        rel = f"{key.split('/')[0]}/{file_name(obj)}"
+        checked[f"{DEPLOY_DIR}/{rel}"] = obj
+        tree[rel] = output.dump(obj, source="kai.yaml")
+    problems = checks.check_objects(checked, project.kubernetes_version)
+    if problems:
+        raise RenderError(problems)
+    return dict(sorted(tree.items()))
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    rel: str
+    obj: dict[str, Any]
+    data: bytes
+
+
+def _files(project: Project, objects: list[dict[str, Any]], folder: str,
+           source: str) -> dict[str, bytes]:
+    """Check objects, then dump each to `<folder>/<kind>-<name>.yaml`."""
+    prefix = f"{RENDERED_DIR}/{project.name}/"
+    rendered = []
+    for obj in objects:
+        rel = f"{folder}/{file_name(obj)}" if folder else file_name(obj)
+        rendered.append(_Rendered(rel, obj, output.dump(obj, source=source)))
+    problems = checks.check_objects({prefix + r.rel: r.obj for r in rendered},
+                                    project.kubernetes_version)
+    for r in rendered:
+        if len(r.data) > OBJECT_LIMIT:
+            problems.append(Problem(prefix + r.rel, message=(
+                f"is {len(r.data)} bytes, more than Kubernetes stores in one object "
+                f"({OBJECT_LIMIT}); build an image with the code baked in")))
+    if problems:
+        raise RenderError(problems)
+    tree: dict[str, bytes] = {}
+    for r in rendered:
+        if r.rel in tree:
+            raise RenderError([Problem(prefix + r.rel, message="two objects have this file name")])
+        tree[r.rel] = r.data
+    return tree
+
+
+def rendered_path(project: Project) -> PurePosixPath:
+    """`rendered/<project>`, relative to the repo root."""
+    return PurePosixPath(RENDERED_DIR, project.name)
