@@ -7,7 +7,7 @@ MAX_LENGTH = 64
 
 async def init(ctx):
     ctx.set("max_length", MAX_LENGTH)
-    ctx.logger.info("etl ready")
+    ctx.logger.info(f"etl: names up to {MAX_LENGTH} characters")
 
 
 async def handler(ctx, data):

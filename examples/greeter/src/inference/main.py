@@ -5,7 +5,7 @@ import json
 from public_input_pb2 import Greeting, NormalizedName
 
 
-async def init(ctx):
+def init(ctx):
     with open(ctx.path("src/inference/rules.json"), encoding="utf-8") as f:
         table = json.load(f)
     ctx.set("rules", table["rules"])

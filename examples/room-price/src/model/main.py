@@ -5,7 +5,7 @@ import json
 from public_input_pb2 import Features, Prediction
 
 
-async def init(ctx):
+def init(ctx):
     with open(ctx.path("src/model/model.json"), encoding="utf-8") as f:
         model = json.load(f)
     ctx.set("model", model)

@@ -1,0 +1,248 @@
+"""`kai dev`: run a version on this machine from the same plan the cluster gets.
+
+An embedded nats-server (JetStream, a temporary store) unless `--nats URL`, then
+the entrypoint and every node (`replicas` each) under runner.supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from renderer.krt import Version
+from renderer.plan import ENTRYPOINT, PlanError, VersionPlan, build_plan
+from renderer.problems import InputError
+from renderer.project import STARTED, Project
+from runner import contract
+from runner.client import CallFailed, CallUsageError, call_json, find_rpc, parse_request
+from runner.natsserver import NatsServer, NatsServerError
+from runner.proto import CompiledProto
+from runner.supervisor import DEFAULT_READY_TIMEOUT, ProcessSpec, StartupError, Supervisor
+
+from . import devconfig
+from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
+
+T = TypeVar("T")
+HOST = "127.0.0.1"
+SHOW_LINES = 15  # lines of a failed process's output repeated in the error
+
+
+class DevError(Exception):
+    """`kai dev` cannot start as asked; a one-line message."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived."""
+
+
+@dataclass(frozen=True)
+class Options:
+    port: int
+    web_port: int
+    nats_url: str | None
+    ready_timeout: float
+    call: tuple[str, str] | None
+    call_timeout: float
+
+
+def find_project(version_dir: Path) -> Project:
+    """The project of the GitOps repo around the version, or a local one named "dev"."""
+    from renderer.repo import RepoError, find_root
+
+    try:
+        root = find_root(version_dir)
+    except RepoError:
+        return Project(name="dev", namespace="dev")
+    try:
+        from renderer.projectfile import load_project
+    except ImportError:
+        return Project(name="dev", namespace="dev")
+    return load_project(root)
+
+
+def check_port(port: int, flag: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DevError(f"port {port} is taken; pick another with {flag} PORT") from None
+            raise DevError(f"cannot use port {port} ({flag}): {exc.strerror}") from None
+
+
+def specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: Path,
+          opts: Options) -> list[ProcessSpec]:
+    out = []
+    for process in plan.processes:
+        if process.component == ENTRYPOINT:
+            ports = {contract.ENV_GRPC_PORT: opts.port, contract.ENV_WEB_PORT: opts.web_port}
+            free: tuple[str, ...] = ()
+        else:
+            ports, free = {}, (contract.ENV_WEB_PORT,)
+        env = process.local_env(version_dir, nats_url, config_dir, ports)
+        role = contract.ROLE_ENTRYPOINT if process.component == ENTRYPOINT else contract.ROLE_NODE
+        out.append(ProcessSpec(process.name, role, env, process.replicas, free))
+    return out
+
+
+async def _until(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await `awaitable`, unless `stop` is set first: then cancel it, raise Interrupted."""
+    task = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise Interrupted
+
+
+def _exit_code(returncode: int | None) -> int:
+    return returncode if returncode is not None and returncode > 0 else 1
+
+
+def _say(message: str, err: bool) -> None:
+    click.echo(message, err=err)
+
+
+async def run(version: Version, plan: VersionPlan, compiled: CompiledProto, opts: Options,
+              config: devconfig.DevConfig, nats_url: str, work: Path) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    config_dir = work / "config"
+    config.write_files(config_dir)
+    supervisor = Supervisor(
+        specs(plan, version.directory.resolve(), nats_url, config_dir, opts),
+        base_env={**os.environ, **config.variables},
+        ready_timeout=opts.ready_timeout,
+    )
+    quiet = opts.call is not None  # stdout is for the reply then
+    try:
+        try:
+            await _until(supervisor.start(), stop)
+        except StartupError as exc:
+            _say(f"error: {exc}", True)
+            for line in exc.output[-SHOW_LINES:]:
+                _say(f"  {line}", True)
+            return _exit_code(exc.returncode)
+        rpcs = ", ".join(w.rpc for w in plan.workflows)
+        _say(f"ready: grpc {HOST}:{opts.port} (rpcs: {rpcs}), web http://{HOST}:{opts.web_port}",
+             quiet)
+        if opts.call is not None:
+            return await _until(_call(compiled, opts), stop)
+        exited = await _until(supervisor.wait_exit(), stop)
+        _say(f"error: {exited.label} exited with code {exited.returncode}; stopping", True)
+        return _exit_code(exited.returncode)
+    except Interrupted:
+        _say("stopping", True)
+        return 0
+    finally:
+        await supervisor.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _call(compiled: CompiledProto, opts: Options) -> int:
+    assert opts.call is not None
+    rpc, request = opts.call
+    try:
+        reply = await call_json(f"{HOST}:{opts.port}", compiled, rpc, request, opts.call_timeout)
+    except CallFailed as exc:
+        _say(f"error: {exc}", True)
+        return EXIT_RPC
+    _say(reply, False)
+    return 0
+
+
+@click.command()
+@click.argument("version_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", default=contract.GRPC_PORT, show_default=True,
+              type=click.IntRange(1, 65535), help="The entrypoint's gRPC port.")
+@click.option("--web-port", default=contract.WEB_PORT, show_default=True,
+              type=click.IntRange(1, 65535),
+              help="The entrypoint's HTTP port (/proto, /healthz, /readyz, /metrics).")
+@click.option("--nats", "nats_url", metavar="URL",
+              help="Use this NATS server (with JetStream) instead of an embedded one.")
+@click.option("--config", "configs", multiple=True, metavar="NAME=VALUE",
+              help="A declared config value (repeatable). For a file, NAME=@path reads it "
+                   "from a file. Undeclared on the command line: taken from the environment.")
+@click.option("--call", "call_", nargs=2, metavar="RPC JSON",
+              help="Once ready, make this one call, print the reply as JSON and exit.")
+@click.option("--timeout", "call_timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0.001), help="The deadline of --call, in seconds.")
+@click.option("--ready-timeout", default=DEFAULT_READY_TIMEOUT, show_default=True,
+              type=click.FloatRange(0.1), help="How long every process may take to be ready.")
+def dev(version_dir: Path, port: int, web_port: int, nats_url: str | None,
+        configs: tuple[str, ...], call_: tuple[str, str] | None, call_timeout: float,
+        ready_timeout: float) -> None:
+    """Run VERSION_DIR locally: embedded NATS, the entrypoint and every node.
+
+    The processes get the environment the rendered Deployments give them, on
+    this machine's paths and ports; their output is printed with their name in
+    front. Ctrl-C stops everything (exit 0). A node that fails to start (its
+    module does not import, `init` raises) stops everything, and `kai dev` exits
+    non-zero with that node's error.
+
+    \b
+    Examples:
+      kai dev examples/greeter
+      kai dev examples/greeter --call PyGreet '{"name": "Ada"}'
+      kai dev versions/my-v1 --config API_KEY=s3cret --config CERT=@cert.pem
+    """
+    opts = Options(port, web_port, nats_url, ready_timeout, call_ or None, call_timeout)
+    version = load_or_exit(version_dir)
+    compiled = compile_or_exit(version)
+    try:
+        if opts.call is not None:
+            parse_request(find_rpc(compiled, opts.call[0]), opts.call[1])
+        config = devconfig.resolve(version.config.variables, version.config.files,
+                                   devconfig.parse_pairs(configs))
+        check_port(port, "--port")
+        check_port(web_port, "--web-port")
+        plan = build_plan(find_project(version.directory), version, state=STARTED)
+    except InputError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_INPUT)
+    except (CallUsageError, devconfig.ConfigError, DevError, PlanError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    sys.exit(_serve(version, plan, compiled, opts, config))
+
+
+def _serve(version: Version, plan: VersionPlan, compiled: CompiledProto, opts: Options,
+           config: devconfig.DevConfig) -> int:
+    with tempfile.TemporaryDirectory(prefix="kai-dev-") as tmp:
+        work = Path(tmp)
+        nats: NatsServer | None = None
+        try:
+            if opts.nats_url is None:
+                nats = NatsServer(store_dir=work / "nats", new_session=True)
+                try:
+                    nats.start()
+                except NatsServerError as exc:
+                    click.echo(f"error: {exc}", err=True)
+                    return EXIT_INPUT
+            url = opts.nats_url or (nats.url if nats else "")
+            return asyncio.run(run(version, plan, compiled, opts, config, url, work))
+        finally:
+            if nats is not None:
+                nats.close()
