@@ -59,6 +59,7 @@ class NatsServer:
         host: str = "127.0.0.1",
         max_payload: int | None = None,
         log: Path | None = None,
+        new_session: bool = False,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -69,6 +70,9 @@ class NatsServer:
         self.store_dir = Path(store_dir)
         self.max_payload = max_payload
         self.log = log
+        # new_session: run in a session of its own, so a Ctrl-C in the terminal reaches
+        # only its owner (`kai dev`), which stops it after the processes that use it.
+        self.new_session = new_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +104,7 @@ class NatsServer:
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
