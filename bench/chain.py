@@ -1,0 +1,857 @@
+"""The chain benchmark: a gRPC call through the real entrypoint and N nodes, against its floors.
+
+    python -m bench.chain [--quick] [--nodes 3,10] [--payloads 100,102400]
+                          [--concurrency 1,32] [--seconds 5] [--warmup 1] [--requests N]
+                          [--json bench/results/chain.json] [--plot bench/results/chain.png]
+
+What one run does, all on loopback:
+
+1. starts its own nats-server (JetStream, file storage in a temporary directory);
+2. floors: a bare grpc.aio echo server (bench.floors grpc-echo), and for each chain
+   length N a bare nats-py chain of N hop processes (bench.floors nats-hop) driven
+   by core NATS request/reply;
+3. ours: for each N, writes a generated version (kaibench.proto with rpc Echo(Payload)
+   returns (Payload), N pass-through nodes in the KRE 1.23 style) to a temporary
+   directory and starts `python -m runner entrypoint` plus one `python -m runner node`
+   per node with the environment of runner.contract, as the plan gives it;
+4. drives every target with the same client (bench.loadgen, a separate process) for each
+   payload size and concurrency: a warm-up, then a measured phase;
+5. reads the peak RSS (VmHWM) of every runner process before stopping it;
+6. prints a table with each of our figures as a ratio to its floor, writes JSON and,
+   when matplotlib is installed, a PNG of latency against chain length and concurrency.
+
+The floor of an N-node chain is "composed": the grpc.aio echo (client → server) plus the
+N-hop NATS chain. Latency floors add; throughput floors combine as 1/(1/a + 1/b), since
+on a 2-core machine the CPU one request costs in each part adds up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Child, ProcessGroup, proc_status_kb, sigterm_as_interrupt, wait_for_line
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+METHOD = "/kaibench.Bench/Echo"
+PROJECT = "kaibench"
+
+PROTO = """syntax = "proto3";
+
+package kaibench;
+
+// The chain benchmark's contract: one bytes payload, passed through every node.
+message Payload {
+  bytes data = 1;
+}
+
+service Bench {
+  rpc Echo (Payload) returns (Payload);
+}
+"""
+
+NODE_ANY = '''"""A pass-through node in the KRE 1.23 style: data is an Any, unpacked by hand."""
+
+from kaibench_pb2 import Payload
+
+
+async def handler(ctx, data):
+    msg = Payload()
+    data.Unpack(msg)
+    return msg
+'''
+
+NODE_TYPED = '''"""A pass-through node with a typed handler: the runner unpacks the message."""
+
+from kaibench_pb2 import Payload
+
+
+async def handler(ctx, data: Payload) -> Payload:
+    return data
+'''
+
+# Issue 4's targets (milliseconds, requests per second, megabytes).
+TARGET_P50_MS = 3.0
+TARGET_P99_MS = 10.0
+TARGET_RPS = 800.0
+TARGET_PER_NODE_MS = 0.6
+TARGET_RSS_MB = 80.0
+
+
+@dataclass
+class Settings:
+    nodes: list[int] = field(default_factory=lambda: [3, 10])
+    payloads: list[int] = field(default_factory=lambda: [100, 100 * 1024])
+    concurrency: list[int] = field(default_factory=lambda: [1, 32])
+    warmup: float = 1.0
+    seconds: float = 5.0
+    requests: int = 0
+    timeout: float = 10.0
+    storage: str = "file"
+    handler: str = "any"
+    floors: bool = True
+    ours: bool = True
+    uvloop_floors: bool = False
+    startup_timeout: float = 90.0
+    quick: bool = False
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return [(p, c) for p in self.payloads for c in self.concurrency]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    from runner.natsserver import free_port as _free_port
+
+    return _free_port()
+
+
+def run_loadgen(
+    group: ProcessGroup, name: str, kind: str, target: list[str], s: Settings
+) -> list[dict[str, Any]]:
+    """Run bench.loadgen against one target for every cell; return its cells."""
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        kind,
+        *target,
+        "--cells",
+        json.dumps(s.cells),
+        "--warmup",
+        str(s.warmup),
+        "--seconds",
+        str(s.seconds),
+        "--requests",
+        str(s.requests),
+        "--timeout",
+        str(s.timeout),
+    ]
+    child = group.spawn(name, argv, role="client", env=child_env(), cwd=ROOT, stdout_pipe=True)
+    budget = len(s.cells) * (s.warmup + s.seconds + s.timeout) + 60
+    line = wait_for_line(child, b"RESULT ", budget)
+    group.stop(child)
+    result = json.loads(line.split(b"RESULT ", 1)[1])
+    cells: list[dict[str, Any]] = result["cells"]
+    return cells
+
+
+class RssSampler:
+    """Samples VmRSS of a set of pids in a thread; VmHWM (the kernel's peak) is read at the end."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.max_rss_kb: dict[str, int] = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for name, pid in self.pids.items():
+                kb = proc_status_kb(pid, "VmRSS")
+                if kb is not None and kb > self.max_rss_kb[name]:
+                    self.max_rss_kb[name] = kb
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def report(self, roles: dict[str, str]) -> list[dict[str, Any]]:
+        out = []
+        for name, pid in self.pids.items():
+            hwm = proc_status_kb(pid, "VmHWM")
+            peak = max(hwm or 0, self.max_rss_kb[name])
+            out.append(
+                {
+                    "name": name,
+                    "role": roles.get(name, ""),
+                    "pid": pid,
+                    "peak_rss_mb": round(peak / 1024, 1),
+                    "sampled_max_rss_mb": round(self.max_rss_kb[name] / 1024, 1),
+                }
+            )
+        return out
+
+
+# --- the floors --------------------------------------------------------------------------
+
+
+def floor_argv(s: Settings, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.floors", *(["--uvloop"] if s.uvloop_floors else []), *args]
+
+
+def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
+    port = free_port()
+    server = group.spawn(
+        "floor-grpc-echo",
+        floor_argv(s, "grpc-echo", "--port", str(port), "--method", METHOD),
+        role="floor",
+        env=child_env(),
+        cwd=ROOT,
+        stdout_pipe=True,
+    )
+    wait_for_line(server, b"READY", s.startup_timeout)
+    with RssSampler({server.name: server.pid}) as rss:
+        cells = run_loadgen(
+            group,
+            "client-floor-grpc",
+            "grpc",
+            ["--address", f"127.0.0.1:{port}", "--method", METHOD],
+            s,
+        )
+    processes = rss.report({server.name: "floor"})
+    group.stop(server)
+    return {"system": "floor-grpc", "nodes": 0, "cells": cells, "processes": processes}
+
+
+def measure_nats_floor(group: ProcessGroup, nats_url: str, n: int, s: Settings) -> dict[str, Any]:
+    hops: list[Child] = []
+    for i in range(n):
+        subject = f"floor{n}.s{i}"
+        end = ["--last"] if i == n - 1 else ["--next", f"floor{n}.s{i + 1}"]
+        hops.append(
+            group.spawn(
+                f"floor-nats{n}-hop{i}",
+                floor_argv(s, "nats-hop", "--url", nats_url, "--subject", subject, *end),
+                role="floor",
+                env=child_env(),
+                cwd=ROOT,
+                stdout_pipe=True,
+            )
+        )
+    for hop in hops:
+        wait_for_line(hop, b"READY", s.startup_timeout)
+    with RssSampler({h.name: h.pid for h in hops}) as rss:
+        cells = run_loadgen(
+            group,
+            f"client-floor-nats{n}",
+            "nats",
+            ["--url", nats_url, "--subject", f"floor{n}.s0"],
+            s,
+        )
+    processes = rss.report({h.name: "floor" for h in hops})
+    for hop in hops:
+        group.stop(hop)
+    return {"system": "floor-nats", "nodes": n, "cells": cells, "processes": processes}
+
+
+# --- ours ----------------------------------------------------------------------------------
+
+
+def write_version(root: Path, n: int, style: str) -> tuple[str, Path, tuple[str, ...]]:
+    """Write a version with `n` pass-through nodes; return (name, directory, node names)."""
+    name = f"kaibench-n{n}"
+    vdir = root / name
+    nodes = tuple(f"node-{i + 1}" for i in range(n))
+    (vdir / "src").mkdir(parents=True, exist_ok=True)
+    (vdir / "kaibench.proto").write_text(PROTO)
+    code = NODE_TYPED if style == "typed" else NODE_ANY
+    lines = [
+        f"version: {name}",
+        f"description: Chain benchmark with {n} pass-through nodes.",
+        "entrypoint:",
+        "  proto: kaibench.proto",
+        "  image: konstellation/kre-entrypoint:1.6.0",
+        "nodes:",
+    ]
+    for node in nodes:
+        (vdir / "src" / node).mkdir(exist_ok=True)
+        (vdir / "src" / node / "main.py").write_text(code)
+        lines += [
+            f"  - name: {node}",
+            "    image: konstellation/kre-py:1.23.0",
+            f"    src: src/{node}/main.py",
+        ]
+    lines += [
+        "workflows:",
+        "  - name: echo",
+        "    entrypoint: Echo",
+        f"    sequential: [{', '.join(nodes)}]",
+    ]
+    (vdir / "krt.yml").write_text("\n".join(lines) + "\n")
+    return name, vdir, nodes
+
+
+def runner_envs(
+    version: str, vdir: Path, nodes: tuple[str, ...], nats_url: str, s: Settings, grpc_port: int
+) -> dict[str, tuple[str, dict[str, str]]]:
+    """name -> (role, environment) of every runner process, from runner.contract."""
+    from runner import contract
+
+    base = contract.RunnerEnv(
+        project=PROJECT,
+        version=version,
+        version_dir=str(vdir),
+        proto="kaibench.proto",
+        workflows=(contract.Workflow("echo", "Echo", nodes),),
+        nats_url=nats_url,
+        config_dir=str(vdir / "config"),
+        grpc_port=grpc_port,
+        web_port=free_port(),
+        storage=s.storage,
+        log_level="WARNING",
+    )
+    out = {f"{version}-entrypoint": (contract.ROLE_ENTRYPOINT, base.to_environ())}
+    for node in nodes:
+        env = contract.RunnerEnv(
+            **{
+                **asdict(base),
+                "workflows": base.workflows,
+                "node": node,
+                "handler": f"src/{node}/main.py",
+                "web_port": free_port(),
+            }
+        )
+        out[f"{version}-{node}"] = (contract.ROLE_NODE, env.to_environ())
+    return out
+
+
+def probe(address: str, timeout: float) -> str | None:
+    """One Echo call; None when it answered correctly, else the error."""
+    import grpc
+
+    from bench.loadgen import describe_error, encode_payload_message
+
+    request = encode_payload_message(b"probe")
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = channel.unary_unary(METHOD)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            return describe_error(exc)
+    return None if reply == request else f"unexpected reply {reply!r}"
+
+
+def wait_ready(children: list[Child], address: str, timeout: float) -> float:
+    """Wait until an Echo call through the whole chain succeeds; return the seconds it took."""
+    start = time.monotonic()
+    last = "no answer yet"
+    while time.monotonic() - start < timeout:
+        for c in children:
+            if not c.alive():
+                raise RuntimeError(
+                    f"{c.name} exited with code {c.proc.returncode} during start-up:\n"
+                    + c.log_tail()
+                )
+        err = probe(address, timeout=2.0)
+        if err is None:
+            return time.monotonic() - start
+        last = err
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {c.name}\n{c.log_tail(10)}" for c in children)
+    raise RuntimeError(f"the chain did not answer within {timeout:.0f}s ({last}):\n{tails}")
+
+
+def measure_ours(
+    group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings
+) -> dict[str, Any]:
+    version, vdir, nodes = write_version(workdir / "versions", n, s.handler)
+    grpc_port = free_port()
+    children: list[Child] = []
+    roles: dict[str, str] = {}
+    for name, (role, env) in runner_envs(version, vdir, nodes, nats_url, s, grpc_port).items():
+        argv = [sys.executable, "-m", "runner", role]
+        children.append(group.spawn(name, argv, role=role, env=child_env(env), cwd=workdir))
+        roles[name] = role
+    address = f"127.0.0.1:{grpc_port}"
+    startup = wait_ready(children, address, s.startup_timeout)
+    with RssSampler({c.name: c.pid for c in children}) as rss:
+        cells = run_loadgen(
+            group, f"client-kai-n{n}", "grpc", ["--address", address, "--method", METHOD], s
+        )
+    processes = rss.report(roles)
+    for c in children:
+        if not c.alive():
+            raise RuntimeError(f"{c.name} died during the run:\n{c.log_tail()}")
+    for c in children:
+        group.stop(c, grace=10.0)
+    return {
+        "system": "kai",
+        "nodes": n,
+        "handler": s.handler,
+        "storage": s.storage,
+        "startup_seconds": round(startup, 2),
+        "cells": cells,
+        "processes": processes,
+    }
+
+
+# --- analysis ----------------------------------------------------------------------------
+
+
+def _cell(run: dict[str, Any] | None, payload: int, conc: int) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    for c in run["cells"]:
+        if c["payload"] == payload and c["concurrency"] == conc:
+            return c
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 2)
+
+
+def composed_floor(grpc_cell: dict[str, Any], nats_cell: dict[str, Any]) -> dict[str, float]:
+    out = {k: grpc_cell[k] + nats_cell[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
+    a, b = grpc_cell["throughput_rps"], nats_cell["throughput_rps"]
+    out["throughput_rps"] = 1.0 / (1.0 / a + 1.0 / b) if a > 0 and b > 0 else 0.0
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
+    grpc_floor = next((r for r in runs if r["system"] == "floor-grpc"), None)
+    nats = {r["nodes"]: r for r in runs if r["system"] == "floor-nats"}
+    ours = {r["nodes"]: r for r in runs if r["system"] == "kai"}
+    rows = []
+    for n in s.nodes:
+        for payload, conc in s.cells:
+            g, f, o = _cell(grpc_floor, payload, conc), _cell(nats.get(n), payload, conc), None
+            o = _cell(ours.get(n), payload, conc)
+            floor = composed_floor(g, f) if g and f else None
+            row: dict[str, Any] = {
+                "nodes": n,
+                "payload": payload,
+                "concurrency": conc,
+                "kai": o,
+                "floor": floor,
+            }
+            if o and floor:
+                row["ratio"] = {
+                    "p50": _ratio(o["p50_ms"], floor["p50_ms"]),
+                    "p99": _ratio(o["p99_ms"], floor["p99_ms"]),
+                    "throughput": _ratio(o["throughput_rps"], floor["throughput_rps"]),
+                }
+                row["ratio_to_grpc"] = {
+                    "p50": _ratio(o["p50_ms"], g["p50_ms"]) if g else None,
+                    "throughput": _ratio(o["throughput_rps"], g["throughput_rps"]) if g else None,
+                }
+                row["ratio_to_nats"] = {
+                    "p50": _ratio(o["p50_ms"], f["p50_ms"]) if f else None,
+                    "throughput": _ratio(o["throughput_rps"], f["throughput_rps"]) if f else None,
+                }
+            rows.append(row)
+    return {"rows": rows, "targets": targets(ours, nats, s)}
+
+
+def _target(name: str, value: float | None, limit: float, better: str, unit: str) -> dict[str, Any]:
+    met = None
+    if value is not None and not math.isnan(value):
+        met = value <= limit if better == "max" else value >= limit
+    return {
+        "target": name,
+        "value": None if value is None else round(value, 3),
+        "limit": limit,
+        "unit": unit,
+        "met": met,
+    }
+
+
+def targets(
+    ours: dict[int, dict[str, Any]], nats: dict[int, dict[str, Any]], s: Settings
+) -> list[dict[str, Any]]:
+    out = []
+    small = min(s.payloads)
+    lo, hi = min(s.nodes), max(s.nodes)
+    c1 = _cell(ours.get(3), small, 1)
+    out.append(
+        _target("3 nodes, 100 B, 1 in flight: p50", c1 and c1["p50_ms"], TARGET_P50_MS, "max", "ms")
+    )
+    out.append(
+        _target("3 nodes, 100 B, 1 in flight: p99", c1 and c1["p99_ms"], TARGET_P99_MS, "max", "ms")
+    )
+    c32 = _cell(ours.get(3), small, max(s.concurrency))
+    out.append(
+        _target(
+            f"3 nodes, 100 B, {max(s.concurrency)} in flight: throughput",
+            c32 and c32["throughput_rps"],
+            TARGET_RPS,
+            "min",
+            "req/s",
+        )
+    )
+    per_node = None
+    a, b = _cell(ours.get(lo), small, 1), _cell(ours.get(hi), small, 1)
+    if a and b and hi > lo:
+        per_node = (b["p50_ms"] - a["p50_ms"]) / (hi - lo)
+    out.append(
+        _target(
+            f"each added node (p50, {lo}→{hi} nodes, 100 B, 1 in flight)",
+            per_node,
+            TARGET_PER_NODE_MS,
+            "max",
+            "ms",
+        )
+    )
+    fa, fb = _cell(nats.get(lo), small, 1), _cell(nats.get(hi), small, 1)
+    if fa and fb and hi > lo:
+        out[-1]["floor"] = round((fb["p50_ms"] - fa["p50_ms"]) / (hi - lo), 3)
+    peaks = [p["peak_rss_mb"] for r in ours.values() for p in r["processes"]]
+    out.append(
+        _target(
+            "peak RSS of each runner process",
+            max(peaks) if peaks else None,
+            TARGET_RSS_MB,
+            "max",
+            "MB",
+        )
+    )
+    return out
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def table(result: dict[str, Any]) -> str:
+    head = (
+        "system",
+        "nodes",
+        "payload",
+        "in flight",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "req/s",
+        "p50 ×floor",
+        "p99 ×floor",
+        "req/s ×floor",
+    )
+    lines = [head]
+    floor_grpc = next((r for r in result["runs"] if r["system"] == "floor-grpc"), None)
+    if floor_grpc:
+        for c in floor_grpc["cells"]:
+            lines.append(
+                (
+                    "floor grpc.aio echo",
+                    "-",
+                    _size(c["payload"]),
+                    str(c["concurrency"]),
+                    _fmt(c["p50_ms"]),
+                    _fmt(c["p90_ms"]),
+                    _fmt(c["p99_ms"]),
+                    _fmt(c["max_ms"]),
+                    _fmt(c["throughput_rps"], 0),
+                    "",
+                    "",
+                    "",
+                )
+            )
+    for run in result["runs"]:
+        if run["system"] != "floor-nats":
+            continue
+        for c in run["cells"]:
+            lines.append(
+                (
+                    "floor nats-py hops",
+                    str(run["nodes"]),
+                    _size(c["payload"]),
+                    str(c["concurrency"]),
+                    _fmt(c["p50_ms"]),
+                    _fmt(c["p90_ms"]),
+                    _fmt(c["p99_ms"]),
+                    _fmt(c["max_ms"]),
+                    _fmt(c["throughput_rps"], 0),
+                    "",
+                    "",
+                    "",
+                )
+            )
+    for row in result["analysis"]["rows"]:
+        o, r = row["kai"], row.get("ratio") or {}
+        if not o:
+            continue
+        lines.append(
+            (
+                "kai",
+                str(row["nodes"]),
+                _size(row["payload"]),
+                str(row["concurrency"]),
+                _fmt(o["p50_ms"]),
+                _fmt(o["p90_ms"]),
+                _fmt(o["p99_ms"]),
+                _fmt(o["max_ms"]),
+                _fmt(o["throughput_rps"], 0),
+                _fmt(r.get("p50"), 1),
+                _fmt(r.get("p99"), 1),
+                _fmt(r.get("throughput"), 2),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                v.ljust(w) if j < 4 else v.rjust(w)
+                for j, (v, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    errors = [
+        (r["system"], r["nodes"], c["payload"], c["concurrency"], c["errors"])
+        for r in result["runs"]
+        for c in r["cells"]
+        if c["errors"]
+    ]
+    if errors:
+        out.append("")
+        out.append(
+            "errors: " + "; ".join(f"{s} n={n} {_size(p)} c={c}: {e}" for s, n, p, c, e in errors)
+        )
+    procs = [p for r in result["runs"] for p in r["processes"]]
+    if procs:
+        out.append("")
+        out.append(
+            "peak RSS (VmHWM): "
+            + ", ".join(f"{p['name']} {p['peak_rss_mb']:.0f} MB" for p in procs)
+        )
+    out.append("")
+    out.append("targets (issue 4):")
+    for t in result["analysis"]["targets"]:
+        mark = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        extra = f" (floor {t['floor']} {t['unit']})" if "floor" in t else ""
+        out.append(
+            f"  {t['target']}: {_fmt(t['value'])} {t['unit']} (limit {t['limit']}){extra}: {mark}"
+        )
+    return "\n".join(out)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Latency (p50, with p99 as the bar's top) against chain length, per concurrency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    s = result["settings"]
+    fig, axes = plt.subplots(
+        1, len(s["payloads"]), figsize=(6 * len(s["payloads"]), 4.5), squeeze=False
+    )
+    runs = result["runs"]
+    for ax, payload in zip(axes[0], s["payloads"], strict=True):
+        for conc, color in zip(
+            s["concurrency"], ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False
+        ):
+            for system, style, label in (("kai", "-o", "kai"), ("floor-nats", "--s", "floor")):
+                xs, p50, p99 = [], [], []
+                for r in sorted(
+                    (r for r in runs if r["system"] == system), key=lambda r: r["nodes"]
+                ):
+                    if system == "floor-nats":
+                        g = _cell(
+                            next((x for x in runs if x["system"] == "floor-grpc"), None),
+                            payload,
+                            conc,
+                        )
+                        f = _cell(r, payload, conc)
+                        c = composed_floor(g, f) if g and f else None
+                    else:
+                        c = _cell(r, payload, conc)
+                    if c:
+                        xs.append(r["nodes"])
+                        p50.append(c["p50_ms"])
+                        p99.append(c["p99_ms"])
+                if xs:
+                    ax.errorbar(
+                        xs,
+                        p50,
+                        yerr=[[0] * len(xs), [b - a for a, b in zip(p50, p99, strict=True)]],
+                        fmt=style,
+                        color=color,
+                        capsize=4,
+                        label=f"{label}, {conc} in flight",
+                    )
+        ax.set_title(f"payload {_size(payload)}: p50 (bar to p99)")
+        ax.set_xlabel("nodes in the chain")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("KAI chain latency vs its floor (gRPC echo + N bare NATS hops)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _ints(raw: str) -> list[int]:
+    return [int(x) for x in raw.split(",") if x.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m bench.chain", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: 3 and 4 nodes, 100 B and 100 KB, 1 and 8 in flight, 0.3 s per cell",
+    )
+    p.add_argument("--nodes", type=_ints, help="chain lengths (default 3,10)")
+    p.add_argument("--payloads", type=_ints, help="payload sizes in bytes (default 100,102400)")
+    p.add_argument("--concurrency", type=_ints, help="requests in flight (default 1,32)")
+    p.add_argument("--seconds", type=float, help="measured seconds per cell (default 5)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
+    p.add_argument("--requests", type=int, help="also stop a cell after N answers (default: no)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call (s)")
+    p.add_argument(
+        "--storage",
+        choices=("file", "memory"),
+        default="file",
+        help="JetStream storage of the version's streams",
+    )
+    p.add_argument(
+        "--handler",
+        choices=("any", "typed"),
+        default="any",
+        help="node style: KRE `Any` + Unpack, or a typed handler",
+    )
+    p.add_argument("--uvloop-floors", action="store_true", help="run the floors on uvloop")
+    p.add_argument("--no-floors", action="store_true", help="measure only ours")
+    p.add_argument("--floors-only", action="store_true", help="measure only the floors")
+    p.add_argument("--json", type=Path, default=RESULTS / "chain.json")
+    p.add_argument("--plot", type=Path, default=RESULTS / "chain.png")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    a = p.parse_args(argv)
+    s = Settings(
+        quick=a.quick,
+        timeout=a.timeout,
+        storage=a.storage,
+        handler=a.handler,
+        uvloop_floors=a.uvloop_floors,
+        floors=not a.no_floors,
+        ours=not a.floors_only,
+    )
+    if a.quick:
+        s.nodes, s.concurrency, s.seconds, s.warmup = [3, 4], [1, 8], 0.3, 0.1
+    for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests"):
+        if getattr(a, attr) is not None:
+            setattr(s, attr, getattr(a, attr))
+    return s, a
+
+
+def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
+    from runner.natsserver import NatsServer
+
+    runs: list[dict[str, Any]] = []
+    with (
+        NatsServer(store_dir=workdir / "nats", max_payload=8 * 1024 * 1024) as nats_server,
+        ProcessGroup(workdir / "logs") as group,
+    ):
+        url = nats_server.url
+        if s.floors:
+            print("floor: grpc.aio echo", file=log, flush=True)
+            runs.append(measure_grpc_floor(group, s))
+            for n in s.nodes:
+                print(f"floor: {n} nats-py hops", file=log, flush=True)
+                runs.append(measure_nats_floor(group, url, n, s))
+        if s.ours:
+            for n in s.nodes:
+                print(f"kai: {n}-node chain", file=log, flush=True)
+                runs.append(measure_ours(group, workdir, url, n, s))
+    return {"runs": runs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    s, a = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="kai-bench-chain-"))
+    started = time.time()
+    keep = a.keep
+    try:
+        with sigterm_as_interrupt():
+            result = run(s, workdir)
+    except KeyboardInterrupt:
+        print("interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        keep = True
+        print(f"chain benchmark failed: {exc}", file=sys.stderr)
+        print(f"logs kept in {workdir / 'logs'}", file=sys.stderr)
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["settings"] = asdict(s)
+    result["machine"] = machine()
+    result["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    result["wall_seconds"] = round(time.time() - started, 1)
+    result["analysis"] = analyse(result["runs"], s)
+    print(table(result))
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON: {a.json}")
+    if not a.no_plot:
+        if plot(result, a.plot):
+            result["plot"] = str(a.plot)
+            print(f"plot: {a.plot}")
+        else:
+            print("plot skipped: matplotlib is not installed (pip install '.[bench]')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
