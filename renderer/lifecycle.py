@@ -137,7 +137,7 @@ def _require_config(project: Project, version: str, config: Config | None, actio
     declared = ", ".join([*config.variables, *config.files])
     raise LifecycleError(
         f"cannot {action} {version}: its krt.yml declares config ({declared}) but kai.yaml "
-        f"gives it no source; add one under `versions: {version}: config:` in kai.yaml, e.g. "
-        f"`config: {{kind: secret, secret: {version}-config}}` and create that Secret in the "
-        "namespace (or use kind externalSecret / sealedSecret)"
+        f"gives it no source; add one in kai.yaml under `versions: {version}:`, e.g. "
+        f"`config: {{secret: {version}-config}}`, and create that Secret in the namespace "
+        "(or use `externalSecret:` / `sealedSecret:` instead of `secret:`)"
     )

@@ -140,7 +140,7 @@ def test_declared_config_without_source_is_refused(state: str, action: str) -> N
     msg = str(info.value)
     assert f"cannot {action} v1: its krt.yml declares config (API_KEY, HTTPS_CERT)" in msg
     assert "kai.yaml gives it no source" in msg
-    assert "config: {kind: secret, secret: v1-config}" in msg
+    assert "config: {secret: v1-config}" in msg
 
 
 def test_declared_config_with_source_is_allowed() -> None:

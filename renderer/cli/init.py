@@ -1,0 +1,43 @@
+"""`kai init`: scaffold a GitOps repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from renderer.repo import init_repo
+
+from .repoopts import guarded
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--project", required=True, help="Project name (a Kubernetes name, e.g. demo).")
+@click.option("--namespace", required=True, help="Namespace the versions run in.")
+@click.option(
+    "--repo-url",
+    default=None,
+    help="URL Argo CD / Flux clone (default: `git remote get-url origin`, else a placeholder).",
+)
+@click.option(
+    "--branch", default="main", show_default=True,
+    help="The branch Argo CD / Flux track (and the initial branch of a new git repo).",
+)
+def init(directory: Path, project: str, namespace: str, repo_url: str | None,
+         branch: str) -> None:
+    """Create a GitOps repo in DIRECTORY.
+
+    Writes kai.yaml (project, namespace, image map, ingress defaults), versions/,
+    deploy/ (an Argo CD Application and a Flux GitRepository + Kustomization that
+    point at rendered/PROJECT), the initial rendered/PROJECT/ and a .gitignore,
+    runs `git init` when DIRECTORY is not in a git repo, and commits it all.
+    """
+    with guarded():
+        result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch)
+    click.echo(f"created GitOps repo {directory} (project {project}, namespace {namespace})")
+    for path in result.paths:
+        click.echo(f"  {path}")
+    if result.sha:
+        click.echo(f"committed {result.sha[:12]} on {result.branch}: {result.message}")
+    click.echo(f"next: kai add PATH --repo {directory}   (a version directory or a .krt file)")
