@@ -1,0 +1,91 @@
+"""examples/gitops: up to date (`kai render --check`), valid, in sync with the examples."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from renderer.cli import main
+from tests.conftest import EXAMPLES
+
+pytestmark = pytest.mark.integration
+
+GITOPS = EXAMPLES / "gitops"
+RENDERED = "rendered/demo"
+SOURCES = {"greeter-v1": EXAMPLES / "greeter", "room-price-v1": EXAMPLES / "room-price"}
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy, so the test never touches the tree."""
+    target = tmp_path_factory.mktemp("examples") / "gitops"
+    shutil.copytree(GITOPS, target, ignore=IGNORE)
+    return target
+
+
+def test_render_check_passes(repo: Path) -> None:
+    result = CliRunner().invoke(main, ["render", "--check", "--repo", str(repo)])
+    assert result.exit_code == 0, result.output
+    assert f"{RENDERED} is up to date" in result.stdout
+
+
+def test_desired_state(repo: Path) -> None:
+    doc = yaml.safe_load((repo / "kai.yaml").read_text())
+    assert doc["project"] == "demo" and doc["namespace"] == "kai-demo"
+    assert {n: v["state"] for n, v in doc["versions"].items()} == {
+        "greeter-v1": "published", "room-price-v1": "started"}
+    rendered = repo / RENDERED
+    assert (rendered / "greeter-v1/service-active-entrypoint.yaml").is_file()
+    assert (rendered / "greeter-v1/ingress-active-entrypoint.yaml").is_file()
+    assert (rendered / "room-price-v1/service-room-price-v1.yaml").is_file()
+
+
+@pytest.mark.parametrize("version", sorted(SOURCES))
+def test_versions_are_exact_copies_of_the_examples(version: str) -> None:
+    copy, source = GITOPS / "versions" / version, SOURCES[version]
+
+    def files(root: Path) -> list[str]:
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+    assert files(copy) == files(source), (
+        f"refresh with: kai add {source.relative_to(EXAMPLES.parent)} --force --no-commit "
+        "--repo examples/gitops")
+    _, mismatch, errors = filecmp.cmpfiles(source, copy, files(source), shallow=False)
+    assert not mismatch and not errors, f"{mismatch or errors} differ from {source}"
+
+
+def test_kubernetes_validate_strict(repo: Path) -> None:
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    if not exe.exists():
+        exe = Path(shutil.which("kubernetes-validate") or "kubernetes-validate")
+    version = yaml.safe_load((repo / "kai.yaml").read_text())["kubernetesVersion"]
+    files = sorted(str(p) for p in (repo / RENDERED).rglob("*.yaml")
+                   if p.name != "kustomization.yaml")
+    assert len(files) >= 15
+    proc = subprocess.run([str(exe), "--strict", "--kubernetes-version", version, *files],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")
+def test_kubectl_kustomize_builds(repo: Path) -> None:
+    proc = subprocess.run(["kubectl", "kustomize", str(repo / RENDERED)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    kinds = sorted({o["kind"] for o in objects})
+    assert kinds == ["ConfigMap", "Deployment", "Ingress", "Namespace", "NetworkPolicy", "Service"]
+    services = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "Service")
+    assert services == ["active-entrypoint", "room-price-v1"]
+    images = {c["image"] for o in objects if o["kind"] == "Deployment"
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    assert all(i.startswith("ghcr.io/kai-server/runner:") for i in images), images
