@@ -90,19 +90,24 @@ def to_json(message: Message) -> str:
 
 
 async def call(
-    address: str, rpc: Rpc, request: Message, deadline: float = DEFAULT_TIMEOUT
+    target: str | grpc.aio.Channel, rpc: Rpc, request: Message, deadline: float = DEFAULT_TIMEOUT
 ) -> Message:
-    """One unary call, `deadline` in seconds; CallFailed carries the gRPC status."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = channel.unary_unary(
-            rpc.path,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=rpc.response_class.FromString,
-        )
-        try:
-            return await stub(request, timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            raise CallFailed(exc.code(), exc.details() or "") from None
+    """One unary call, `deadline` in seconds; CallFailed carries the gRPC status.
+
+    `target` is an address (a channel is opened for the call) or an open channel.
+    """
+    if isinstance(target, str):
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await call(channel, rpc, request, deadline)
+    stub = target.unary_unary(
+        rpc.path,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=rpc.response_class.FromString,
+    )
+    try:
+        return await stub(request, timeout=deadline)
+    except grpc.aio.AioRpcError as exc:
+        raise CallFailed(exc.code(), exc.details() or "") from None
 
 
 async def call_json(

@@ -82,12 +82,13 @@ def check_port(port: int, flag: str) -> None:
             raise DevError(f"cannot use port {port} ({flag}): {exc.strerror}") from None
 
 
-def specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: Path,
-          opts: Options) -> list[ProcessSpec]:
+def plan_specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: Path,
+               grpc_port: int, web_port: int) -> list[ProcessSpec]:
+    """The plan's processes with this machine's paths and ports (node web ports: free ones)."""
     out = []
     for process in plan.processes:
         if process.component == ENTRYPOINT:
-            ports = {contract.ENV_GRPC_PORT: opts.port, contract.ENV_WEB_PORT: opts.web_port}
+            ports = {contract.ENV_GRPC_PORT: grpc_port, contract.ENV_WEB_PORT: web_port}
             free: tuple[str, ...] = ()
         else:
             ports, free = {}, (contract.ENV_WEB_PORT,)
@@ -130,7 +131,8 @@ async def run(version: Version, plan: VersionPlan, compiled: CompiledProto, opts
     config_dir = work / "config"
     config.write_files(config_dir)
     supervisor = Supervisor(
-        specs(plan, version.directory.resolve(), nats_url, config_dir, opts),
+        plan_specs(plan, version.directory.resolve(), nats_url, config_dir, opts.port,
+                   opts.web_port),
         base_env={**os.environ, **config.variables},
         ready_timeout=opts.ready_timeout,
     )

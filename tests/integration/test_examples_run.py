@@ -1,0 +1,54 @@
+"""The examples answer end to end: real nats-server, real processes, real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+from google.protobuf import json_format
+from local_run import kai, running
+
+from runner.natsserver import NatsServer
+from runner.supervisor import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_greeter_answers_through_kai_dev_in_one_command() -> None:
+    argv = kai("dev", str(EXAMPLES / "greeter"), "--port", str(free_port()),
+               "--web-port", str(free_port()), "--call", "PyGreet", '{"name": "  ada  LOVELACE "}')
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "Hello, Ada Lovelace!"}
+    assert "ready: grpc 127.0.0.1:" in done.stderr
+    assert "(rpcs: PyGreet)" in done.stderr
+    # each process's lines carry its name
+    assert "greeter-v1-inference" in done.stderr
+
+
+def test_room_price_workflows_answer(nats_server: NatsServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(EXAMPLES / "room-price", nats_server.url, tmp_path) as run:
+            room = {"neighbourhood_group": "manhattan", "room_type": "Entire home/apt",
+                    "minimum_nights": 3, "number_of_reviews": 20, "availability_365": 180}
+            price = json_format.MessageToDict(await run.call("PredictPrice", room))
+            assert price == {"price": 249.85, "currency": "USD"}
+
+            shared = await run.call("PredictPrice", {**room, "room_type": "Shared room",
+                                                     "neighbourhood_group": "Bronx"})
+            assert shared.price == pytest.approx(70 - 15 - 30 - 0.75 - 1 + 21.6)
+
+            first = await run.call("SaveMetric", {"neighbourhood_group": "Manhattan",
+                                                  "predicted_price": 249.85, "true_price": 225})
+            assert (first.count, first.mean_abs_error) == (1, 24.85)
+            second = await run.call("SaveMetric", {"neighbourhood_group": "Manhattan",
+                                                   "predicted_price": 200, "true_price": 210})
+            assert (second.count, second.mean_abs_error) == (2, pytest.approx(17.43, abs=0.011))
+            missing = await run.call("SaveMetric", {"neighbourhood_group": "Queens"})
+            assert missing.count == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
