@@ -75,7 +75,7 @@ def transition(
         known = ", ".join(sorted(project.versions)) or "none yet"
         raise LifecycleError(
             f"version {version!r} is not in kai.yaml (known versions: {known}); "
-            "add it first with `kai add versions/<dir>` or `kai add FILE.krt`"
+            "add it first with `kai add PATH` (a version directory or a .krt file)"
         )
     state = project.state_of(version)
     published = project.published

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -452,3 +453,15 @@ def test_add_refuses_a_broken_krt(repo: Path, tmp_path: Path) -> None:
     assert "broken.krt" in result.stderr and "gzip" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert log(repo) == ["kai: init demo (namespace kai-demo)"]
+
+
+def test_failed_render_leaves_kai_yaml_unchanged(repo: Path, tmp_path: Path) -> None:
+    big = make_version(tmp_path / "big", "big-v1")
+    (big / "src" / "etl" / "weights.bin").write_bytes(os.urandom(1100 * 1024))
+    kai("add", str(big), "--repo", str(repo))
+    before, kai_yaml = head(repo), (repo / "kai.yaml").read_bytes()
+    result = kai("start", "big-v1", "--repo", str(repo), ok=False)
+    assert result.exit_code == 1
+    assert "image" in result.stderr and "Traceback" not in result.output
+    assert (repo / "kai.yaml").read_bytes() == kai_yaml
+    assert head(repo) == before and clean(repo)
