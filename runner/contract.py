@@ -38,6 +38,8 @@ ENV_STORAGE = "KAI_STORAGE"  # "file" or "memory": JetStream storage of the stre
 ENV_MAX_DELIVER = "KAI_MAX_DELIVER"
 ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
 ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
+ENV_BIND_HOST = "KAI_BIND_HOST"  # optional: address the gRPC and web servers listen on
+ENV_CONCURRENCY = "KAI_CONCURRENCY"  # optional: messages a node process handles at once
 
 # --- defaults ----------------------------------------------------------------
 
@@ -52,6 +54,9 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STORAGE = "file"
 DEFAULT_MAX_DELIVER = 5
 DEFAULT_ACK_WAIT = 30.0
+DEFAULT_BIND_HOST = "0.0.0.0"
+DEFAULT_CONCURRENCY = 32
+DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers Nats-Msg-Id values
 
 # The runner image's command; the subcommand selects the process role.
 RUNNER_COMMAND: tuple[str, ...] = ("python", "-m", "runner")

@@ -1,0 +1,155 @@
+"""`python -m runner node|entrypoint`: the runner image's command.
+
+The process reads its settings from the environment (runner.contract.RunnerEnv) and logs
+one line per record to stderr::
+
+    2024-05-01T12:00:00.123 INFO entrypoint: <message>
+    2024-05-01T12:00:00.123 INFO node etl: <message>
+
+Ready lines (what a supervisor waits for; the ports are the bound ones, so port 0 in the
+environment works and the line tells which port was taken):
+
+    entrypoint ready: grpc <host>:<port>, web <host>:<port>
+    node <name> ready (web :<port>)
+
+regular expressions: ``entrypoint ready: grpc (\\S+):(\\d+), web (\\S+):(\\d+)`` and
+``node (\\S+) ready \\(web :(\\d+)\\)``.
+
+Start-up failures print ``<role> [<name>]: cannot start: <reason>`` on stderr and exit
+non-zero: 2 for a bad environment, proto, module or handler, 3 when `init` fails, 1 for
+anything else. SIGTERM or SIGINT drains (stop taking work, finish what is in flight, close
+NATS) and exits 0 within the grace period (``--grace``, 25 s by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Protocol
+
+from . import contract
+
+EXIT_ENV = 2
+EXIT_OTHER = 1
+DEFAULT_GRACE = 25.0
+
+
+class Process(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self, grace: float) -> None: ...
+
+
+class _OneLine(logging.Formatter):
+    """One line per record: tracebacks are folded onto the line."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"%(asctime)s.%(msecs)03d %(levelname)s {label}: %(message)s",
+                         "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def setup_logging(label: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine(label))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("nats").setLevel(logging.CRITICAL)  # reconnect noise; we log our own
+
+
+async def serve(proc: Process, label: str, grace: float) -> int:
+    log = logging.getLogger("runner")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(proc.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("signal received while starting: stopping")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await _stop(proc, grace)
+        return 0
+    exc = starting.exception()
+    if exc is not None:
+        code = getattr(exc, "code", EXIT_OTHER)
+        _say_cannot_start(label, exc)
+        stopping.cancel()
+        await _stop(proc, 2.0)
+        return code if isinstance(code, int) else EXIT_OTHER
+    await stopping
+    log.info("stopping: draining in-flight work (grace %.0fs)", grace)
+    await _stop(proc, grace)
+    log.info("stopped")
+    return 0
+
+
+def _say_cannot_start(label: str, exc: BaseException) -> None:
+    reason = str(exc) or type(exc).__name__
+    if reason.startswith(label + ": "):
+        reason = reason[len(label) + 2:]
+    print(f"{label}: cannot start: {reason}", file=sys.stderr, flush=True)
+
+
+async def _stop(proc: Process, grace: float) -> None:
+    try:
+        await asyncio.wait_for(proc.stop(max(0.1, grace - 2.0)), grace)
+    except Exception as exc:
+        logging.getLogger("runner").warning("unclean stop: %s", exc or type(exc).__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner",
+        description="Run one process of a KAI version (settings come from KAI_* variables).")
+    parser.add_argument("role", choices=[contract.ROLE_NODE, contract.ROLE_ENTRYPOINT],
+                        help="node: run the node KAI_NODE; entrypoint: serve the rpcs over gRPC")
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                        help="seconds to drain on SIGTERM before exiting (default 25)")
+    args = parser.parse_args(argv)
+    try:
+        env = contract.RunnerEnv.from_environ()
+    except contract.ContractError as exc:
+        print(f"{args.role}: cannot start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ENV
+    label = f"node {env.node}" if args.role == contract.ROLE_NODE else "entrypoint"
+    setup_logging(label, env.log_level)
+    started = time.monotonic()
+    proc: Process
+    try:
+        if args.role == contract.ROLE_NODE:
+            from . import node
+
+            proc = node.prepare(env)
+        else:
+            from . import entrypoint
+
+            proc = entrypoint.prepare(env)
+    except Exception as exc:
+        code = getattr(exc, "code", EXIT_ENV)
+        _say_cannot_start(label, exc)
+        return code if isinstance(code, int) else EXIT_ENV
+    logging.getLogger("runner").debug("prepared in %.3fs", time.monotonic() - started)
+    code = asyncio.run(serve(proc, label, args.grace))
+    return code
+
+
+if __name__ == "__main__":
+    rc = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        os._exit(rc)  # a sync handler still runs in a worker thread: do not wait for it
+    sys.exit(rc)

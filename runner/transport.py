@@ -1,0 +1,434 @@
+"""NATS JetStream plumbing shared by the node and the entrypoint.
+
+* :func:`connect`: a connection that reconnects forever and reports its state;
+* :func:`ensure_work_stream`, :func:`ensure_consumer`, :func:`ensure_data_stream`:
+  idempotent creation of what a version needs (safe on every start and reconnect);
+* :class:`Puller`: a pull consumer that keeps a bounded number of messages in flight,
+  asking the server for more as work finishes (one subscription, batched pull requests);
+* envelope helpers: the headers a request carries, error replies, the payload limit;
+* :func:`scan`: read every message of one subject of a stream (for `ctx.db.find`).
+
+Wire protocol (see also runner.contract for the names):
+
+* step input (JetStream, subject ``step_subject(p, v, wf, i)``): payload a serialized
+  ``google.protobuf.Any``; headers HDR_REQUEST_ID, HDR_DEADLINE (absolute unix seconds),
+  HDR_REPLY (the entrypoint inbox), HDR_WORKFLOW and, from step 1 on, Nats-Msg-Id
+  ``"{request_id}:{step}"`` so a redelivered step publishes no duplicate;
+* reply (core NATS, to HDR_REPLY): HDR_REQUEST_ID, HDR_STATUS ("OK" or a grpc.StatusCode
+  name) and, on errors, HDR_ERROR; on OK the payload is the serialized rpc response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.manager import JetStreamManager
+
+from . import contract
+
+log = logging.getLogger("runner.transport")
+
+STATUS_HDR = "Status"  # NATS status header on pull responses
+PENDING_HDR = "Nats-Pending-Messages"
+JS_TIMEOUT = 5.0  # seconds for JetStream API calls
+WORK_MAX_AGE = 3600.0  # undelivered work older than this is dropped by the server
+
+
+# --- connection ------------------------------------------------------------------
+
+
+@dataclass
+class ConnectionEvents:
+    """Callbacks a process registers to follow the connection's state."""
+
+    on_disconnect: Callable[[], Awaitable[None]] | None = None
+    on_reconnect: Callable[[], Awaitable[None]] | None = None
+
+
+async def connect(url: str, name: str, events: ConnectionEvents | None = None) -> Client:
+    """Connect to NATS, retrying until it answers; the client then reconnects forever."""
+    events = events or ConnectionEvents()
+    errors_seen = 0
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal errors_seen
+        errors_seen += 1
+        loud = errors_seen in (1, 10) or errors_seen % 100 == 0
+        level = logging.WARNING if loud else logging.DEBUG
+        log.log(level, "nats %s: %s", url, exc or type(exc).__name__)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected from %s, reconnecting", url)
+        if events.on_disconnect:
+            await events.on_disconnect()
+
+    async def on_reconnect() -> None:
+        nonlocal errors_seen
+        errors_seen = 0
+        log.info("nats reconnected to %s", url)
+        if events.on_reconnect:
+            await events.on_reconnect()
+
+    async def on_closed() -> None:
+        log.info("nats connection closed")
+
+    nc = await nats.connect(
+        servers=[url],
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]
+        connect_timeout=2,
+        ping_interval=10,
+        max_outstanding_pings=3,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        closed_cb=on_closed,
+    )
+    return nc
+
+
+# --- streams and consumers ---------------------------------------------------------
+
+
+def _storage(storage: str) -> api.StorageType:
+    return api.StorageType.MEMORY if storage == "memory" else api.StorageType.FILE
+
+
+async def _ensure_stream(jsm: JetStreamManager, config: api.StreamConfig) -> None:
+    try:
+        await jsm.add_stream(config)
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+    try:
+        await jsm.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        log.warning("stream %s exists with another configuration (%s); using it", config.name,
+                    exc.description)
+
+
+async def ensure_work_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv,
+                             workflow: str) -> str:
+    """The work-queue stream of one workflow of the version; returns its name."""
+    name = contract.stream_name(env.project, env.version, workflow)
+    await _ensure_stream(
+        js_mgr,
+        api.StreamConfig(
+            name=name,
+            subjects=[contract.stream_subjects(env.project, env.version, workflow)],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=_storage(env.storage),
+            duplicate_window=contract.DUPLICATE_WINDOW,
+            max_age=WORK_MAX_AGE,
+            discard=api.DiscardPolicy.OLD,
+        ),
+    )
+    return name
+
+
+async def ensure_data_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv) -> str:
+    """The project's stream of predictions, measurements and db documents (kept, not consumed)."""
+    name = contract.data_stream_name(env.project)
+    await _ensure_stream(
+        js_mgr,
+        api.StreamConfig(
+            name=name,
+            subjects=[contract.data_subjects(env.project)],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=_storage(env.storage),
+            duplicate_window=contract.DUPLICATE_WINDOW,
+        ),
+    )
+    return name
+
+
+async def ensure_consumer(js_mgr: JetStreamManager, env: contract.RunnerEnv, workflow: str,
+                          step: int, node: str) -> str:
+    """The durable pull consumer of one step, shared by every replica of its node."""
+    stream = contract.stream_name(env.project, env.version, workflow)
+    durable = contract.consumer_name(step, node)
+    config = api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=contract.step_subject(env.project, env.version, workflow, step),
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=env.ack_wait,
+        max_deliver=env.max_deliver,
+        max_ack_pending=10_000,
+        max_waiting=512,
+    )
+    try:
+        await js_mgr.add_consumer(stream, config)
+    except nats.js.errors.BadRequestError as exc:
+        # An existing consumer with another configuration: use it as it is.
+        log.warning("consumer %s/%s: %s; using the existing one", stream, durable,
+                    exc.description)
+        await js_mgr.consumer_info(stream, durable)
+    return durable
+
+
+# --- envelope -----------------------------------------------------------------------
+
+
+def headers_size(headers: dict[str, str]) -> int:
+    """The size of a header block on the wire (NATS/1.0 line, k: v lines, blank line)."""
+    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
+
+
+def over_limit(nc: Client, payload: bytes, headers: dict[str, str]) -> int:
+    """The message's size when it is over the server's max payload, else 0."""
+    size = len(payload) + headers_size(headers)
+    return size if size > nc.max_payload else 0
+
+
+async def reply_status(nc: Client, reply: str, request_id: str, code: str, message: str) -> None:
+    """Send an error (or any non-OK) answer to the entrypoint inbox."""
+    if not reply:
+        return
+    await nc.publish(
+        reply,
+        b"",
+        headers={
+            contract.HDR_REQUEST_ID: request_id,
+            contract.HDR_STATUS: code,
+            contract.HDR_ERROR: _header_safe(message),
+        },
+    )
+
+
+def _header_safe(text: str, limit: int = 4000) -> str:
+    """Header values are one line; keep them so and bounded."""
+    one_line = " ".join(str(text).split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+
+
+async def publish_until(js_publish: Callable[..., Awaitable[api.PubAck]], subject: str,
+                        payload: bytes, headers: dict[str, str], deadline: float,
+                        stopping: Callable[[], bool]) -> bool:
+    """Publish to JetStream, retrying through outages until `deadline` (unix time).
+
+    Returns True once the server stored the message (or recognised it as a duplicate).
+    """
+    delay = 0.05
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return False
+        try:
+            await js_publish(subject, payload, timeout=min(JS_TIMEOUT, max(remaining, 0.05)),
+                             headers=headers)
+            return True
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError, TimeoutError) as exc:
+            if stopping() and remaining > JS_TIMEOUT * 4:
+                deadline = time.time() + JS_TIMEOUT * 4  # draining: do not wait forever
+            log.debug("publish to %s failed (%s); retrying", subject, type(exc).__name__)
+        await asyncio.sleep(min(delay, max(deadline - time.time(), 0)))
+        delay = min(delay * 2, 1.0)
+
+
+# --- pull consumer ----------------------------------------------------------------
+
+
+@dataclass
+class _Pull:
+    remaining: int
+    expires_at: float  # monotonic
+
+
+@dataclass
+class Puller:
+    """Consume one durable pull consumer with at most `max_inflight` messages in flight.
+
+    One subscription receives everything; each pull request has its own reply subject
+    (``<inbox>.<n>``) so its status answers (408 expired, 409 ...) are told apart.
+    `handle(msg)` runs as a task per message and must ack/nak the message itself.
+    """
+
+    nc: Client
+    stream: str
+    consumer: str
+    handle: Callable[[Msg], Awaitable[None]]
+    max_inflight: int = contract.DEFAULT_CONCURRENCY
+    expires: float = 5.0
+    on_lost: Callable[[], Awaitable[None]] | None = None  # pull requests vanish: re-ensure
+    inflight: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _pulls: dict[str, _Pull] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    _seq: int = 0
+    _inbox: str = ""
+    _sub: object | None = None
+    _loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_msg,
+                                            pending_msgs_limit=self.max_inflight * 64)
+        self._loop_task = asyncio.create_task(self._loop(), name=f"pull {self.consumer}")
+
+    def reset(self) -> None:
+        """Forget outstanding pull requests (the connection was lost) and pull again."""
+        self._pulls.clear()
+        self._wake.set()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        token = msg.subject[len(self._inbox) + 1:]
+        hdrs = msg.headers
+        if hdrs and STATUS_HDR in hdrs and not msg.reply:
+            self._on_status(token, hdrs)
+            return
+        pull = self._pulls.get(token)
+        if pull is not None:
+            pull.remaining -= 1
+            if pull.remaining <= 0:
+                del self._pulls[token]
+        if self._stopping:
+            await msg.nak()  # arrived after we stopped: let another replica take it
+            return
+        self.inflight += 1
+        task = asyncio.create_task(self._run(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_status(self, token: str, hdrs: dict[str, str]) -> None:
+        code = hdrs.get(STATUS_HDR, "")
+        if code == "100":  # idle heartbeat
+            return
+        if code in ("404", "408", "409"):
+            self._pulls.pop(token, None)
+            if code == "409":
+                log.debug("pull %s/%s: %s", self.stream, self.consumer,
+                          hdrs.get("Description", ""))
+            self._wake.set()
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:
+            log.exception("unexpected error handling a message of %s", self.consumer)
+        finally:
+            self.inflight -= 1
+            self._wake.set()
+
+    def _outstanding(self) -> int:
+        now = time.monotonic()
+        lost = [k for k, p in self._pulls.items() if p.expires_at < now]
+        for k in lost:
+            del self._pulls[k]
+        if lost and self.on_lost is not None:
+            task = asyncio.create_task(self.on_lost())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return sum(p.remaining for p in self._pulls.values())
+
+    async def _loop(self) -> None:
+        low_water = max(1, self.max_inflight // 4)
+        expires_ns = int(self.expires * 1e9)
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+        while not self._stopping:
+            self._wake.clear()
+            free = self.max_inflight - self.inflight - self._outstanding()
+            if free >= low_water and self.nc.is_connected:
+                self._seq += 1
+                token = str(self._seq)
+                # No-one answers lost requests; forget them a bit after they expire.
+                self._pulls[token] = _Pull(free, time.monotonic() + self.expires + 1.0)
+                body = b'{"batch":%d,"expires":%d}' % (free, expires_ns)
+                try:
+                    await self.nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+                except Exception as exc:  # closed or reconnecting: try again shortly
+                    log.debug("pull request failed: %s", exc)
+                    self._pulls.pop(token, None)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def stop(self, grace: float) -> None:
+        """Stop pulling, finish the messages in flight (up to `grace` seconds)."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            except Exception:  # the connection may be gone already
+                pass
+
+
+# --- reading a subject back ----------------------------------------------------------
+
+
+async def scan(nc: Client, js_mgr: JetStreamManager, stream: str, subject: str,
+               limit: float = 10.0) -> list[bytes]:
+    """Every message currently stored on `subject` in `stream`, oldest first.
+
+    Costs one ephemeral consumer and a transfer of every message on the subject.
+    """
+    info = await js_mgr.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            filter_subject=subject,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            max_waiting=1,
+        ),
+    )
+    name = info.name
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out: list[bytes] = []
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
+    try:
+        async with asyncio.timeout(limit):
+            pending = info.num_pending or 0
+            while pending > 0:
+                batch = min(pending, 1000)
+                await nc.publish(next_subject, json.dumps({"batch": batch, "no_wait": True})
+                                 .encode(), reply=inbox)
+                got = 0
+                while got < batch:
+                    msg = await sub.next_msg(timeout=limit)
+                    if msg.headers and STATUS_HDR in msg.headers and not msg.reply:
+                        if msg.headers[STATUS_HDR] == "100":
+                            continue
+                        pending = 0
+                        break
+                    got += 1
+                    out.append(msg.data)
+                    pending = msg.metadata.num_pending
+                    if pending == 0:
+                        break
+    finally:
+        await sub.unsubscribe()
+        try:
+            await js_mgr.delete_consumer(stream, name)
+        except Exception:  # it expires by itself anyway
+            pass
+    return out
