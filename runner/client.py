@@ -77,7 +77,8 @@ def parse_request(rpc: Rpc, text: str) -> Message:
     try:
         return json_format.ParseDict(value, rpc.request_class())
     except json_format.ParseError as exc:
-        raise CallUsageError(f"request does not fit {what}: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise CallUsageError(f"request does not fit {what}: {detail}") from None
 
 
 def to_json(message: Message) -> str:

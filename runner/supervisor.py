@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 # The line a runner process prints once it serves (see runner/__main__.py).
-READY_LINE = re.compile(r"\bready\b")
+READY_LINE = re.compile(r"\b(?:node \S+|entrypoint) ready\b")
 TAIL_LINES = 40
 DEFAULT_READY_TIMEOUT = 60.0
 DEFAULT_GRACE = 10.0
