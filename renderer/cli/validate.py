@@ -1,0 +1,61 @@
+"""`kai validate PATH [--json]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from renderer.problems import Problem
+from renderer.validate import Checked, Report, validate_path
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+def validate(path: Path, as_json: bool) -> None:
+    """Validate a version, a krt.yml, a KRE .krt archive or a whole GitOps repo.
+
+    PATH is a version directory (holding krt.yml), a krt.yml / krt.yaml file, a
+    .krt archive, or a GitOps repo (a directory with kai.yaml: kai.yaml and every
+    versions/*/ are checked, and how they fit together).
+
+    Every problem is printed on stderr, one line each, as
+    FILE:LINE:COL: FIELD: MESSAGE, and the exit code is 1. With --json, a
+    document {"ok", "problems", "versions", ...} goes to stdout instead.
+    """
+    try:
+        report = validate_path(path)
+    except Exception as exc:  # a bug must still not show the user a traceback
+        report = Report(str(path), "version",
+                        (Problem(str(path), message=f"internal error: {exc!r}"),))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=False))
+    elif report.ok:
+        _summary(report)
+    else:
+        for line in report.lines():
+            click.echo(line, err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _summary(report: Report) -> None:
+    if report.project is not None:
+        count = len(report.versions)
+        click.echo(f"ok: project {report.project.name} (namespace {report.project.namespace}), "
+                   f"{count} version{'s' if count != 1 else ''}")
+    for checked in report.versions:
+        _version_summary(checked)
+
+
+def _version_summary(checked: Checked) -> None:
+    v = checked.version
+    state = f" [{checked.state}]" if checked.state else ""
+    click.echo(f"ok: {v.name}{state} ({checked.file})")
+    click.echo(f"  nodes: {', '.join(n.name for n in v.nodes)}")
+    for wf in v.workflows:
+        chain = " → ".join(wf.sequential)
+        click.echo(f"  workflow {wf.name}: {wf.entrypoint} → {chain}")

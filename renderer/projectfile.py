@@ -1,0 +1,273 @@
+"""Read and write kai.yaml, the desired state of a GitOps repo.
+
+`load_project` validates the file (safe YAML, `schemas/kai.schema.json`, then the
+rules a schema cannot say) and maps it onto the model in renderer.project;
+`dump_project` writes it back deterministically, so `load(dump(p)) == p`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from .problems import InputError, Problem
+from .project import (
+    PROJECT_FILE,
+    PUBLISHED,
+    STOPPED,
+    ConfigSource,
+    ImageMapping,
+    Ingress,
+    Nats,
+    Project,
+    Resources,
+    VersionState,
+)
+from .schemacheck import schema_problems
+from .yamlsafe import Document, load_yaml, shown_path
+
+SCHEMA = "kai.schema.json"
+SCHEMA_URL = (
+    "https://raw.githubusercontent.com/kai-server/kai-server/main/renderer/schemas/kai.schema.json"
+)
+HEADER = f"""\
+# yaml-language-server: $schema={SCHEMA_URL}
+#
+# kai.yaml: the desired state of this KAI project, kept in git.
+# `kai start|stop|publish|unpublish VERSION` edit it and commit; you may edit it by hand too.
+# `kai render` turns it, with the sources in versions/<version>/, into rendered/<project>/,
+# which Argo CD or Flux syncs to the cluster. Config values never go here: a version's
+# `config` names the Secret (or ExternalSecret / SealedSecret) that holds them.
+
+"""
+
+
+def load_project(root: Path, display_root: Path | None = None) -> Project:
+    """Read and validate `root/kai.yaml`; raise InputError with every problem."""
+    return read_project(root, display_root)[0]
+
+
+def read_project(root: Path, display_root: Path | None = None) -> tuple[Project, Document]:
+    """Like load_project, but also return the loaded document (for positions)."""
+    root = Path(root)
+    path = root / PROJECT_FILE
+    shown = shown_path(path, display_root)
+    if not path.is_file():
+        raise InputError([Problem(shown, message="not found; create it with `kai init`")])
+    doc = load_yaml(path, shown)
+    problems = schema_problems(doc, SCHEMA)
+    if problems:
+        raise InputError(problems)
+    problems = _semantic_problems(doc, root)
+    if problems:
+        raise InputError(problems)
+    return _project(doc.data, root), doc
+
+
+# --- checks a schema cannot express ---------------------------------------------------------
+
+
+@functools.cache
+def bundled_kubernetes_versions() -> tuple[str, ...]:
+    """The Kubernetes minor versions (like "1.35") kubernetes-validate has schemas for."""
+    from kubernetes_validate import utils
+
+    minors = {".".join(v.split(".")[:2]) for v in utils.all_versions()}
+    return tuple(sorted(minors, key=lambda v: tuple(int(p) for p in v.split("."))))
+
+
+def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
+    data = doc.data
+    out: list[Problem] = []
+    kube = data.get("kubernetesVersion")
+    if isinstance(kube, str):
+        bundled = bundled_kubernetes_versions()
+        if ".".join(kube.split(".")[:2]) not in bundled:
+            out.append(doc.problem(
+                ("kubernetesVersion",),
+                f'Kubernetes "{kube}" has no bundled schemas; use one of: {", ".join(bundled)}',
+            ))
+    seen_images: dict[str, int] = {}
+    for i, image in enumerate(data.get("images", [])):
+        name = image["name"]
+        if name in seen_images:
+            out.append(doc.problem(
+                ("images", i, "name"),
+                f'image "{name}" is mapped twice (first at images[{seen_images[name]}])',
+            ))
+        else:
+            seen_images[name] = i
+    published: list[str] = []
+    for name, entry in data.get("versions", {}).items():
+        if entry.get("state") == PUBLISHED:
+            if published:
+                out.append(doc.problem(
+                    ("versions", name, "state"),
+                    f"only one version can be published and {published[0]} is published too; "
+                    "set one of them to started",
+                ))
+            published.append(name)
+        sealed = entry.get("config", {}).get("sealedSecret")
+        if sealed:
+            message = _repo_file_problem(root, sealed["file"])
+            if message:
+                out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
+                                       message))
+    return out
+
+
+def _repo_file_problem(root: Path, rel: str) -> str | None:
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or "\\" in rel:
+        return f'"{rel}" must be a path relative to the repo, with "/" separators'
+    if ".." in pure.parts:
+        return f'"{rel}" must stay inside the repo (no "..")'
+    full = root / rel
+    try:
+        inside = full.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        return f'"{rel}" leads outside the repo'
+    if not full.is_file():
+        return f'file "{rel}" does not exist in the repo'
+    return None
+
+
+# --- mapping onto the model -----------------------------------------------------------------
+
+
+def _project(data: dict[str, Any], root: Path) -> Project:
+    nats = data.get("nats", {})
+    ingress = data.get("ingress", {})
+    resources = data.get("resources", {})
+    defaults = Resources()
+    return Project(
+        name=data["project"],
+        namespace=data["namespace"],
+        **_pick(data, {"kubernetesVersion": "kubernetes_version"}),
+        nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage"})),
+        ingress=Ingress(**_pick(ingress, {
+            "host": "host", "className": "class_name", "tlsSecret": "tls_secret",
+            "annotations": "annotations",
+        })),
+        images=tuple(
+            ImageMapping(i["name"], i["newName"], i.get("newTag", ""))
+            for i in data.get("images", [])
+        ),
+        resources=Resources(
+            requests=dict(resources.get("requests", defaults.requests)),
+            limits=dict(resources.get("limits", defaults.limits)),
+        ),
+        versions={
+            name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")))
+            for name, entry in data.get("versions", {}).items()
+        },
+        root=root,
+    )
+
+
+def _pick(mapping: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments for the keys present in `mapping` (so absent ones get defaults)."""
+    return {attr: mapping[key] for key, attr in names.items() if key in mapping}
+
+
+def _config(raw: dict[str, Any] | None) -> ConfigSource | None:
+    if not raw:
+        return None
+    if "secret" in raw:
+        return ConfigSource("secret", raw["secret"])
+    if "externalSecret" in raw:
+        e = raw["externalSecret"]
+        return ConfigSource(
+            "externalSecret", e["secret"], store=e["store"],
+            store_kind=e.get("storeKind", "ClusterSecretStore"), remote_key=e["remoteKey"],
+        )
+    s = raw["sealedSecret"]
+    return ConfigSource("sealedSecret", s["secret"], file=s["file"])
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def project_data(project: Project) -> dict[str, Any]:
+    """kai.yaml's content for `project`, keys in their documented order."""
+    nats: dict[str, Any] = {"url": project.nats.url}
+    if project.nats.namespace:
+        nats["namespace"] = project.nats.namespace
+    nats["storage"] = project.nats.storage
+    ing = project.ingress
+    ingress: dict[str, Any] = {}
+    if ing.host:
+        ingress["host"] = ing.host
+    ingress["className"] = ing.class_name
+    if ing.tls_secret:
+        ingress["tlsSecret"] = ing.tls_secret
+    ingress["annotations"] = dict(sorted(ing.annotations.items()))
+    images = []
+    for m in project.images:
+        image = {"name": m.name, "newName": m.new_name}
+        if m.new_tag:
+            image["newTag"] = m.new_tag
+        images.append(image)
+    versions: dict[str, Any] = {}
+    for name in sorted(project.versions):
+        vs = project.versions[name]
+        entry: dict[str, Any] = {"state": vs.state}
+        if vs.config is not None:
+            entry["config"] = _config_data(vs.config)
+        versions[name] = entry
+    return {
+        "project": project.name,
+        "namespace": project.namespace,
+        "kubernetesVersion": project.kubernetes_version,
+        "nats": nats,
+        "ingress": ingress,
+        "images": images,
+        "resources": {
+            "requests": dict(sorted(project.resources.requests.items())),
+            "limits": dict(sorted(project.resources.limits.items())),
+        },
+        "versions": versions,
+    }
+
+
+def _config_data(config: ConfigSource) -> dict[str, Any]:
+    if config.kind == "externalSecret":
+        return {"externalSecret": {
+            "secret": config.secret, "store": config.store,
+            "storeKind": config.store_kind, "remoteKey": config.remote_key,
+        }}
+    if config.kind == "sealedSecret":
+        return {"sealedSecret": {"secret": config.secret, "file": config.file}}
+    return {"secret": config.secret}
+
+
+def dump_project(project: Project) -> str:
+    """kai.yaml for `project`: a comment header, then stable keys; deterministic."""
+    body = yaml.safe_dump(
+        project_data(project), sort_keys=False, default_flow_style=False,
+        allow_unicode=True, width=100,
+    )
+    return HEADER + body
+
+
+def save_project(project: Project, root: Path | None = None) -> Path:
+    """Write kai.yaml atomically into `root` (default: project.root); return its path."""
+    folder = Path(root if root is not None else project.root)
+    path = folder / PROJECT_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".kai.yaml.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(dump_project(project))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,516 @@
+"""Load and validate versions: krt.yml against its schema, then the semantic rules.
+
+`load_version` returns a checked :class:`~renderer.krt.Version` or raises
+InputError with every problem at once, each as
+`versions/greeter-v1/krt.yml:12:7: workflows[0].sequential[1]: node "inference" is not
+defined (defined: etl, output)`.
+
+`validate_path` checks what `kai validate` accepts: a version directory, a manifest,
+a `.krt` archive or a whole GitOps repo, and returns a :class:`Report`.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from runner.proto import CompiledProto, ProtoError, compile_proto
+
+from .krt import MANIFEST_NAMES, Config, Node, Version, Workflow
+from .krtfile import extract_krt
+from .plan import MAX_NAME, derived_names
+from .problems import InputError, Problem
+from .project import PROJECT_FILE, PUBLISHED, STARTED, VERSIONS_DIR, Project
+from .projectfile import read_project
+from .schemacheck import schema_problems
+from .yamlsafe import Document, FieldPath, load_yaml, shown_path
+
+SCHEMA = "krt.schema.json"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How the files of one version are named in problems: `prefix` + `sep` + relative path.
+
+    A version directory gives ("versions/greeter-v1", "/"); an archive ("greeter-v1.krt", "!").
+    """
+
+    prefix: str
+    sep: str = "/"
+
+    def __call__(self, rel: str) -> str:
+        if self.prefix in ("", "."):
+            return rel
+        return f"{self.prefix}{self.sep}{rel}"
+
+
+# --- one version ------------------------------------------------------------------------------
+
+
+def load_version(path: Path, display_root: Path | None = None) -> Version:
+    """Load and validate the version at `path` (its directory, or its krt.yml / krt.yaml).
+
+    Files are named relative to `display_root` (default: the current directory).
+    Raises InputError with every problem found.
+    """
+    return read_version(path, display_root)[0]
+
+
+def read_version(
+    path: Path, display_root: Path | None = None, shown: Shown | None = None
+) -> tuple[Version, Document]:
+    """Like load_version, but also return the manifest document (for positions)."""
+    path = Path(path)
+    directory, manifest = _locate(path, display_root)
+    if shown is None:
+        shown = Shown(shown_path(directory, display_root))
+    doc = load_yaml(directory / manifest, shown(manifest))
+    problems = schema_problems(doc, SCHEMA)
+    version = _build(doc.data, directory, manifest)
+    problems += _semantic_problems(doc, version, directory, shown)
+    if problems:
+        raise InputError(problems)
+    return version, doc
+
+
+def _locate(path: Path, display_root: Path | None) -> tuple[Path, str]:
+    shown = shown_path(path, display_root)
+    if path.is_dir():
+        found = [name for name in MANIFEST_NAMES if (path / name).is_file()]
+        if len(found) > 1:
+            raise InputError(
+                [Problem(shown, message="both krt.yml and krt.yaml exist; keep only one")]
+            )
+        if not found:
+            raise InputError([Problem(shown, message="no krt.yml (or krt.yaml) in this directory")])
+        return path, found[0]
+    if path.is_file():
+        return path.parent, path.name
+    raise InputError([Problem(shown, message="does not exist")])
+
+
+def _build(data: dict[str, Any], directory: Path, manifest: str) -> Version:
+    """The Version the data describes; tolerant of wrong types (schema problems say why)."""
+    entry = _dict(data.get("entrypoint"))
+    config = _dict(data.get("config"))
+    nodes = tuple(
+        Node(
+            name=_str(n.get("name")),
+            image=_str(n.get("image")),
+            src=_str(n.get("src")),
+            gpu=n.get("gpu") is True,
+            replicas=_int(n.get("replicas"), 1),
+        )
+        for n in map(_dict, _list(data.get("nodes")))
+    )
+    workflows = tuple(
+        Workflow(
+            name=_str(w.get("name")),
+            entrypoint=_str(w.get("entrypoint")),
+            sequential=tuple(_str(s) for s in _list(w.get("sequential"))),
+        )
+        for w in map(_dict, _list(data.get("workflows")))
+    )
+    return Version(
+        name=_str(data.get("version")),
+        description=_str(data.get("description")),
+        proto=_str(entry.get("proto")),
+        entrypoint_image=_str(entry.get("image")),
+        nodes=nodes,
+        workflows=workflows,
+        config=Config(
+            variables=tuple(_str(v) for v in _list(config.get("variables"))),
+            files=tuple(_str(v) for v in _list(config.get("files"))),
+        ),
+        directory=directory,
+        manifest=manifest,
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return default
+
+
+# --- semantic checks ------------------------------------------------------------------------
+
+
+def _semantic_problems(doc: Document, version: Version, directory: Path,
+                       shown: Shown) -> list[Problem]:
+    data = doc.data
+    out: list[Problem] = []
+    nodes = _list(data.get("nodes"))
+    workflows = _list(data.get("workflows"))
+    out += _unique(doc, "nodes", "name", lambda v, _j, at: f'node "{v}" is defined twice ({at})')
+    out += _unique(doc, "workflows", "name",
+                   lambda v, _j, at: f'workflow "{v}" is defined twice ({at})')
+    out += _unique(
+        doc, "workflows", "entrypoint",
+        lambda v, j, at: f'rpc "{v}" already runs workflow "{_name_of(workflows, j)}" ({at}); '
+        "an rpc serves one workflow",
+    )
+    defined = list(dict.fromkeys(n.name for n in version.nodes if n.name))
+    for i, wf in enumerate(workflows):
+        for k, step in enumerate(_list(_dict(wf).get("sequential"))):
+            if isinstance(step, str) and step not in defined:
+                listed = ", ".join(defined) if defined else "none"
+                out.append(doc.problem(("workflows", i, "sequential", k),
+                                       f'node "{step}" is not defined (defined: {listed})'))
+    for i, node in enumerate(nodes):
+        src = _dict(node).get("src")
+        if isinstance(src, str) and src:
+            message = _file_problem(directory, src)
+            if message:
+                out.append(doc.problem(("nodes", i, "src"), message))
+    out += _proto_problems(doc, version, directory, shown)
+    out += _name_length_problems(doc, version)
+    return out
+
+
+def _name_of(items: list[Any], index: int) -> str:
+    return _str(_dict(items[index]).get("name"))
+
+
+def _unique(doc: Document, section: str, key: str,
+            message: Callable[[str, int, str], str]) -> list[Problem]:
+    """A problem for each repeated `section[i].key`; `message(value, first index, 'first at')`."""
+    out: list[Problem] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(_list(doc.data.get(section))):
+        value = _dict(item).get(key)
+        if not isinstance(value, str):
+            continue
+        if value in first:
+            j = first[value]
+            at = f"first at {section}[{j}], line {doc.position((section, j, key))[0]}"
+            out.append(doc.problem((section, i, key), message(value, j, at)))
+        else:
+            first[value] = i
+    return out
+
+
+def _file_problem(directory: Path, rel: str) -> str | None:
+    """Why `rel` is not a regular file inside `directory`, or None when it is."""
+    pure = PurePosixPath(rel)
+    if "\\" in rel:
+        return f'"{rel}": use "/" to separate folders'
+    if pure.is_absolute() or re.match(r"^[A-Za-z]:", rel):
+        return f'"{rel}" must be a path relative to the version directory'
+    if ".." in pure.parts:
+        return f'"{rel}" must stay inside the version directory (no "..")'
+    full = directory / rel
+    try:
+        inside = full.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):
+        return f'"{rel}" cannot be resolved (a symlink loop?)'
+    if not inside:
+        return f'"{rel}" leads outside the version directory through a symlink'
+    if not full.exists():
+        return f'file "{rel}" does not exist in the version directory'
+    if full.is_dir():
+        return f'"{rel}" is a directory; name a file in it'
+    if not full.is_file():
+        return f'"{rel}" is not a regular file'
+    return None
+
+
+_STREAMING = {
+    (True, False): "client-streaming",
+    (False, True): "server-streaming",
+    (True, True): "bidirectional streaming",
+}
+
+
+def _proto_problems(doc: Document, version: Version, directory: Path,
+                    shown: Shown) -> list[Problem]:
+    rel = version.proto
+    if not rel.endswith(".proto"):
+        return []  # missing or wrong: the schema said so
+    where = ("entrypoint", "proto")
+    message = _file_problem(directory, rel)
+    if message:
+        return [doc.problem(where, message)]
+    try:
+        compiled = compile_proto(directory, rel)
+    except ProtoError as exc:
+        return [
+            Problem(shown(p.file), p.line, p.col, "", p.message)
+            if p.line else doc.problem(where, f"{rel} does not compile: {p.message}")
+            for p in exc.problems
+        ]
+    out = _import_problems(doc, compiled, rel)
+    if not compiled.services:
+        example = "service Entrypoint { rpc PyGreet (Request) returns (Response); }"
+        return [*out, doc.problem(where, f"{rel} defines no service; add one, e.g. {example}")]
+    methods = compiled.methods()
+    services = ", ".join(s.name for s in compiled.services)
+    available = ", ".join(methods) or "none"
+    for i, wf in enumerate(version.workflows):
+        rpc = wf.entrypoint
+        if not rpc:
+            continue
+        method = methods.get(rpc)
+        path: FieldPath = ("workflows", i, "entrypoint")
+        if method is None:
+            out.append(doc.problem(path, f'rpc "{rpc}" is not defined by service {services} '
+                                         f"in {rel} (available: {available})"))
+            continue
+        kind = _STREAMING.get((method.client_streaming, method.server_streaming))
+        if kind:
+            out.append(doc.problem(
+                path,
+                f'rpc "{rpc}" is {kind}; a workflow needs a unary rpc, like '
+                f"rpc {rpc} ({method.input_type.name}) returns ({method.output_type.name})",
+            ))
+    return out
+
+
+def _import_problems(doc: Document, compiled: CompiledProto, rel: str) -> list[Problem]:
+    """Imports outside the proto's folder would not reach the pods (only that folder ships)."""
+    folder = PurePosixPath(rel).parent
+    out = []
+    for name in compiled.files:
+        if folder != PurePosixPath(".") and not PurePosixPath(name).is_relative_to(folder):
+            out.append(doc.problem(
+                ("entrypoint", "proto"),
+                f'{rel} imports "{name}", outside its folder {folder}/; only .proto files in '
+                "that folder are shipped with the version",
+            ))
+    return out
+
+
+_PATH_PART = re.compile(r"([A-Za-z_][\w-]*)|\[(\d+)\]")
+
+
+def _name_length_problems(doc: Document, version: Version) -> list[Problem]:
+    if not version.name:
+        return []
+    longest: dict[str, str] = {}
+    for name, where in derived_names(version):
+        if len(name) > len(longest.get(where, "")):
+            longest[where] = name
+    out = []
+    for where, name in longest.items():
+        if len(name) > MAX_NAME:
+            path = tuple(int(i) if i else k for k, i in _PATH_PART.findall(where))
+            out.append(doc.problem(
+                path,
+                f'the Kubernetes name "{name}" made from it is {len(name)} characters long; '
+                f"at most {MAX_NAME} are allowed, so shorten {where}",
+            ))
+    return out
+
+
+# --- kai validate PATH --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A version that passed validation, as `kai validate` reports it."""
+
+    version: Version
+    file: str  # its manifest, as named in problems
+    state: str | None = None  # its desired state in kai.yaml, when validated in a repo
+
+    def to_json(self) -> dict[str, Any]:
+        v = self.version
+        out: dict[str, Any] = {
+            "name": v.name,
+            "description": v.description,
+            "manifest": self.file,
+            "proto": v.proto,
+            "nodes": [
+                {"name": n.name, "image": n.image, "src": n.src, "gpu": n.gpu,
+                 "replicas": n.replicas}
+                for n in v.nodes
+            ],
+            "workflows": [
+                {"name": w.name, "entrypoint": w.entrypoint, "sequential": list(w.sequential)}
+                for w in v.workflows
+            ],
+            "config": {"variables": list(v.config.variables), "files": list(v.config.files)},
+        }
+        if self.state is not None:
+            out["state"] = self.state
+        return out
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `kai validate PATH` found: problems, or the versions that passed."""
+
+    path: str
+    kind: str  # "version", "archive" or "repo"
+    problems: tuple[Problem, ...] = ()
+    versions: tuple[Checked, ...] = ()
+    project: Project | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "path": self.path,
+            "kind": self.kind,
+            "project": self.project.name if self.project else None,
+            "problems": [p.to_json() for p in self.problems],
+            "versions": [c.to_json() for c in self.versions],
+        }
+
+
+def validate_path(path: Path, display_root: Path | None = None) -> Report:
+    """Validate a version dir, a krt.yml/krt.yaml, a .krt archive or a GitOps repo (kai.yaml).
+
+    Never raises for bad input or unreadable files: everything ends up in `Report.problems`.
+    """
+    path = Path(path)
+    shown = shown_path(path, display_root)
+    try:
+        return _validate_path(path, shown, display_root)
+    except InputError as exc:
+        return Report(shown, "version", tuple(exc.problems))
+    except OSError as exc:
+        return Report(shown, "version", (_os_problem(exc, shown),))
+
+
+def _os_problem(exc: OSError, shown: str) -> Problem:
+    return Problem(str(exc.filename or shown), message=str(exc.strerror or exc))
+
+
+def _validate_path(path: Path, shown: str, display_root: Path | None) -> Report:
+    if path.is_dir() and (path / PROJECT_FILE).is_file():
+        return validate_repo(path, display_root)
+    if path.is_file() and path.name == PROJECT_FILE:
+        return validate_repo(path.parent, display_root)
+    if path.is_file() and path.suffix == ".krt":
+        return validate_archive(path, display_root)
+    if path.is_dir() and not any((path / m).is_file() for m in MANIFEST_NAMES):
+        message = (f"neither a version (no {' or '.join(MANIFEST_NAMES)}) "
+                   f"nor a GitOps repo (no {PROJECT_FILE})")
+        return Report(shown, "version", (Problem(shown, message=message),))
+    return _collect(shown, "version", lambda: _checked(path, display_root, None))
+
+
+def validate_archive(archive: Path, display_root: Path | None = None) -> Report:
+    """Extract a KRE .krt archive to a temporary directory and validate the version in it."""
+    shown = shown_path(archive, display_root)
+
+    def run() -> list[Checked]:
+        with tempfile.TemporaryDirectory(prefix="kai-krt-") as tmp:
+            target = Path(tmp) / "version"
+            extracted = extract_krt(archive, target, display=shown)
+            names = Shown(shown + "!" + extracted.prefix.rstrip("/"), "/") if extracted.prefix \
+                else Shown(shown, "!")
+            version, _ = read_version(target, display_root, names)
+            return [Checked(version, names(version.manifest))]
+
+    return _collect(shown, "archive", run)
+
+
+def _checked(path: Path, display_root: Path | None, shown: Shown | None) -> list[Checked]:
+    version, doc = read_version(path, display_root, shown)
+    return [Checked(version, doc.file)]
+
+
+def _collect(shown: str, kind: str, run: Callable[[], list[Checked]]) -> Report:
+    try:
+        return Report(shown, kind, (), tuple(run()))
+    except InputError as exc:
+        return Report(shown, kind, tuple(exc.problems))
+    except OSError as exc:
+        return Report(shown, kind, (_os_problem(exc, shown),))
+
+
+def validate_repo(root: Path, display_root: Path | None = None) -> Report:
+    """Validate kai.yaml, every versions/*/ and how they fit together."""
+    root = Path(root)
+    shown = shown_path(root, display_root)
+    problems: list[Problem] = []
+    project: Project | None = None
+    pdoc: Document | None = None
+    try:
+        project, pdoc = read_project(root, display_root)
+    except InputError as exc:
+        problems += exc.problems
+    loaded: dict[str, tuple[Version, Document]] = {}
+    versions_dir = root / VERSIONS_DIR
+    dirs = sorted(d for d in versions_dir.iterdir() if d.is_dir() and not d.name.startswith(".")) \
+        if versions_dir.is_dir() else []
+    for directory in dirs:
+        try:
+            version, doc = read_version(directory, display_root)
+        except InputError as exc:
+            problems += exc.problems
+            continue
+        if version.name != directory.name:
+            problems.append(doc.problem(
+                ("version",),
+                f'version "{version.name}" sits in {VERSIONS_DIR}/{directory.name}/; the folder '
+                f"must be named after the version ({VERSIONS_DIR}/{version.name}/)",
+            ))
+            continue
+        loaded[version.name] = (version, doc)
+    if project is not None and pdoc is not None:
+        problems += _cross_problems(project, pdoc, loaded, {d.name for d in dirs})
+    checked = tuple(
+        Checked(v, doc.file, project.state_of(name) if project else None)
+        for name, (v, doc) in sorted(loaded.items())
+    )
+    if problems:
+        return Report(shown, "repo", tuple(sorted(set(problems))), (), project)
+    return Report(shown, "repo", (), checked, project)
+
+
+def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Version, Document]],
+                    dirs: set[str]) -> list[Problem]:
+    out = []
+    for name, vs in project.versions.items():
+        if name not in dirs:
+            out.append(pdoc.problem(
+                ("versions", name),
+                f"{VERSIONS_DIR}/{name}/ does not exist; add the version with `kai add` "
+                "or remove this entry",
+                key=True,
+            ))
+            continue
+        if name not in loaded or vs.state not in (STARTED, PUBLISHED):
+            continue
+        config = loaded[name][0].config
+        if config.declared and vs.config is None:
+            declared = "; ".join(
+                f"{kind}: {', '.join(names)}"
+                for kind, names in (("variables", config.variables), ("files", config.files))
+                if names
+            )
+            out.append(pdoc.problem(
+                ("versions", name, "state"),
+                f"{name} is {vs.state} but its config ({declared}) has no source; add "
+                f"`config: {{secret: <Secret name>}}` under versions.{name}",
+            ))
+    return out

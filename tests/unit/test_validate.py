@@ -1,0 +1,597 @@
+"""renderer.validate and `kai validate`: every rule, with its message and position."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from renderer.cli import main
+from renderer.krt import Config, Node, Workflow
+from renderer.krtfile import build_krt
+from renderer.problems import InputError
+from renderer.validate import load_version, validate_path
+
+PROTO = """\
+syntax = "proto3";
+package main;
+message Request { string name = 1; }
+message Response { string greeting = 1; }
+service Entrypoint {
+  rpc PyGreet (Request) returns (Response);
+  rpc Upload (stream Request) returns (Response);
+}
+"""
+
+# line numbers matter: the tests below name them
+KRT = """\
+version: greeter-v1
+description: Version for testing.
+entrypoint:
+  proto: public_input.proto
+  image: konstellation/kre-entrypoint:1.6.0
+nodes:
+  - name: etl
+    image: konstellation/kre-py:1.23.0
+    src: src/etl/main.py
+  - name: output
+    image: konstellation/kre-py:1.23.0
+    src: src/output/main.py
+workflows:
+  - name: py-greeting
+    entrypoint: PyGreet
+    sequential: [etl, output]
+"""
+
+
+def write_version(folder: Path, krt: str = KRT, proto: str = PROTO) -> Path:
+    """A small valid version (unless `krt` / `proto` say otherwise) in `folder`."""
+    for node in ("etl", "output"):
+        src = folder / "src" / node / "main.py"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("def handler(ctx, data):\n    return data\n")
+    (folder / "public_input.proto").write_text(proto)
+    (folder / "krt.yml").write_text(krt)
+    return folder
+
+
+def problems(tmp_path: Path, krt: str = KRT, proto: str = PROTO) -> list[str]:
+    folder = write_version(tmp_path / "greeter-v1", krt, proto)
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    return [str(p) for p in info.value.problems]
+
+
+F = "greeter-v1/krt.yml"
+
+
+# --- a valid version ----------------------------------------------------------------------
+
+
+def test_valid_version(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    v = load_version(folder, tmp_path)
+    assert v.name == "greeter-v1"
+    assert v.description == "Version for testing."
+    assert v.proto == "public_input.proto"
+    assert v.entrypoint_image == "konstellation/kre-entrypoint:1.6.0"
+    assert v.nodes == (
+        Node("etl", "konstellation/kre-py:1.23.0", "src/etl/main.py"),
+        Node("output", "konstellation/kre-py:1.23.0", "src/output/main.py"),
+    )
+    assert v.workflows == (Workflow("py-greeting", "PyGreet", ("etl", "output")),)
+    assert v.config == Config()
+    assert v.directory == folder and v.manifest == "krt.yml"
+    # the manifest itself works too, and so does krt.yaml
+    assert load_version(folder / "krt.yml", tmp_path) == v
+    (folder / "krt.yml").rename(folder / "krt.yaml")
+    assert load_version(folder, tmp_path).manifest == "krt.yaml"
+
+
+def test_optional_fields(tmp_path: Path) -> None:
+    krt = KRT.replace(
+        "nodes:\n",
+        "config:\n  variables: [API_KEY]\n  files: [HTTPS_CERT]\nnodes:\n",
+    ).replace("    src: src/etl/main.py\n", "    src: src/etl/main.py\n    gpu: true\n"
+              "    replicas: 3\n")
+    v = load_version(write_version(tmp_path / "v", krt), tmp_path)
+    assert v.config == Config(("API_KEY",), ("HTTPS_CERT",))
+    assert v.nodes[0].gpu is True and v.nodes[0].replicas == 3
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+def test_version_must_be_a_dns1035_label(tmp_path: Path) -> None:
+    assert problems(tmp_path, KRT.replace("version: greeter-v1", "version: 1greeter")) == [
+        f'{F}:1:10: version: "1greeter" does not match the pattern '
+        "^[a-z]([-a-z0-9]*[a-z0-9])?$: a DNS-1035 label: lowercase letters, digits and '-', "
+        "starting with a letter (e.g. greeter-v1)"
+    ]
+
+
+def test_version_as_a_number_is_a_type_error(tmp_path: Path) -> None:
+    assert problems(tmp_path, KRT.replace("version: greeter-v1", "version: 1.0")) == [
+        f"{F}:1:10: version: expected a string, got a number (1.0); "
+        'put it in quotes if it is meant as text: "1.0"'
+    ]
+
+
+def test_missing_required_fields(tmp_path: Path) -> None:
+    krt = KRT.replace("description: Version for testing.\n", "").replace(
+        "  image: konstellation/kre-entrypoint:1.6.0\n", ""
+    ).replace("    entrypoint: PyGreet\n", "")
+    assert problems(tmp_path, krt) == [
+        f"{F}:1:1: description: required field is missing (e.g. description: Version for "
+        "testing.)",
+        f"{F}:3:3: entrypoint.image: required field is missing "
+        "(e.g. image: konstellation/kre-entrypoint:1.6.0)",
+        f"{F}:12:5: workflows[0].entrypoint: required field is missing (e.g. entrypoint: PyGreet)",
+    ]
+
+
+def test_unknown_fields_suggest_the_right_one(tmp_path: Path) -> None:
+    krt = KRT.replace("    sequential:", "    sequencial:").replace("nodes:", "extra: 1\nnodes:")
+    assert problems(tmp_path, krt) == [
+        f'{F}:6:1: extra: unknown field "extra"; allowed: version, description, entrypoint, '
+        "config, nodes, workflows",
+        f"{F}:15:5: workflows[0].sequential: required field is missing "
+        "(e.g. sequential: [etl, output])",
+        f'{F}:17:5: workflows[0].sequencial: unknown field "sequencial" '
+        '(did you mean "sequential"?); allowed: name, entrypoint, sequential',
+    ]
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    krt = KRT.replace("    src: src/etl/main.py\n", "    src: src/etl/main.py\n    gpu: maybe\n"
+                      "    replicas: 0\n").replace("workflows:\n  - name", "workflows:\n  - name")
+    krt = krt.replace("  image: konstellation/kre-entrypoint:1.6.0", "  image: [a]")
+    assert problems(tmp_path, krt) == [
+        f"{F}:5:10: entrypoint.image: expected a string, got a list",
+        f'{F}:10:10: nodes[0].gpu: expected true or false, got a string ("maybe")',
+        f"{F}:11:15: nodes[0].replicas: must be at least 1, got 0",
+    ]
+
+
+def test_empty_lists(tmp_path: Path) -> None:
+    krt = KRT.split("nodes:")[0] + "nodes: []\nworkflows: {}\n"
+    assert problems(tmp_path, krt) == [
+        f"{F}:6:8: nodes: must have at least one item",
+        f"{F}:7:12: workflows: expected a list, got a mapping",
+    ]
+
+
+def test_config_names(tmp_path: Path) -> None:
+    krt = KRT.replace("nodes:", "config:\n  variables: [API_KEY, api-key, API_KEY]\nnodes:")
+    assert problems(tmp_path, krt) == [
+        f'{F}:7:24: config.variables[1]: "api-key" does not match the pattern '
+        "^[A-Z0-9]([_A-Z0-9]*[A-Z0-9])?$: upper-case letters, digits and '_', "
+        "not starting or ending with '_' (e.g. API_KEY)",
+        f'{F}:7:33: config.variables[2]: "API_KEY" is listed twice',
+    ]
+
+
+def test_proto_must_end_in_proto(tmp_path: Path) -> None:
+    krt = KRT.replace("proto: public_input.proto", "proto: public_input.txt")
+    assert problems(tmp_path, krt) == [
+        f'{F}:4:10: entrypoint.proto: "public_input.txt" does not match the pattern \\.proto$: '
+        "a path ending in .proto (e.g. public_input.proto)"
+    ]
+
+
+# --- semantic rules -----------------------------------------------------------------------
+
+
+def test_workflow_nodes_must_be_defined(tmp_path: Path) -> None:
+    krt = KRT.replace("[etl, output]", "[etl, inference, output]")
+    assert problems(tmp_path, krt) == [
+        f'{F}:16:23: workflows[0].sequential[1]: node "inference" is not defined '
+        "(defined: etl, output)"
+    ]
+
+
+def test_node_names_are_unique(tmp_path: Path) -> None:
+    krt = KRT.replace("  - name: output\n", "  - name: etl\n").replace("[etl, output]", "[etl]")
+    assert problems(tmp_path, krt) == [
+        f'{F}:10:11: nodes[1].name: node "etl" is defined twice (first at nodes[0], line 7)'
+    ]
+
+
+def test_workflow_names_and_rpcs_are_unique(tmp_path: Path) -> None:
+    krt = KRT + "  - name: py-greeting\n    entrypoint: PyGreet\n    sequential: [etl]\n"
+    assert problems(tmp_path, krt) == [
+        f'{F}:17:11: workflows[1].name: workflow "py-greeting" is defined twice '
+        "(first at workflows[0], line 14)",
+        f'{F}:18:17: workflows[1].entrypoint: rpc "PyGreet" already runs workflow "py-greeting" '
+        "(first at workflows[0], line 15); an rpc serves one workflow",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("src", "message"),
+    [
+        ("src/missing.py", 'file "src/missing.py" does not exist in the version directory'),
+        ("../outside.py", '"../outside.py" must stay inside the version directory (no "..")'),
+        ("/etc/passwd", '"/etc/passwd" must be a path relative to the version directory'),
+        ("src/etl", '"src/etl" is a directory; name a file in it'),
+        ("src\\etl\\main.py", '"src\\etl\\main.py": use "/" to separate folders'),
+    ],
+)
+def test_src_must_be_a_file_inside(tmp_path: Path, src: str, message: str) -> None:
+    krt = KRT.replace("src: src/etl/main.py", f"src: '{src}'")
+    assert problems(tmp_path, krt) == [f"{F}:9:10: nodes[0].src: {message}"]
+
+
+def test_src_symlink_out_of_the_version(tmp_path: Path) -> None:
+    (tmp_path / "secret.py").write_text("x = 1\n")
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "src" / "link.py").symlink_to(tmp_path / "secret.py")
+    (folder / "krt.yml").write_text(KRT.replace("src/etl/main.py", "src/link.py"))
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        f'{F}:9:10: nodes[0].src: "src/link.py" leads outside the version directory '
+        "through a symlink"
+    ]
+
+
+def test_src_symlink_inside_is_fine(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "src" / "link.py").symlink_to(folder / "src" / "etl" / "main.py")
+    (folder / "krt.yml").write_text(KRT.replace("src/etl/main.py", "src/link.py"))
+    assert load_version(folder, tmp_path).nodes[0].src == "src/link.py"
+
+
+def test_proto_must_exist(tmp_path: Path) -> None:
+    krt = KRT.replace("proto: public_input.proto", "proto: api/missing.proto")
+    assert problems(tmp_path, krt) == [
+        f'{F}:4:10: entrypoint.proto: file "api/missing.proto" does not exist in the version '
+        "directory"
+    ]
+
+
+def test_proto_compile_errors_point_into_the_proto(tmp_path: Path) -> None:
+    proto = PROTO.replace("string name = 1;", "strin name = 1;")
+    assert problems(tmp_path, proto=proto) == [
+        'greeter-v1/public_input.proto:3:19: "strin" is not defined.'
+    ]
+
+
+def test_proto_without_a_service(tmp_path: Path) -> None:
+    proto = PROTO.split("service")[0]
+    assert problems(tmp_path, proto=proto) == [
+        f"{F}:4:10: entrypoint.proto: public_input.proto defines no service; add one, e.g. "
+        "service Entrypoint { rpc PyGreet (Request) returns (Response); }"
+    ]
+
+
+def test_workflow_rpc_must_be_defined(tmp_path: Path) -> None:
+    krt = KRT.replace("entrypoint: PyGreet", "entrypoint: PyGreat")
+    assert problems(tmp_path, krt) == [
+        f'{F}:15:17: workflows[0].entrypoint: rpc "PyGreat" is not defined by service '
+        "Entrypoint in public_input.proto (available: PyGreet, Upload)"
+    ]
+
+
+def test_workflow_rpc_must_be_unary(tmp_path: Path) -> None:
+    krt = KRT.replace("entrypoint: PyGreet", "entrypoint: Upload")
+    assert problems(tmp_path, krt) == [
+        f'{F}:15:17: workflows[0].entrypoint: rpc "Upload" is client-streaming; a workflow '
+        "needs a unary rpc, like rpc Upload (Request) returns (Response)"
+    ]
+
+
+def test_proto_imports_outside_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "greeter-v1"
+    (folder / "api").mkdir(parents=True)
+    (folder / "common").mkdir()
+    (folder / "common" / "types.proto").write_text(
+        'syntax = "proto3";\npackage common;\nmessage Name { string v = 1; }\n'
+    )
+    (folder / "api" / "main.proto").write_text(
+        PROTO.replace('package main;', 'package main;\nimport "common/types.proto";')
+    )
+    krt = KRT.replace("proto: public_input.proto", "proto: api/main.proto")
+    assert problems(tmp_path, krt) == [
+        f'{F}:4:10: entrypoint.proto: api/main.proto imports "common/types.proto", outside '
+        "its folder api/; only .proto files in that folder are shipped with the version"
+    ]
+
+
+def test_derived_names_fit_63_characters(tmp_path: Path) -> None:
+    long_version = "v" + "x" * 45  # 46 + "-files-" + 10 = 63: fits
+    assert load_version(
+        write_version(tmp_path / "a", KRT.replace("greeter-v1", long_version)), tmp_path
+    )
+    longer = long_version + "y"
+    long_node = "n" * 60
+    krt = KRT.replace("greeter-v1", longer).replace("name: etl", f"name: {long_node}")
+    krt = krt.replace("[etl, output]", f"[{long_node}, output]")
+    assert problems(tmp_path, krt) == [
+        f'{F}:1:10: version: the Kubernetes name "{longer}-files-0000000000" made from it is '
+        "64 characters long; at most 63 are allowed, so shorten version",
+        f'{F}:7:11: nodes[0].name: the Kubernetes name "{longer}-{long_node}" made from it is '
+        "108 characters long; at most 63 are allowed, so shorten nodes[0].name",
+    ]
+
+
+def test_every_problem_at_once(tmp_path: Path) -> None:
+    krt = (
+        KRT.replace("version: greeter-v1", "version: Greeter")
+        .replace("src: src/etl/main.py", "src: nope.py")
+        .replace("[etl, output]", "[etl, ghost]")
+        .replace("entrypoint: PyGreet", "entrypoint: Nope")
+    )
+    out = problems(tmp_path, krt)
+    assert [line.split(": ")[1] for line in out] == [
+        "version", "nodes[0].src", "workflows[0].entrypoint", "workflows[0].sequential[1]"
+    ]
+
+
+def test_malformed_manifests_give_one_line(tmp_path: Path) -> None:
+    assert problems(tmp_path, "version: [\n") == [
+        f"{F}:2:1: invalid YAML: did not find expected node content "
+        "(while parsing a flow node at line 2)"
+    ]
+    assert problems(tmp_path, "") == [f"{F}:1:1: file is empty; expected a YAML mapping"]
+
+
+def test_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_version(tmp_path / "nope", tmp_path)
+    assert str(info.value) == "nope: does not exist"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as info:
+        load_version(tmp_path / "empty", tmp_path)
+    assert str(info.value) == "empty: no krt.yml (or krt.yaml) in this directory"
+
+
+# --- validate_path: archives and repos ------------------------------------------------------
+
+
+def test_validate_archive(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "src-v", KRT.replace("[etl, output]", "[etl, ghost]"))
+    archive = build_krt(folder, tmp_path / "greeter-v1.krt")
+    report = validate_path(archive, tmp_path)
+    assert report.kind == "archive"
+    assert report.lines() == [
+        'greeter-v1.krt!krt.yml:16:23: workflows[0].sequential[1]: node "ghost" is not '
+        "defined (defined: etl, output)"
+    ]
+    (folder / "krt.yml").write_text(KRT)
+    report = validate_path(build_krt(folder, archive), tmp_path)
+    assert report.ok and report.versions[0].file == "greeter-v1.krt!krt.yml"
+
+
+def test_validate_bad_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "junk.krt"
+    bad.write_bytes(b"not an archive")
+    assert validate_path(bad, tmp_path).lines() == [
+        "junk.krt: not a .krt file: expected a gzip-compressed tar archive"
+    ]
+
+
+KAI = """\
+project: demo
+namespace: kai-demo
+versions:
+  greeter-v1:
+    state: published
+"""
+
+
+def make_repo(root: Path, kai: str = KAI) -> Path:
+    write_version(root / "versions" / "greeter-v1")
+    (root / "kai.yaml").write_text(kai)
+    return root
+
+
+def test_validate_repo(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "repo")
+    report = validate_path(root, tmp_path)
+    assert report.ok and report.kind == "repo"
+    assert report.project is not None and report.project.name == "demo"
+    assert [(c.version.name, c.state, c.file) for c in report.versions] == [
+        ("greeter-v1", "published", "repo/versions/greeter-v1/krt.yml")
+    ]
+    assert validate_path(root / "kai.yaml", tmp_path).ok
+
+
+def test_repo_cross_checks(tmp_path: Path) -> None:
+    kai = KAI + "  ghost-v1:\n    state: published\n"
+    root = make_repo(tmp_path / "repo", kai)
+    write_version(root / "versions" / "renamed")  # its manifest says greeter-v1
+    krt = KRT.replace("greeter-v1", "config-v1")
+    krt = krt.replace("nodes:", "config:\n  files: [CERT]\nnodes:")
+    write_version(root / "versions" / "config-v1", krt)
+    (root / "kai.yaml").write_text(kai.replace("ghost-v1:\n    state: published",
+                                               "ghost-v1: {}\n  config-v1: {state: started}"))
+    assert validate_path(root, tmp_path).lines() == [
+        "repo/kai.yaml:6:3: versions.ghost-v1: versions/ghost-v1/ does not exist; add the "
+        "version with `kai add` or remove this entry",
+        "repo/kai.yaml:7:22: versions.config-v1.state: config-v1 is started but its config "
+        "(files: CERT) has no source; add `config: {secret: <Secret name>}` under "
+        "versions.config-v1",
+        'repo/versions/renamed/krt.yml:1:10: version: version "greeter-v1" sits in '
+        "versions/renamed/; the folder must be named after the version (versions/greeter-v1/)",
+    ]
+
+
+def test_repo_with_two_published_versions(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "repo", KAI + "  other-v1: {state: published}\n")
+    write_version(root / "versions" / "other-v1", KRT.replace("greeter-v1", "other-v1"))
+    assert validate_path(root, tmp_path).lines() == [
+        "repo/kai.yaml:6:21: versions.other-v1.state: only one version can be published and "
+        "greeter-v1 is published too; set one of them to started"
+    ]
+
+
+def test_repo_reports_version_problems_too(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "repo", KAI.replace("project: demo", "project: Demo"))
+    (root / "versions" / "greeter-v1" / "krt.yml").write_text(KRT.replace("etl, output", "x"))
+    lines = validate_path(root, tmp_path).lines()
+    assert [line.split(":")[0] for line in lines] == [
+        "repo/kai.yaml", "repo/versions/greeter-v1/krt.yml"
+    ]
+
+
+def test_neither_version_nor_repo(tmp_path: Path) -> None:
+    assert validate_path(tmp_path, tmp_path).lines() == [
+        ".: neither a version (no krt.yml or krt.yaml) nor a GitOps repo (no kai.yaml)"
+    ]
+    assert validate_path(tmp_path / "missing", tmp_path).lines() == ["missing: does not exist"]
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def run(*args: str, cwd: Path) -> Any:
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, ["validate", *args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def test_cli_ok(tmp_path: Path) -> None:
+    write_version(tmp_path / "greeter-v1")
+    result = run("greeter-v1", cwd=tmp_path)
+    assert result.exit_code == 0
+    assert result.stdout == (
+        "ok: greeter-v1 (greeter-v1/krt.yml)\n"
+        "  nodes: etl, output\n"
+        "  workflow py-greeting: PyGreet → etl → output\n"
+    )
+    assert result.stderr == ""
+
+
+def test_cli_problems_on_stderr(tmp_path: Path) -> None:
+    write_version(tmp_path / "greeter-v1", KRT.replace("[etl, output]", "[etl, inference]"))
+    result = run("greeter-v1", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        'greeter-v1/krt.yml:16:23: workflows[0].sequential[1]: node "inference" is not defined '
+        "(defined: etl, output)\n"
+    )
+
+
+def test_cli_json(tmp_path: Path) -> None:
+    write_version(tmp_path / "greeter-v1", KRT.replace("[etl, output]", "[etl, inference]"))
+    result = run("greeter-v1", "--json", cwd=tmp_path)
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["versions"] == []
+    assert doc["problems"] == [{
+        "file": "greeter-v1/krt.yml", "line": 16, "col": 23,
+        "path": "workflows[0].sequential[1]",
+        "message": 'node "inference" is not defined (defined: etl, output)',
+    }]
+    (tmp_path / "greeter-v1" / "krt.yml").write_text(KRT)
+    result = run("--json", "greeter-v1/krt.yml", cwd=tmp_path)
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["problems"] == []
+    assert doc["versions"][0]["workflows"] == [
+        {"name": "py-greeting", "entrypoint": "PyGreet", "sequential": ["etl", "output"]}
+    ]
+
+
+def test_cli_repo_summary(tmp_path: Path) -> None:
+    make_repo(tmp_path / "repo")
+    result = run("repo", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[:2] == [
+        "ok: project demo (namespace kai-demo), 1 version",
+        "ok: greeter-v1 [published] (repo/versions/greeter-v1/krt.yml)",
+    ]
+
+
+def test_cli_unreadable_manifest(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "krt.yml").unlink()
+    (folder / "krt.yml").mkdir()  # a directory where the manifest should be
+    result = run("greeter-v1/krt.yml", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_cli_help() -> None:
+    result = CliRunner().invoke(main, ["validate", "--help"])
+    assert result.exit_code == 0 and "GitOps repo" in result.output and "--json" in result.output
+
+
+# --- fuzz: whatever the manifest holds, only InputError comes out ---------------------------
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
+    st.sampled_from(["", "etl", "output", "PyGreet", "greeter-v1", "../x", "/abs",
+                     "src/etl/main.py", "public_input.proto", "x.proto", "A" * 80]),
+)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from(["name", "src", "x"]), inner,
+                                            max_size=3)),
+    max_leaves=8,
+)
+
+
+def _field(valid: Any) -> st.SearchStrategy[Any]:
+    return st.one_of(st.just(valid), _ANY)
+
+
+_MANIFEST = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": _field("greeter-v1"),
+        "description": _field("d"),
+        "entrypoint": _field({"proto": "public_input.proto", "image": "i"}),
+        "config": _field({"variables": ["API_KEY"]}),
+        "nodes": st.lists(
+            st.fixed_dictionaries({}, optional={
+                "name": _field("etl"), "image": _field("i"), "src": _field("src/etl/main.py"),
+                "gpu": _ANY, "replicas": _ANY,
+            }), max_size=3,
+        ) | _ANY,
+        "workflows": st.lists(
+            st.fixed_dictionaries({}, optional={
+                "name": _field("w"), "entrypoint": _field("PyGreet"),
+                "sequential": _field(["etl", "output"]),
+            }), max_size=3,
+        ) | _ANY,
+    },
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MANIFEST)
+def test_fuzz_manifests_only_raise_input_error(manifest: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_version(Path(tmp) / "v", yaml.safe_dump(manifest))
+        try:
+            version = load_version(folder, Path(tmp))
+        except InputError as exc:
+            assert exc.problems
+            assert all(p.file.startswith("v/") for p in exc.problems)
+        else:
+            assert version.name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_bytes_only_raise_input_error(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_version(Path(tmp) / "v")
+        (folder / "krt.yml").write_bytes(raw)
+        with pytest.raises(InputError):
+            load_version(folder, Path(tmp))
