@@ -69,7 +69,7 @@ async def connect(url: str, name: str, events: ConnectionEvents | None = None) -
         log.log(level, "nats %s: %s", url, exc or type(exc).__name__)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected from %s, reconnecting", url)
+        log.warning("nats disconnected from %s", url)
         if events.on_disconnect:
             await events.on_disconnect()
 

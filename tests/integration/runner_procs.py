@@ -1,0 +1,148 @@
+"""Start real runner processes (`python -m runner node|entrypoint`) for integration tests.
+
+Processes get the contract environment, port 0 (they report the bound ports in their
+ready line) and log to a file under the test's tmp dir; `wait_ready` polls that file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from runner import contract
+
+ROOT = Path(__file__).resolve().parents[2]
+EP_READY = re.compile(r"entrypoint ready: grpc (\S+):(\d+), web (\S+):(\d+)")
+NODE_READY = re.compile(r"node (\S+) ready \(web :(\d+)\)")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    grpc_port: int = 0
+    web_port: int = 0
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_line(self, pattern: re.Pattern[str], timeout: float = 20.0) -> re.Match[str]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = pattern.search(self.text())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n"
+                                     f"{self.text()}")
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name}: no {pattern.pattern!r} within {timeout}s:\n"
+                             f"{self.text()}")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class Version:
+    """A version written into a temporary directory, with its contract environment."""
+
+    dir: Path
+    env: contract.RunnerEnv
+    logs: Path
+    procs: list[Proc] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def spawn(self, role: str, node: str | None = None, handler: str | None = None,
+              extra: dict[str, str] | None = None) -> Proc:
+        env = replace(self.env, node=node, handler=handler, grpc_port=0, web_port=0)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("KAI_")}
+        environ.update(env.to_environ())
+        environ.update(self.extra_env)
+        environ.update(extra or {})
+        environ[contract.ENV_BIND_HOST] = "127.0.0.1"
+        environ["PYTHONPATH"] = str(ROOT)
+        environ["PYTHONUNBUFFERED"] = "1"
+        name = node or role
+        log = self.logs / f"{name}-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "runner", role], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=environ, cwd=str(self.dir))
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def entrypoint(self, extra: dict[str, str] | None = None) -> Proc:
+        return self.spawn(contract.ROLE_ENTRYPOINT, extra=extra)
+
+    def node(self, name: str, extra: dict[str, str] | None = None) -> Proc:
+        return self.spawn(contract.ROLE_NODE, node=name, handler=f"src/{name}/main.py",
+                          extra=extra)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+        for p in self.procs:
+            try:
+                p.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def wait_ready(*procs: Proc, timeout: float = 30.0) -> None:
+    for p in procs:
+        if p.name == contract.ROLE_ENTRYPOINT:
+            m = p.wait_line(EP_READY, timeout)
+            p.grpc_port, p.web_port = int(m[2]), int(m[4])
+        else:
+            m = p.wait_line(NODE_READY, timeout)
+            p.web_port = int(m[2])
+
+
+def write_version(root: Path, nats_url: str, proto: str, nodes: dict[str, str],
+                  workflows: list[contract.Workflow], project: str = "test",
+                  version: str = "v1", storage: str = "memory", **env: object) -> Version:
+    """Write `proto` as proto/api.proto and each node's code as src/<node>/main.py."""
+    vdir = root / "version"
+    (vdir / "proto").mkdir(parents=True, exist_ok=True)
+    (vdir / "proto" / "api.proto").write_text(proto)
+    for name, code in nodes.items():
+        (vdir / "src" / name).mkdir(parents=True, exist_ok=True)
+        (vdir / "src" / name / "main.py").write_text(code)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    renv = contract.RunnerEnv(
+        project=project, version=version, version_dir=str(vdir), proto="proto/api.proto",
+        workflows=tuple(workflows), nats_url=nats_url, storage=storage,
+        config_dir=str(root / "config"), **env)  # type: ignore[arg-type]
+    return Version(vdir, renv, logs)
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
