@@ -16,6 +16,7 @@ import io
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -74,10 +75,13 @@ def extract_krt(
             stage.mkdir()
             members, size = _unpack(archive, stage, max_size, max_members)
             root, prefix = _version_root(stage)
-            _check_links(root)
+            # check links where no outside path can lead back in: under an unguessable name
+            hidden = tmp / secrets.token_hex(16)
+            os.replace(root, hidden)
+            _check_links(hidden)
             if target.exists():
                 target.rmdir()
-            os.replace(root, target)
+            os.replace(hidden, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except _Refused as exc:
@@ -109,9 +113,7 @@ def _unpack(archive: Path, stage: Path, max_size: int, max_members: int) -> tupl
                 if member.isfile():
                     size += member.size
                     if size > max_size:
-                        raise _Refused(
-                            f"the archive unpacks to more than {max_size // (1024 * 1024)} MiB"
-                        )
+                        raise _Refused(f"the archive unpacks to more than {_size(max_size)}")
                 if member.islnk():
                     # copy the already-extracted file: tarfile would rescan the whole archive
                     link = PurePosixPath(posixpath.normpath(member.linkname)).as_posix()
@@ -130,6 +132,11 @@ def _unpack(archive: Path, stage: Path, max_size: int, max_members: int) -> tupl
     if count == 0:
         raise _Refused("the archive is empty")
     return count, size
+
+
+def _size(n: int) -> str:
+    mib = 1024 * 1024
+    return f"{n // mib} MiB" if n % mib == 0 else f"{n} bytes"
 
 
 def _member_name(member: tarfile.TarInfo, files: set[str]) -> str:
