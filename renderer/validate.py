@@ -482,9 +482,7 @@ def validate_repo(root: Path, display_root: Path | None = None) -> Report:
         Checked(v, doc.file, project.state_of(name) if project else None)
         for name, (v, doc) in sorted(loaded.items())
     )
-    if problems:
-        return Report(shown, "repo", tuple(sorted(set(problems))), (), project)
-    return Report(shown, "repo", (), checked, project)
+    return Report(shown, "repo", tuple(sorted(set(problems))), checked, project)
 
 
 def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Version, Document]],

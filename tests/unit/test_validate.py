@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,17 @@ def test_validate_archive(tmp_path: Path) -> None:
     assert report.ok and report.versions[0].file == "greeter-v1.krt!krt.yml"
 
 
+def test_validate_archive_with_a_top_level_folder(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1", KRT.replace("PyGreet", "Nope"))
+    archive = tmp_path / "greeter-v1.krt"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="greeter-v1")
+    assert validate_path(archive, tmp_path).lines() == [
+        'greeter-v1.krt!greeter-v1/krt.yml:15:17: workflows[0].entrypoint: rpc "Nope" is not '
+        "defined by service Entrypoint in public_input.proto (available: PyGreet, Upload)"
+    ]
+
+
 def test_validate_bad_archive(tmp_path: Path) -> None:
     bad = tmp_path / "junk.krt"
     bad.write_bytes(b"not an archive")
@@ -437,10 +449,11 @@ def test_repo_with_two_published_versions(tmp_path: Path) -> None:
 def test_repo_reports_version_problems_too(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo", KAI.replace("project: demo", "project: Demo"))
     (root / "versions" / "greeter-v1" / "krt.yml").write_text(KRT.replace("etl, output", "x"))
-    lines = validate_path(root, tmp_path).lines()
-    assert [line.split(":")[0] for line in lines] == [
+    report = validate_path(root, tmp_path)
+    assert [line.split(":")[0] for line in report.lines()] == [
         "repo/kai.yaml", "repo/versions/greeter-v1/krt.yml"
     ]
+    assert not report.ok and report.versions == ()
 
 
 def test_neither_version_nor_repo(tmp_path: Path) -> None:
