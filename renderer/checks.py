@@ -39,6 +39,16 @@ _GROUP_PREFIX = r"\1-"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
+_DEFS_REF = "#/$defs/"
+_DEFS_ID = "https://kubernetes.io/api/_definitions.json"
+_ANNOTATIONS = frozenset({"description", "x-kubernetes-patch-strategy",
+                          "x-kubernetes-patch-merge-key", "x-kubernetes-list-map-keys",
+                          "x-kubernetes-list-type", "x-kubernetes-map-type",
+                          "x-kubernetes-group-version-kind", "x-kubernetes-unions"})
+
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
+_LITERALS = frozenset({"enum", "const", "required", "default", "examples"})
+
 Obj = Mapping[str, Any]
 
 
@@ -93,9 +103,45 @@ def schema_file_name(kind: str, api_version: str) -> str:
 
 
 @functools.cache
+def _definitions(kubernetes_version: str) -> dict[str, Any]:
+    return json.loads((schema_dir(kubernetes_version) / DEFINITIONS).read_text())
+
+
+@functools.cache
 def _registry(kubernetes_version: str) -> Registry:
-    defs = json.loads((schema_dir(kubernetes_version) / DEFINITIONS).read_text())
-    return Resource.from_contents(defs) @ Registry()
+    return Resource.from_contents(_definitions(kubernetes_version)) @ Registry()
+
+
+def _inline(node: Any, defs: Mapping[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """Resolve `$ref`s into the schema itself and drop descriptions: same verdicts, and
+    validation no longer looks references up in the registry on every object.
+
+    A recursive reference (only CRD schemas have them) stays a `$ref`, made absolute so
+    the registry still resolves it.
+    """
+    if isinstance(node, list):
+        return [_inline(item, defs, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and _DEFS_REF in ref:
+        name = ref.split(_DEFS_REF, 1)[1]
+        rest = {k: v for k, v in node.items() if k != "$ref" and k not in _ANNOTATIONS}
+        if name in seen or name not in defs:
+            return {**rest, "$ref": _DEFS_ID + _DEFS_REF + name}
+        target = _inline(defs[name], defs, (*seen, name))
+        return {"allOf": [target], **_inline(rest, defs, seen)} if rest else target
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _inline(sub, defs, seen) for name, sub in value.items()}
+        elif key in _LITERALS:
+            out[key] = value
+        else:
+            out[key] = _inline(value, defs, seen)
+    return out
 
 
 @functools.cache
@@ -106,9 +152,10 @@ def validator_for(
     path = schema_dir(kubernetes_version) / schema_file_name(kind, api_version)
     if not path.is_file():
         return None
-    schema = json.loads(path.read_text())
-    registry = Resource.from_contents(schema) @ _registry(kubernetes_version)
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    raw = json.loads(path.read_text())
+    defs = _definitions(kubernetes_version)["$defs"]
+    schema = {k: v for k, v in _inline(raw, defs).items() if k != "$id"}
+    return jsonschema.Draft202012Validator(schema, registry=_registry(kubernetes_version))
 
 
 # --- checks -------------------------------------------------------------------------------

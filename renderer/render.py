@@ -90,9 +90,49 @@ def _template(name: str) -> jinja2.Template:
     return _ENV.get_template(f"{name}.yaml.j2")
 
 
+_TAG = "tag:yaml.org,2002:"
+
+
+class _Unsupported(Exception):
+    """A node `_construct` leaves to PyYAML's full constructor."""
+
+
+def _construct(node: yaml.Node) -> Any:
+    """PyYAML's safe construction for the plain shapes templates produce, without its
+    generic machinery: strings, ints, booleans, nulls, mappings and sequences."""
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = _construct(key_node)
+            if key_node.tag == _TAG + "merge" or not isinstance(key, str) or key in out:
+                raise _Unsupported
+            out[key] = _construct(value_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item) for item in node.value]
+    tag, value = node.tag, node.value
+    if tag == _TAG + "str":
+        return value
+    if tag == _TAG + "int" and value.isdigit() and (value == "0" or value[0] != "0"):
+        return int(value)
+    if tag == _TAG + "bool" and value in ("true", "false"):
+        return value == "true"
+    if tag == _TAG + "null" and value in ("null", "~", ""):
+        return None
+    raise _Unsupported
+
+
+def parse(text: str) -> Any:
+    """Parse one YAML document safely (a fast path for templates' output)."""
+    try:
+        return _construct(yaml.compose(text, Loader=_Loader))
+    except _Unsupported:
+        return yaml.load(text, Loader=_Loader)
+
+
 def render_template(template: str, /, **context: Any) -> dict[str, Any]:
     """Render one template and parse it back into an object."""
-    obj = yaml.load(_template(template).render(**context), Loader=_Loader)
+    obj = parse(_template(template).render(**context))
     if not isinstance(obj, dict):
         raise TypeError(f"template {template} did not produce a mapping")
     return obj

@@ -13,6 +13,7 @@ from renderer.output import (
     REMOVED,
     compare_tree,
     dump,
+    pyyaml_dump,
     read_tree,
     unified_diff,
     write_tree,
@@ -42,6 +43,28 @@ def test_dump_keeps_awkward_strings_exact() -> None:
     values = ["yes", "0123", "1.0", "", " lead", "trail \nx", "null", "a: b", "- x", "#c", "ü"]
     obj = {f"k{i}": v for i, v in enumerate(values)}
     assert yaml.safe_load(dump(obj)) == obj
+
+
+AWKWARD = ["yes", "No", "on", "0123", "0x1f", "1_000", "1.0", "1e3", ".inf", "~", "null", "",
+           " lead", "trail ", "a: b", "a:", "- x", "-", "#c", "a #b", "ü", "@x", "`x", "%x",
+           "2001-12-14", "<<", "=", "nats://n.svc:4222", "img:1.2", "[x]", "{x}", "*x", "&x",
+           "!x", "|x", ">x", "'q'", '"q"', "a,b", "x" * 2000, "\t", "é\u2028x",
+           "line\n", "line1\nline2", "two\n\n", " lead\nx\n", "trail \nx", "\nfirst",
+           "tab\tin\nblock\n"]
+
+
+def test_fast_dump_matches_pyyaml() -> None:
+    obj = {
+        "scalars": {f"k{i}": v for i, v in enumerate(AWKWARD)},
+        "list": [*AWKWARD[:20], 1, 0, -5, True, False, None, 1.5, {}, []],
+        "items": [{"a": {"b": [{"c": "x\ny\n", "d": []}]}, "e": {}}, {"z": 1}],
+        "nested": [[1, 2], ["a"]],
+        "multi": [" lead\nx\n", "a\nb"],
+        "empty": {}, "none": None, "yes": "yes", "1": "key that looks like an int",
+    }
+    for value in [obj, {"a": obj}, {"only": "x"}, {}, {"k": {"deep": obj["items"]}}]:
+        assert dump(value).decode() == pyyaml_dump(value)
+        assert yaml.safe_load(dump(value)) == value
 
 
 def test_write_tree_twice_gives_identical_tree(tmp_path: Path) -> None:

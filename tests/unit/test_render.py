@@ -26,6 +26,7 @@ from renderer.render import (
     RenderError,
     configmap_key,
     nats_ports,
+    parse,
     render_deploy,
     render_project,
     render_version,
@@ -493,3 +494,11 @@ def test_invalid_output_is_refused_with_the_file_and_field(tmp_path: Path) -> No
     problem = info.value.problems[0]
     assert problem.file == "rendered/demo/greeter-v1/deployment-greeter-v1-entrypoint.yaml"
     assert problem.path == "spec.template.spec.containers[0].resources.limits.cpu"
+
+
+def test_parse_matches_yaml_safe_load() -> None:
+    docs = ['a: {"b": [1, "2", true, null, ~, 0, 007, -1, 1.5, "x"]}\nc: yes\nd: 0x10\n',
+            "a: &x {b: 1}\nc: *x\n", "<<: {a: 1}\nb: 2\n", "t: 2001-12-14\nu: .inf\n",
+            "k: |\n  text\n  more\n"]
+    for doc in docs:
+        assert parse(doc) == yaml.safe_load(doc)
