@@ -90,9 +90,10 @@ def test_kubernetes_validate_cli_strict(repo: tuple[Project, dict[str, Version]]
     target = _written(project, versions)
     files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
     assert len(files) == 3 + 3 * 5 + 1 + 1 + 1  # project + per version + Ingress + ES + SS
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
     proc = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k",
-         project.kubernetes_version, "--quiet", *files],
+        [*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
         capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
