@@ -108,6 +108,7 @@ class Settings:
     uvloop_floors: bool = False
     startup_timeout: float = 90.0
     quick: bool = False
+    pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -382,7 +383,10 @@ def measure_ours(
     roles: dict[str, str] = {}
     for name, (role, env) in runner_envs(version, vdir, nodes, nats_url, s, grpc_port).items():
         argv = [sys.executable, "-m", "runner", role]
-        children.append(group.spawn(name, argv, role=role, env=child_env(env), cwd=workdir))
+        penv = child_env(env)
+        if s.pythonpath:
+            penv["PYTHONPATH"] = os.pathsep.join([s.pythonpath, penv["PYTHONPATH"]])
+        children.append(group.spawn(name, argv, role=role, env=penv, cwd=workdir))
         roles[name] = role
     address = f"127.0.0.1:{grpc_port}"
     startup = wait_ready(children, address, s.startup_timeout)
@@ -422,7 +426,7 @@ def _cell(run: dict[str, Any] | None, payload: int, conc: int) -> dict[str, Any]
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return None
-    return round(a / b, 2)
+    return round(a / b, 4)
 
 
 def composed_floor(grpc_cell: dict[str, Any], nats_cell: dict[str, Any]) -> dict[str, float]:
@@ -748,7 +752,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke mode: 3 and 4 nodes, 100 B and 100 KB, 1 and 8 in flight, 0.3 s per cell",
+        help="smoke mode: 2 and 3 nodes, 1 and 4 in flight, at most 0.25 s or 25 answers a cell",
     )
     p.add_argument("--nodes", type=_ints, help="chain lengths (default 3,10)")
     p.add_argument("--payloads", type=_ints, help="payload sizes in bytes (default 100,102400)")
@@ -769,6 +773,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         default="any",
         help="node style: KRE `Any` + Unpack, or a typed handler",
     )
+    p.add_argument(
+        "--pythonpath",
+        default="",
+        help="put DIR first on the runner processes' PYTHONPATH (try a patched runner copy)",
+    )
     p.add_argument("--uvloop-floors", action="store_true", help="run the floors on uvloop")
     p.add_argument("--no-floors", action="store_true", help="measure only ours")
     p.add_argument("--floors-only", action="store_true", help="measure only the floors")
@@ -785,9 +794,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         uvloop_floors=a.uvloop_floors,
         floors=not a.no_floors,
         ours=not a.floors_only,
+        pythonpath=a.pythonpath,
     )
     if a.quick:
-        s.nodes, s.concurrency, s.seconds, s.warmup = [3, 4], [1, 8], 0.3, 0.1
+        s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
     for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))

@@ -1,0 +1,83 @@
+"""Smoke runs of the benchmarks: each one runs and reports its figures.
+
+Only the shape of the report is checked (keys present, numbers positive). No timing
+is asserted here: the targets are shown by `python -m bench`, never by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_rps")
+
+
+def run_bench(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not math.isnan(value) and value > 0
+
+
+def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "chain.json"
+    proc = run_bench(
+        "bench.chain", "--quick", "--json", str(out), "--plot", str(tmp_path / "c.png")
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "p50 ms" in proc.stdout and "targets (issue 4)" in proc.stdout
+    result = json.loads(out.read_text())
+    systems = {(r["system"], r["nodes"]) for r in result["runs"]}
+    assert {("floor-grpc", 0), ("floor-nats", 2), ("floor-nats", 3), ("kai", 2), ("kai", 3)} <= (
+        systems
+    )
+    for run in result["runs"]:
+        assert len(run["cells"]) == 4  # 2 payloads × 2 concurrencies
+        for cell in run["cells"]:
+            assert cell["requests"] > 0
+            for key in LATENCY_KEYS:
+                assert positive(cell[key]), (run["system"], run["nodes"], cell)
+        for p in run["processes"]:
+            assert positive(p["peak_rss_mb"]), p
+    kai_processes = [p for r in result["runs"] if r["system"] == "kai" for p in r["processes"]]
+    assert {p["role"] for p in kai_processes} == {"entrypoint", "node"}
+    for row in result["analysis"]["rows"]:
+        assert row["kai"] is not None and row["floor"] is not None
+        assert all(positive(v) for v in row["ratio"].values()), row
+    assert {t["target"].split(":")[0] for t in result["analysis"]["targets"]}
+    assert all(t["value"] is not None for t in result["analysis"]["targets"])
+
+
+def test_render_bench_quick_reports_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "render.json"
+    proc = run_bench("bench.render", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "full render s" in proc.stdout
+    result = json.loads(out.read_text())
+    (size,) = result["sizes"]
+    assert size["versions"] == 10
+    assert size["objects"] > 10 * 5  # a Deployment per node, at least
+    for key in ("full_render", "check", "publish"):
+        assert positive(size[key]["median_s"]), key
+    assert positive(size["full_render"]["objects_per_s"])
+    assert all(positive(v) for v in size["phases_in_process"].values())
+    assert positive(result["cli_startup"]["median_s"])
+    assert [t["target"] for t in result["targets"]]
