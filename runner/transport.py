@@ -248,7 +248,7 @@ async def publish_until(js_publish: Callable[..., Awaitable[api.PubAck]], subjec
 
 @dataclass
 class _Pull:
-    remaining: int
+    batch: int
     expires_at: float  # monotonic
 
 
@@ -256,9 +256,12 @@ class _Pull:
 class Puller:
     """Consume one durable pull consumer with at most `max_inflight` messages in flight.
 
-    One subscription receives everything; each pull request has its own reply subject
-    (``<inbox>.<n>``) so its status answers (408 expired, 409 ...) are told apart.
-    `handle(msg)` runs as a task per message and must ack/nak the message itself.
+    One subscription receives everything. JetStream delivers a message with its own
+    subject, so messages cannot be told apart by pull request; what is tracked is the
+    total credit still owed by the server (`owed`). Each pull request has its own reply
+    subject (``<inbox>.<n>``) so its end (408 expired, 409 ...), which carries how many
+    messages it had left, is matched exactly. `handle(msg)` runs as a task per message
+    and must ack/nak the message itself.
     """
 
     nc: Client
@@ -269,6 +272,7 @@ class Puller:
     expires: float = 5.0
     on_lost: Callable[[], Awaitable[None]] | None = None  # pull requests vanish: re-ensure
     inflight: int = 0
+    owed: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _pulls: dict[str, _Pull] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -287,19 +291,16 @@ class Puller:
     def reset(self) -> None:
         """Forget outstanding pull requests (the connection was lost) and pull again."""
         self._pulls.clear()
+        self.owed = 0
         self._wake.set()
 
     async def _on_msg(self, msg: Msg) -> None:
-        token = msg.subject[len(self._inbox) + 1:]
         hdrs = msg.headers
         if hdrs and STATUS_HDR in hdrs and not msg.reply:
-            self._on_status(token, hdrs)
+            self._on_status(msg.subject[len(self._inbox) + 1:], hdrs)
             return
-        pull = self._pulls.get(token)
-        if pull is not None:
-            pull.remaining -= 1
-            if pull.remaining <= 0:
-                del self._pulls[token]
+        if self.owed > 0:
+            self.owed -= 1
         if self._stopping:
             await msg.nak()  # arrived after we stopped: let another replica take it
             return
@@ -312,12 +313,20 @@ class Puller:
         code = hdrs.get(STATUS_HDR, "")
         if code == "100":  # idle heartbeat
             return
-        if code in ("404", "408", "409"):
-            self._pulls.pop(token, None)
-            if code == "409":
-                log.debug("pull %s/%s: %s", self.stream, self.consumer,
-                          hdrs.get("Description", ""))
-            self._wake.set()
+        pull = self._pulls.pop(token, None)
+        if pull is None:
+            return
+        try:
+            left = int(hdrs.get(PENDING_HDR, ""))
+        except ValueError:
+            left = -1
+        if left >= 0:
+            self.owed = max(0, self.owed - left)
+        else:
+            self.owed = min(self.owed, sum(p.batch for p in self._pulls.values()))
+        if code == "409":
+            log.debug("pull %s/%s: %s", self.stream, self.consumer, hdrs.get("Description", ""))
+        self._wake.set()
 
     async def _run(self, msg: Msg) -> None:
         try:
@@ -328,16 +337,19 @@ class Puller:
             self.inflight -= 1
             self._wake.set()
 
-    def _outstanding(self) -> int:
+    def _forget_lost(self) -> None:
         now = time.monotonic()
         lost = [k for k, p in self._pulls.items() if p.expires_at < now]
+        if not lost:
+            return
         for k in lost:
             del self._pulls[k]
-        if lost and self.on_lost is not None:
+        # No-one told us how many those requests had left: owe at most what is still open.
+        self.owed = min(self.owed, sum(p.batch for p in self._pulls.values()))
+        if self.on_lost is not None:
             task = asyncio.create_task(self.on_lost())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        return sum(p.remaining for p in self._pulls.values())
 
     async def _loop(self) -> None:
         low_water = max(1, self.max_inflight // 4)
@@ -345,18 +357,21 @@ class Puller:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
         while not self._stopping:
             self._wake.clear()
-            free = self.max_inflight - self.inflight - self._outstanding()
+            self._forget_lost()
+            free = self.max_inflight - self.inflight - self.owed
             if free >= low_water and self.nc.is_connected:
                 self._seq += 1
                 token = str(self._seq)
-                # No-one answers lost requests; forget them a bit after they expire.
+                # Lost requests (no 408 ever comes) are forgotten a bit after they expire.
                 self._pulls[token] = _Pull(free, time.monotonic() + self.expires + 1.0)
+                self.owed += free
                 body = b'{"batch":%d,"expires":%d}' % (free, expires_ns)
                 try:
                     await self.nc.publish(subject, body, reply=f"{self._inbox}.{token}")
                 except Exception as exc:  # closed or reconnecting: try again shortly
                     log.debug("pull request failed: %s", exc)
                     self._pulls.pop(token, None)
+                    self.owed -= free
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
