@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -96,6 +97,22 @@ def plan_specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: 
         role = contract.ROLE_ENTRYPOINT if process.component == ENTRYPOINT else contract.ROLE_NODE
         out.append(ProcessSpec(process.name, role, env, process.replicas, free))
     return out
+
+
+def check_nats(url: str) -> None:
+    """Fail early, with one line, when `--nats URL` does not answer."""
+    first = url.split(",")[0].strip()
+    parsed = urlsplit(first if "://" in first else f"nats://{first}")
+    try:
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+    except ValueError:
+        raise DevError(f"--nats {url}: not a NATS URL (nats://HOST:PORT)") from None
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DevError(f"cannot reach NATS at {first}: {reason}") from None
 
 
 async def _until(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
@@ -219,6 +236,8 @@ def dev(version_dir: Path, port: int, web_port: int, nats_url: str | None,
                                    devconfig.parse_pairs(configs))
         check_port(port, "--port")
         check_port(web_port, "--web-port")
+        if nats_url:
+            check_nats(nats_url)
         plan = build_plan(find_project(version.directory), version, state=STARTED)
     except InputError as exc:
         for problem in exc.problems:
