@@ -234,6 +234,15 @@ class NodeProcess:
     _ensuring: asyncio.Task[None] | None = None
     _ticker: asyncio.Task[None] | None = None
     _js: Any = None
+    _counters: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _latency: Any = None
+
+    def _count(self, route: Route, outcome: str) -> None:
+        counter = self._counters.get((route.workflow, outcome))
+        if counter is None:
+            counter = metrics.MESSAGES.labels(self.name, route.workflow, outcome)
+            self._counters[(route.workflow, outcome)] = counter
+        counter.inc()
 
     @property
     def name(self) -> str:
@@ -243,6 +252,7 @@ class NodeProcess:
         return self.started and self.connected and self.streams_ok and not self.stopping
 
     async def start(self) -> None:
+        self._latency = metrics.HANDLER_SECONDS.labels(self.name)
         self.web = WebServer.probes(self.bind_host, self.env.web_port, self.ready)
         await self.web.start()
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
@@ -362,7 +372,7 @@ class NodeProcess:
         log.warning("request %s: %s %s", request_id, code, message)
         await transport.reply_status(self.nc, reply, request_id, code, message)
         await msg.ack()
-        metrics.MESSAGES.labels(self.name, route.workflow, outcome).inc()
+        self._count(route, outcome)
 
     async def _handle(self, msg: Msg, route: Route) -> None:
         nc = self.nc
@@ -376,7 +386,7 @@ class NodeProcess:
             deadline = 0.0
         if deadline and time.time() >= deadline:
             await msg.ack()
-            metrics.MESSAGES.labels(self.name, route.workflow, metrics.EXPIRED).inc()
+            self._count(route, metrics.EXPIRED)
             return
         SCOPE.set(Scope(request_id, route.workflow))
         name = self.name
@@ -408,10 +418,10 @@ class NodeProcess:
                                     f"node {name}: {exc}" if str(exc)
                                     else f"node {name}: {type(exc).__name__}", metrics.ERROR)
         finally:
-            metrics.HANDLER_SECONDS.labels(name).observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
         if deadline and time.time() >= deadline:
             await msg.ack()  # the entrypoint has answered DEADLINE_EXCEEDED already
-            metrics.MESSAGES.labels(name, route.workflow, metrics.EXPIRED).inc()
+            self._count(route, metrics.EXPIRED)
             return
         if not isinstance(out, Message):
             return await self._fail(
@@ -445,7 +455,7 @@ class NodeProcess:
         if reply:
             await nc.publish(reply, payload, headers=headers)
         await msg.ack()
-        metrics.MESSAGES.labels(self.name, route.workflow, metrics.OK).inc()
+        self._count(route, metrics.OK)
 
     async def _forward(self, msg: Msg, route: Route, request_id: str, reply: str,
                        deadline: float, out: Message) -> None:
@@ -474,7 +484,7 @@ class NodeProcess:
                                                headers, until, lambda: self.stopping)
         await msg.ack()  # stored, or too late to matter (the client has its answer)
         outcome = metrics.OK if stored else metrics.EXPIRED
-        metrics.MESSAGES.labels(self.name, route.workflow, outcome).inc()
+        self._count(route, outcome)
 
     async def stop(self, grace: float) -> None:
         """Drain: stop fetching, finish in-flight messages, close NATS."""
