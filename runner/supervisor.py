@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 # The line a runner process prints once it serves (see runner/__main__.py).
-READY_LINE = re.compile(r"\b(?:node \S+|entrypoint) ready\b")
+READY_LINE = re.compile(
+    r"entrypoint ready: grpc \S+:\d+, web \S+:\d+|node \S+ ready \(web :\d+\)"
+)
 TAIL_LINES = 40
 DEFAULT_READY_TIMEOUT = 60.0
 DEFAULT_GRACE = 10.0
@@ -105,23 +107,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Sets "SIGTERM me when my parent dies" (Linux PR_SET_PDEATHSIG), then becomes the
+# runner with execv: the setting survives exec. It runs in the child's own fresh
+# interpreter, never between fork and exec of the supervisor (a preexec_fn there is
+# unsafe next to gRPC's threads).
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+parent = int(os.environ.pop("KAI_SUPERVISOR_PID", "0"))
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except Exception:
+    pass
+if parent and os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+_USE_LAUNCHER = sys.platform.startswith("linux")
 
 
-def _load_prctl() -> Callable[[int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
+def _argv(python: str, role: str) -> list[str]:
+    runner = [python, "-m", "runner", role]
+    if not _USE_LAUNCHER:
+        return runner
+    return [sys.executable, "-S", "-c", _LAUNCHER, *runner]
 
 
 @atexit.register
@@ -187,20 +195,17 @@ class Supervisor:
         return child
 
     async def _spawn(self, spec: ProcessSpec, index: int) -> Child:
-        env = {**self.base_env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self.base_env, **spec.env, "PYTHONUNBUFFERED": "1",
+               "KAI_SUPERVISOR_PID": str(os.getpid())}
         for key in spec.free_ports:
             env[key] = str(free_port())
         proc = await asyncio.create_subprocess_exec(
-            self.python,
-            "-m",
-            "runner",
-            spec.role,
+            *_argv(self.python, spec.role),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
             limit=1 << 20,
         )
         _LIVE.add(proc.pid)

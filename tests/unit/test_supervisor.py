@@ -45,11 +45,15 @@ def spec(name: str, mode: str, replicas: int = 1) -> ProcessSpec:
 
 
 def alive(pid: int) -> bool:
+    """Running, and not a zombie nobody reaped yet."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def test_starts_replicas_prefixes_lines_and_stops_cleanly(fake_python: str) -> None:
@@ -115,3 +119,40 @@ def test_wait_exit_reports_a_child_that_dies_after_ready(fake_python: str) -> No
             assert [c.label for c in sup.live()] == ["v1-a"]
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+ORPHAN_CHECK = """\
+import asyncio, sys
+from runner.supervisor import ProcessSpec, Supervisor
+
+async def main():
+    spec = ProcessSpec("v1-etl", "node", {"KAI_NODE": "v1-etl", "FAKE_MODE": "ok"}, 2)
+    sup = Supervisor([spec], python=sys.argv[1], echo=lambda _: None, ready_timeout=20)
+    await sup.start()
+    print(" ".join(str(c.pid) for c in sup.children), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_children_do_not_outlive_a_killed_supervisor(fake_python: str) -> None:
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_CHECK, fake_python],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        proc.kill()
+        proc.wait(5)
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
