@@ -94,6 +94,7 @@ def plan_specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: 
         else:
             ports, free = {}, (contract.ENV_WEB_PORT,)
         env = process.local_env(version_dir, nats_url, config_dir, ports)
+        env[contract.ENV_BIND_HOST] = HOST  # loopback only: nothing is exposed off this machine
         role = contract.ROLE_ENTRYPOINT if process.component == ENTRYPOINT else contract.ROLE_NODE
         out.append(ProcessSpec(process.name, role, env, process.replicas, free))
     return out
