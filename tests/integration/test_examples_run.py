@@ -52,3 +52,40 @@ def test_room_price_workflows_answer(nats_server: NatsServer, tmp_path: Path) ->
             assert missing.count == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_kai_call_prints_the_reply_and_maps_errors_to_exit_codes(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    version = EXAMPLES / "room-price"
+
+    def kai_call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(kai("call", str(version), *args), capture_output=True, text=True,
+                              timeout=60)
+
+    async def scenario() -> None:
+        async with running(version, nats_server.url, tmp_path) as run:
+            address = ("--address", run.address)
+            ok = await asyncio.to_thread(
+                kai_call, "PredictPrice", '{"neighbourhoodGroup": "Queens", "roomType": '
+                '"Private room", "minimumNights": 1}', *address)
+            assert ok.returncode == 0, ok.stderr
+            assert json.loads(ok.stdout) == {"price": 69.75, "currency": "USD"}
+
+            bad = await asyncio.to_thread(
+                kai_call, "PredictPrice", '{"neighbourhood_group": "Paris"}', *address)
+            assert bad.returncode == 2
+            assert bad.stderr.startswith("error: INTERNAL: node etl: ")
+            assert "neighbourhood_group 'Paris' is not one of" in bad.stderr
+
+            unknown = await asyncio.to_thread(kai_call, "Predict", "{}", *address)
+            assert unknown.returncode == 1
+            assert unknown.stderr.strip() == (
+                'error: unknown rpc "Predict" (available: PredictPrice, SaveMetric)')
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+    down = subprocess.run(kai("call", str(version), "SaveMetric", "{}", "--address",
+                              f"127.0.0.1:{free_port()}", "--timeout", "3"),
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 2
+    assert down.stderr.startswith("error: UNAVAILABLE: ")
