@@ -136,8 +136,8 @@ def free_port() -> int:
 
 def run_loadgen(
     group: ProcessGroup, name: str, kind: str, target: list[str], s: Settings
-) -> list[dict[str, Any]]:
-    """Run bench.loadgen against one target for every cell; return its cells."""
+) -> dict[str, Any]:
+    """Run bench.loadgen against one target for every cell; return its result."""
     argv = [
         sys.executable,
         "-m",
@@ -159,18 +159,61 @@ def run_loadgen(
     budget = len(s.cells) * (s.warmup + s.seconds + s.timeout) + 60
     line = wait_for_line(child, b"RESULT ", budget)
     group.stop(child)
-    result = json.loads(line.split(b"RESULT ", 1)[1])
-    cells: list[dict[str, Any]] = result["cells"]
-    return cells
+    result: dict[str, Any] = json.loads(line.split(b"RESULT ", 1)[1])
+    return result
+
+
+def cpu_summary(
+    load: dict[str, Any], processes: list[dict[str, Any]], others: dict[str, float | None]
+) -> dict[str, Any]:
+    """CPU milliseconds per answered request (warm-up included, all cells mixed), by part."""
+    answered = sum(c["requests"] + c.get("warmup_requests", 0) for c in load["cells"])
+    if not answered:
+        return {"answered": 0}
+
+    def per(x: float | None) -> float | None:
+        return None if x is None else round(x * 1000 / answered, 4)
+
+    servers = sum(p["cpu_s"] or 0.0 for p in processes)
+    out: dict[str, Any] = {
+        "answered": answered,
+        "servers_ms_per_request": per(servers),
+        "client_ms_per_request": per(load.get("client_cpu_s")),
+    }
+    for name, value in others.items():
+        out[f"{name}_ms_per_request"] = per(value)
+    out["by_process_ms_per_request"] = {p["name"]: per(p["cpu_s"]) for p in processes}
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class RssSampler:
-    """Samples VmRSS of a set of pids in a thread; VmHWM (the kernel's peak) is read at the end."""
+    """Samples VmRSS of a set of pids in a thread; VmHWM (the kernel's peak) is read at the end.
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
+    It also takes the CPU time each pid (and each of `others`, e.g. nats-server) used
+    between entering and `report()`: the CPU cost of a run, process by process.
+    """
+
+    def __init__(
+        self, pids: dict[str, int], interval: float = 0.25, others: dict[str, int] | None = None
+    ) -> None:
         self.pids = pids
+        self.others = others or {}
         self.interval = interval
         self.max_rss_kb: dict[str, int] = dict.fromkeys(pids, 0)
+        self.cpu_start: dict[str, float | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -182,8 +225,17 @@ class RssSampler:
                     self.max_rss_kb[name] = kb
 
     def __enter__(self) -> RssSampler:
+        for name, pid in {**self.pids, **self.others}.items():
+            self.cpu_start[name] = cpu_seconds(pid)
         self._thread.start()
         return self
+
+    def cpu_used(self, name: str, pid: int) -> float | None:
+        start, now = self.cpu_start.get(name), cpu_seconds(pid)
+        return None if start is None or now is None else round(now - start, 3)
+
+    def others_cpu(self) -> dict[str, float | None]:
+        return {name: self.cpu_used(name, pid) for name, pid in self.others.items()}
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -201,6 +253,7 @@ class RssSampler:
                     "pid": pid,
                     "peak_rss_mb": round(peak / 1024, 1),
                     "sampled_max_rss_mb": round(self.max_rss_kb[name] / 1024, 1),
+                    "cpu_s": self.cpu_used(name, pid),
                 }
             )
         return out
@@ -225,7 +278,7 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
     )
     wait_for_line(server, b"READY", s.startup_timeout)
     with RssSampler({server.name: server.pid}) as rss:
-        cells = run_loadgen(
+        load = run_loadgen(
             group,
             "client-floor-grpc",
             "grpc",
@@ -234,10 +287,18 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
         )
     processes = rss.report({server.name: "floor"})
     group.stop(server)
-    return {"system": "floor-grpc", "nodes": 0, "cells": cells, "processes": processes}
+    return {
+        "system": "floor-grpc",
+        "nodes": 0,
+        "cells": load["cells"],
+        "processes": processes,
+        "cpu": cpu_summary(load, processes, {}),
+    }
 
 
-def measure_nats_floor(group: ProcessGroup, nats_url: str, n: int, s: Settings) -> dict[str, Any]:
+def measure_nats_floor(
+    group: ProcessGroup, nats_url: str, n: int, s: Settings, others: dict[str, int]
+) -> dict[str, Any]:
     hops: list[Child] = []
     for i in range(n):
         subject = f"floor{n}.s{i}"
@@ -254,8 +315,8 @@ def measure_nats_floor(group: ProcessGroup, nats_url: str, n: int, s: Settings) 
         )
     for hop in hops:
         wait_for_line(hop, b"READY", s.startup_timeout)
-    with RssSampler({h.name: h.pid for h in hops}) as rss:
-        cells = run_loadgen(
+    with RssSampler({h.name: h.pid for h in hops}, others=others) as rss:
+        load = run_loadgen(
             group,
             f"client-floor-nats{n}",
             "nats",
@@ -263,9 +324,16 @@ def measure_nats_floor(group: ProcessGroup, nats_url: str, n: int, s: Settings) 
             s,
         )
     processes = rss.report({h.name: "floor" for h in hops})
+    cpu = cpu_summary(load, processes, rss.others_cpu())
     for hop in hops:
         group.stop(hop)
-    return {"system": "floor-nats", "nodes": n, "cells": cells, "processes": processes}
+    return {
+        "system": "floor-nats",
+        "nodes": n,
+        "cells": load["cells"],
+        "processes": processes,
+        "cpu": cpu,
+    }
 
 
 # --- ours ----------------------------------------------------------------------------------
@@ -375,7 +443,7 @@ def wait_ready(children: list[Child], address: str, timeout: float) -> float:
 
 
 def measure_ours(
-    group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings
+    group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int]
 ) -> dict[str, Any]:
     version, vdir, nodes = write_version(workdir / "versions", n, s.handler)
     grpc_port = free_port()
@@ -390,11 +458,12 @@ def measure_ours(
         roles[name] = role
     address = f"127.0.0.1:{grpc_port}"
     startup = wait_ready(children, address, s.startup_timeout)
-    with RssSampler({c.name: c.pid for c in children}) as rss:
-        cells = run_loadgen(
+    with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
+        load = run_loadgen(
             group, f"client-kai-n{n}", "grpc", ["--address", address, "--method", METHOD], s
         )
     processes = rss.report(roles)
+    cpu = cpu_summary(load, processes, rss.others_cpu())
     for c in children:
         if not c.alive():
             raise RuntimeError(f"{c.name} died during the run:\n{c.log_tail()}")
@@ -406,8 +475,9 @@ def measure_ours(
         "handler": s.handler,
         "storage": s.storage,
         "startup_seconds": round(startup, 2),
-        "cells": cells,
+        "cells": load["cells"],
         "processes": processes,
+        "cpu": cpu,
     }
 
 
@@ -653,6 +723,24 @@ def table(result: dict[str, Any]) -> str:
             "peak RSS (VmHWM): "
             + ", ".join(f"{p['name']} {p['peak_rss_mb']:.0f} MB" for p in procs)
         )
+    cpu_lines = []
+    for run in result["runs"]:
+        cpu = run.get("cpu") or {}
+        if not cpu.get("answered"):
+            continue
+        label = {"floor-grpc": "floor grpc", "floor-nats": "floor nats", "kai": "kai"}[
+            run["system"]
+        ]
+        parts = [f"servers {_fmt(cpu.get('servers_ms_per_request'), 3)}"]
+        if cpu.get("nats_server_ms_per_request") is not None:
+            parts.append(f"nats-server {_fmt(cpu['nats_server_ms_per_request'], 3)}")
+        parts.append(f"client {_fmt(cpu.get('client_ms_per_request'), 3)}")
+        nodes = f" n={run['nodes']}" if run["nodes"] else ""
+        cpu_lines.append(f"  {label}{nodes}: " + ", ".join(parts))
+    if cpu_lines:
+        out.append("")
+        out.append("CPU ms per answered request (all cells of the run, warm-up included):")
+        out.extend(cpu_lines)
     out.append("")
     out.append("targets (issue 4):")
     for t in result["analysis"]["targets"]:
@@ -813,16 +901,17 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
         ProcessGroup(workdir / "logs") as group,
     ):
         url = nats_server.url
+        others = {"nats_server": nats_server.proc.pid} if nats_server.proc else {}
         if s.floors:
             print("floor: grpc.aio echo", file=log, flush=True)
             runs.append(measure_grpc_floor(group, s))
             for n in s.nodes:
                 print(f"floor: {n} nats-py hops", file=log, flush=True)
-                runs.append(measure_nats_floor(group, url, n, s))
+                runs.append(measure_nats_floor(group, url, n, s, others))
         if s.ours:
             for n in s.nodes:
                 print(f"kai: {n}-node chain", file=log, flush=True)
-                runs.append(measure_ours(group, workdir, url, n, s))
+                runs.append(measure_ours(group, workdir, url, n, s, others))
     return {"runs": runs}
 
 

@@ -145,11 +145,12 @@ async def run_cells(
     for size, concurrency in cells:
         payload = os.urandom(size)
         request = wrap(payload)
-        await _phase(call, request, len(request), concurrency, warmup, 0, False)
+        warm, _, _, _ = await _phase(call, request, len(request), concurrency, warmup, 0, True)
         lat, elapsed, errors, messages = await _phase(
             call, request, len(request), concurrency, seconds, requests, True
         )
         cell = {"payload": size, "concurrency": concurrency, **summarize(lat, elapsed, errors)}
+        cell["warmup_requests"] = len(warm)
         if messages:
             cell["error_samples"] = messages
         out.append(cell)
@@ -159,6 +160,7 @@ async def run_cells(
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cells = [(int(s), int(c)) for s, c in json.loads(args.cells)]
     common = {"warmup": args.warmup, "seconds": args.seconds, "requests": args.requests}
+    cpu0 = time.process_time()  # the client's CPU cost of the cells, start-up excluded
     if args.kind == "grpc":
         import grpc
 
@@ -186,7 +188,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results = await run_cells(nats_call, cells, wrap=lambda b: b, **common)
         finally:
             await nc.close()
-    return {"kind": args.kind, "loop": args.loop_name, "cells": results}
+    return {
+        "kind": args.kind,
+        "loop": args.loop_name,
+        "cells": results,
+        "client_cpu_s": round(time.process_time() - cpu0, 3),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
