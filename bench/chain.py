@@ -407,39 +407,36 @@ def runner_envs(
     return out
 
 
-def probe(address: str, timeout: float) -> str | None:
-    """One Echo call; None when it answered correctly, else the error."""
-    import grpc
+def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout: float) -> float:
+    """Wait until an Echo call through the whole chain succeeds; return the seconds it took.
 
-    from bench.loadgen import describe_error, encode_payload_message
-
-    request = encode_payload_message(b"probe")
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = channel.unary_unary(METHOD)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            return describe_error(exc)
-    return None if reply == request else f"unexpected reply {reply!r}"
-
-
-def wait_ready(children: list[Child], address: str, timeout: float) -> float:
-    """Wait until an Echo call through the whole chain succeeds; return the seconds it took."""
+    The calls come from a probe process (bench.loadgen probe): this process never starts
+    gRPC threads of its own, since it forks the other processes.
+    """
     start = time.monotonic()
-    last = "no answer yet"
-    while time.monotonic() - start < timeout:
-        for c in children:
-            if not c.alive():
+    argv = [sys.executable, "-m", "bench.loadgen", "probe", "--address", address,
+            "--method", METHOD, "--seconds", str(timeout)]  # fmt: skip
+    probe = group.spawn("probe", argv, role="client", env=child_env(), cwd=ROOT, stdout_pipe=True)
+    try:
+        while True:
+            for c in children:
+                if not c.alive():
+                    raise RuntimeError(
+                        f"{c.name} exited with code {c.proc.returncode} during start-up:\n"
+                        + c.log_tail()
+                    )
+            try:
+                wait_for_line(probe, b"READY", 0.5)
+                return time.monotonic() - start
+            except RuntimeError:
+                if probe.alive() and time.monotonic() - start < timeout + 5:
+                    continue
+                tails = "\n".join(f"--- {c.name}\n{c.log_tail(10)}" for c in children)
                 raise RuntimeError(
-                    f"{c.name} exited with code {c.proc.returncode} during start-up:\n"
-                    + c.log_tail()
-                )
-        err = probe(address, timeout=2.0)
-        if err is None:
-            return time.monotonic() - start
-        last = err
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {c.name}\n{c.log_tail(10)}" for c in children)
-    raise RuntimeError(f"the chain did not answer within {timeout:.0f}s ({last}):\n{tails}")
+                    f"the chain did not answer within {timeout:.0f}s:\n{tails}"
+                ) from None
+    finally:
+        group.stop(probe)
 
 
 def measure_ours(
@@ -457,7 +454,7 @@ def measure_ours(
         children.append(group.spawn(name, argv, role=role, env=penv, cwd=workdir))
         roles[name] = role
     address = f"127.0.0.1:{grpc_port}"
-    startup = wait_ready(children, address, s.startup_timeout)
+    startup = wait_ready(group, children, address, s.startup_timeout)
     with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
         load = run_loadgen(
             group, f"client-kai-n{n}", "grpc", ["--address", address, "--method", METHOD], s

@@ -196,20 +196,46 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def probe(address: str, method: str, seconds: float) -> str | None:
+    """Call until one Echo answers correctly (None) or `seconds` pass (the last error)."""
+    import grpc
+
+    request = encode_payload_message(b"probe")
+    end = time.monotonic() + seconds
+    last = "no answer"
+    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        stub = channel.unary_unary(method)
+        while time.monotonic() < end:
+            try:
+                reply = await stub(request, timeout=2.0)
+            except Exception as exc:
+                last = describe_error(exc)
+            else:
+                if reply == request:
+                    return None
+                last = f"unexpected reply {reply!r}"
+            await asyncio.sleep(0.2)
+    return last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
-    parser.add_argument("kind", choices=("grpc", "nats"))
+    parser.add_argument("kind", choices=("grpc", "nats", "probe"))
     parser.add_argument("--address", help="host:port of the gRPC server")
     parser.add_argument("--method", default="/kaibench.Bench/Echo")
     parser.add_argument("--url", help="NATS URL")
     parser.add_argument("--subject", default="floor.s0")
-    parser.add_argument("--cells", required=True, help="JSON list of [payload bytes, in flight]")
+    parser.add_argument("--cells", default="[]", help="JSON list of [payload bytes, in flight]")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per cell")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--requests", type=int, default=0, help="stop a cell after N answers")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call (s)")
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args(argv)
+    if args.kind == "probe":  # wait until the target answers (bounded by --seconds)
+        error = asyncio.run(probe(args.address, args.method, args.seconds))
+        print("READY" if error is None else f"FAILED {error}", flush=True)
+        return 0 if error is None else 1
     args.loop_name = "asyncio"
     if args.uvloop:
         import uvloop

@@ -176,16 +176,21 @@ def proc_status_kb(pid: int, key: str) -> int | None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so `finally`/`with` blocks stop the children."""
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt so `with` blocks stop the children."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous: Callable[[int, FrameType | None], object] | int | None = signal.getsignal(
-        signal.SIGTERM
-    )
-    signal.signal(signal.SIGTERM, handler)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and the benchmark's
+    # children must still be stopped when someone interrupts it.
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {
+        sig: signal.getsignal(sig) for sig in signals
+    }
+    for sig in signals:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+        for sig, old in previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]

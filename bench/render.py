@@ -446,6 +446,7 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.chain import machine
+    from bench.procs import sigterm_as_interrupt
 
     p = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke mode: one 10-version repo, once")
@@ -468,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kai-bench-render-"))
     started = time.time()
     try:
-        result = run(s, workdir)
+        with sigterm_as_interrupt():
+            result = run(s, workdir)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
