@@ -1,0 +1,45 @@
+"""Architecture rules that keep the runner image small and dev/prod from drifting."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_runner_never_imports_renderer() -> None:
+    offenders = [
+        str(p.relative_to(ROOT)) for p in sorted((ROOT / "runner").rglob("*.py"))
+        if "renderer" in _imports(p)
+    ]
+    assert offenders == []
+
+
+def test_runner_imports_without_renderer_dependencies() -> None:
+    """The runner image has no jinja2, jsonschema, kubernetes-validate or click."""
+    code = (
+        "import sys\n"
+        "for name in ('jinja2', 'jsonschema', 'kubernetes_validate', 'click', 'renderer'):\n"
+        "    sys.modules[name] = None\n"
+        "import runner.__main__, runner.node, runner.entrypoint, runner.supervisor\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_renderer_takes_the_environment_contract_from_the_runner() -> None:
+    plan = _imports(ROOT / "renderer" / "plan.py")
+    assert "runner" in plan
