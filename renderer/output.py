@@ -10,13 +10,15 @@ and a failed write leaves the previous tree as it was.
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import functools
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -198,25 +200,27 @@ def _safe_rel(rel: str) -> PurePosixPath:
     return path
 
 
-def write_tree(target: Path, tree: Mapping[str, bytes]) -> None:
-    """Replace directory `target` with exactly `tree` (relative posix path -> bytes).
+_ODD_PARTS = frozenset({"", ".", ".."})
 
-    The new tree is written to a temporary directory beside `target`, then swapped in:
-    the old tree is renamed away, the new one renamed in, the old one deleted. On any
-    error before the swap the old tree is untouched and the temporary directory removed.
+
+def write_tree(target: Path, tree: Mapping[str, bytes], reuse: Iterable[str] = ()) -> None:
+    """Replace directory `target` with exactly `tree` (relative posix path -> bytes), plus
+    the files named in `reuse`, taken unchanged from the current `target`.
+
+    The new tree is written to a temporary directory beside `target` (a reused file is
+    hard-linked from the current tree, or copied where links are not possible), flushed to
+    disk once, then swapped in: the old tree is renamed away, the new one renamed in, the old
+    one deleted. On any error before the swap the old tree is untouched and the temporary
+    directory removed.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     old: Path | None = None
     try:
-        for rel in sorted(tree):
-            path = tmp.joinpath(*_safe_rel(rel).parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.write(tree[rel])
-                fh.flush()
-                os.fsync(fh.fileno())
+        reused = sorted(set(reuse) - set(tree))
+        written = _fill(tmp, tree, target, reused)
+        sync_tree(tmp, written)
         os.chmod(tmp, 0o755)
         if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -234,6 +238,74 @@ def write_tree(target: Path, tree: Mapping[str, bytes]) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _fill(tmp: Path, tree: Mapping[str, bytes], source: Path, reuse: list[str]) -> list[str]:
+    """Write `tree` into `tmp` and link (or copy) `reuse` from `source`; the paths made.
+
+    Plain string paths and one `mkdir` per folder: this runs for thousands of files.
+    """
+    rels = sorted(tree)
+    for rel in (*rels, *reuse):
+        if rel.startswith("/") or not _ODD_PARTS.isdisjoint(rel.split("/")):
+            _safe_rel(rel)  # raises unless it only has redundant `.` or `/` in it
+    base, src_base = os.fspath(tmp), os.fspath(source)
+    folders = sorted({rel.rpartition("/")[0] for rel in (*rels, *reuse)} - {""})
+    for folder in folders:
+        os.makedirs(os.path.join(base, folder), exist_ok=True)
+    written: list[str] = []
+    for rel in rels:
+        path = os.path.join(base, rel)
+        with open(path, "wb") as fh:
+            fh.write(tree[rel])
+        written.append(path)
+    for rel in reuse:
+        path = os.path.join(base, rel)
+        src = os.path.join(src_base, rel)
+        try:
+            os.link(src, path, follow_symlinks=False)
+        except OSError:
+            shutil.copyfile(src, path)
+        written.append(path)
+    return written
+
+
+def sync_tree(root: Path, files: Iterable[str | Path]) -> None:
+    """Flush a freshly written tree to disk before it is swapped in.
+
+    On Linux one `syncfs` of the tree's file system does it; elsewhere every file is
+    fsync'ed (what this did for each file before: the same guarantee, one call per tree).
+    """
+    if _syncfs(root):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def _syncfs(root: Path) -> bool:
+    syncfs = _libc_syncfs()
+    if syncfs is None:
+        return False
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        return syncfs(fd) == 0
+    finally:
+        os.close(fd)
 
 
 def read_tree(target: Path) -> dict[str, bytes]:
