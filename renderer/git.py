@@ -98,11 +98,16 @@ def dirty_paths(repo: Path, paths: Iterable[str | Path]) -> list[str]:
     Staged, unstaged and untracked files all count; ignored files do not. Returned as
     repo-relative posix paths, sorted.
     """
-    specs = [_pathspec(repo, p) for p in paths]
-    if not specs:
+    wanted = [_relative(repo, p) for p in paths]
+    if not wanted:
         return []
+    # Hundreds of pathspecs (one per running version) make git match every file against
+    # each; ask for their top-level folders instead and keep what lies under `wanted`.
+    many = len(wanted) > _MANY_PATHS
+    query = sorted({w.split("/", 1)[0] for w in wanted}) if many else wanted
     out = _git(
-        repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *specs
+        repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--",
+        *(_pathspec(repo, q) for q in query),
     ).stdout
     prefix = _git(repo, "rev-parse", "--show-prefix").stdout.strip()  # repo inside a bigger one
     found: set[str] = set()
@@ -119,7 +124,25 @@ def dirty_paths(repo: Path, paths: Iterable[str | Path]) -> list[str]:
             if i < len(entries) and entries[i]:
                 found.add(entries[i])
             i += 1
-    return sorted(n[len(prefix):] if n.startswith(prefix) else n for n in found)
+    names = sorted(n[len(prefix):] if n.startswith(prefix) else n for n in found)
+    if many:
+        names = [n for n in names if _under(n, wanted)]
+    return names
+
+
+_MANY_PATHS = 16
+
+
+def _relative(repo: Path, path: str | Path) -> str:
+    p = Path(path)
+    if p.is_absolute():
+        p = p.relative_to(repo)
+    return p.as_posix()
+
+
+def _under(name: str, paths: Iterable[str]) -> bool:
+    """Is `name` one of `paths`, or inside one of them (`.` holds everything)?"""
+    return any(p == "." or name == p or name.startswith(p.rstrip("/") + "/") for p in paths)
 
 
 def add(repo: Path, paths: Sequence[str | Path]) -> None:

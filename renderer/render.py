@@ -19,7 +19,7 @@ import base64
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -411,14 +411,28 @@ def render_project(project: Project, versions: Mapping[str, Version]) -> dict[st
     in kai.yaml must be there. Raises RenderError when the tree cannot be rendered or
     is not valid, so an invalid tree is never written.
     """
+    check_published(project)
+    tree = project_tree(project)
+    tree.update(versions_tree(project, versions, project.versions))
+    return finish_tree(project, tree)
+
+
+def check_published(project: Project) -> None:
+    """At most one version is published (there is one active-entrypoint per project)."""
     published = sorted(n for n, vs in project.versions.items() if vs.state == PUBLISHED)
     if len(published) > 1:
         raise RenderError([Problem("kai.yaml", path="versions", message=(
             f"{len(published)} versions are published ({', '.join(published)}); at most one "
             "may be, since there is one active-entrypoint Service per project"))])
+
+
+def versions_tree(project: Project, versions: Mapping[str, Version],
+                  names: Iterable[str]) -> dict[str, bytes]:
+    """The folders of the named versions in their kai.yaml state (stopped ones: nothing),
+    checked; every problem of every version is raised at once."""
     problems: list[Problem] = []
-    tree = project_tree(project)
-    for name in sorted(project.versions):
+    tree: dict[str, bytes] = {}
+    for name in sorted(names):
         state = project.versions[name].state
         if not is_running(state):
             continue
@@ -433,21 +447,32 @@ def render_project(project: Project, versions: Mapping[str, Version]) -> dict[st
             problems += exc.problems
     if problems:
         raise RenderError(problems)
-    _check_unique(project, tree)
+    return tree
+
+
+def finish_tree(project: Project, tree: dict[str, bytes],
+                kept: Iterable[str] = ()) -> dict[str, bytes]:
+    """Check the tree as a whole and add `kustomization.yaml`; returns the tree, sorted.
+
+    `kept` names files already on disk that stay in the tree unchanged (an incremental
+    render): they count for unique names and the kustomization, and are not re-checked.
+    """
+    kept = set(kept)
+    _check_unique(project, [*tree, *kept])
     prefix = f"{RENDERED_DIR}/{project.name}/"
     kubeconform = checks.kubeconform(tree, project.kubernetes_version)
     if kubeconform:
         raise RenderError([Problem(prefix + p.file, path=p.path, message=p.message)
                            for p in kubeconform])
-    tree[KUSTOMIZATION] = kustomization(project, set(tree))
+    tree[KUSTOMIZATION] = kustomization(project, set(tree) | kept)
     return dict(sorted(tree.items()))
 
 
-def _check_unique(project: Project, tree: Mapping[str, bytes]) -> None:
+def _check_unique(project: Project, paths: Iterable[str]) -> None:
     """Two versions may not render the same object (e.g. one ExternalSecret name)."""
     seen: dict[str, str] = {}
     problems = []
-    for rel in sorted(tree):
+    for rel in sorted(paths):
         name = rel.rsplit("/", 1)[-1]
         if name in seen:
             problems.append(Problem(f"{RENDERED_DIR}/{project.name}/{rel}", message=(

@@ -101,17 +101,24 @@ def resolve_root(repo: Path | None) -> Path:
     return root
 
 
-def load(root: Path, skip: Iterable[str] = ()) -> Repo:
-    """Load kai.yaml and every version it lists (all problems reported at once)."""
+def load(root: Path, skip: Iterable[str] = (), only: Iterable[str] | None = None,
+         project: Project | None = None) -> Repo:
+    """Load kai.yaml and every version it lists (all problems reported at once).
+
+    `only` limits the versions loaded to those named; `project` is kai.yaml when the
+    caller already loaded it.
+    """
     from .projectfile import load_project
     from .validate import load_version
 
-    project = load_project(root)
+    if project is None:
+        project = load_project(root)
     problems: list[Problem] = []
     versions: dict[str, Version] = {}
     skipped = set(skip)
+    wanted = None if only is None else set(only)
     for name in sorted(project.versions):
-        if name in skipped:
+        if name in skipped or (wanted is not None and name not in wanted):
             continue
         folder = root / VERSIONS_DIR / name
         rel = f"{VERSIONS_DIR}/{name}"
@@ -156,15 +163,22 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
 
     Refuses when the files it touches have uncommitted changes. kai.yaml is written
     only after the new tree rendered, so a failed render changes nothing.
+
+    In a git repo only the versions whose state changes are loaded and re-rendered;
+    every other version's files are kept from the committed tree on disk
+    (renderer.incremental). Without git, or when that tree does not have the shape
+    kai.yaml gives, everything is loaded and rendered.
     """
+    from .incremental import render_change
     from .projectfile import dump_project, load_project
 
     if branch and not commit:
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
     project = load_project(root)
-    # Fail fast on an illegal transition, before loading (and validating) every version.
-    transition(project, version, action)
-    repo = load(root)
+    # Fail fast on an illegal transition, before loading (and validating) any version.
+    changed = {c.version for c in transition(project, version, action).changes}
+    partial = git.is_repo(root)
+    repo = load(root, only=changed if partial else None, project=project)
     version_obj = repo.versions.get(version)
     t = transition(repo.project, version, action,
                    config=version_obj.config if version_obj else None)
@@ -175,11 +189,19 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
     }
     sources = [f"{VERSIONS_DIR}/{n}" for n in sorted(running)]
     _prepare_git(root, [*touched, *sources], commit, branch)
-    tree = render(repo, new_project)  # raises before anything is written
+    # raises before anything is written
+    change = render_change(repo.project, new_project, repo.versions, changed,
+                           repo.rendered_dir) if partial else None
+    if change is None:
+        if partial:
+            repo = load(root, project=project)
+        tree, kept = render(repo, new_project), ()
+    else:
+        tree, kept = change.tree, change.kept
     text = dump_project(new_project)
     if branch:
         git.create_branch(root, branch)
-    write_tree(repo.rendered_dir, tree)
+    write_tree(repo.rendered_dir, tree, reuse=kept)
     _write_text(root / PROJECT_FILE, text)
     message = f"kai: {t.summary}"
     sha = _commit(root, message, touched) if commit else None
