@@ -3,7 +3,9 @@
 * kubernetes-validate's bundled JSON schemas, in strict mode, at the project's
   Kubernetes version. One Draft 2020-12 validator is built per (version, kind,
   apiVersion) and cached, instead of re-reading the 1.5 MB `_definitions.json`
-  on every object as `kubernetes_validate.utils.validate` does;
+  on every object as `kubernetes_validate.utils.validate` does. The yes/no verdict
+  comes from a compiled form of the same schema (renderer.fastschema); jsonschema
+  itself names the errors of an invalid object;
 * kubeconform, strict and offline against the same schemas, when it is on PATH;
 * kinds with no bundled schema (Argo CD, Flux, External Secrets, Sealed Secrets)
   have their required fields checked in code.
@@ -29,6 +31,7 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 
+from .fastschema import Check, compile_schema
 from .problems import Problem
 
 SCHEMA_ROOT = "kubernetes-json-schema"
@@ -168,9 +171,19 @@ def _field_path(path: Iterable[Any]) -> str:
     return out
 
 
+@functools.cache
+def fast_check_for(kubernetes_version: str, kind: str, api_version: str) -> Check | None:
+    """The compiled yes/no check of one kind (renderer.fastschema), or None when its schema
+    needs jsonschema itself."""
+    validator = validator_for(kubernetes_version, kind, api_version)
+    if validator is None or validator.format_checker is not None:
+        return None
+    return compile_schema(validator.schema)
+
+
 def _schema_problems(file: str, obj: Obj, validator: jsonschema.Draft202012Validator,
-                     kubernetes_version: str) -> list[Problem]:
-    if validator.is_valid(obj):
+                     kubernetes_version: str, fast: Check | None = None) -> list[Problem]:
+    if fast(obj) if fast is not None else validator.is_valid(obj):
         return []
     problems = []
     for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
@@ -295,7 +308,8 @@ def check_object(file: str, obj: Obj, kubernetes_version: str) -> list[Problem]:
             file, path="kind",
             message=f"no schema for {kind} {api_version} at Kubernetes {kubernetes_version}",
         )]
-    return problems + _schema_problems(file, obj, validator, kubernetes_version)
+    fast = fast_check_for(kubernetes_version, kind, api_version)
+    return problems + _schema_problems(file, obj, validator, kubernetes_version, fast)
 
 
 def check_objects(objects: Mapping[str, Obj], kubernetes_version: str) -> list[Problem]:

@@ -1,0 +1,184 @@
+"""A compiled yes/no check for the Kubernetes schemas, with jsonschema's verdicts.
+
+`jsonschema.Draft202012Validator.is_valid` walks the schema dict on every call,
+dispatching each keyword through its generic machinery: most of a render's time.
+The bundled Kubernetes schemas (after renderer.checks inlines their `$ref`s) use only
+a handful of keywords, so `compile_schema` turns one into a tree of small closures
+that answer the same question, several times faster.
+
+The verdict is the only thing it gives: when an object is not valid, renderer.checks
+asks jsonschema for the errors, so every Problem message stays jsonschema's own. A
+schema using anything this module does not implement exactly (`$ref`, `pattern`,
+`minimum`, an enum of non-strings, ...) is not compiled (`compile_schema` returns None)
+and jsonschema does all the work. Semantics follow jsonschema's Draft 2020-12 keyword
+functions: a keyword applies only to instances of its type; `format` asserts nothing
+(no format checker); unknown keywords are ignored.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Check = Callable[[Any], bool]
+
+# Keywords that never assert anything (no format checker, annotations, extensions).
+_IGNORED = frozenset({"format", "$schema", "$id", "$comment", "title", "description",
+                      "default", "examples", "deprecated", "readOnly", "writeOnly"})
+_HANDLED = frozenset({"type", "properties", "additionalProperties", "required", "items",
+                      "enum", "oneOf", "anyOf", "allOf"})
+
+
+class Unsupported(Exception):
+    """The schema uses something this compiler does not reproduce exactly."""
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Number)
+
+
+_TYPES: dict[str, Check] = {
+    "string": lambda v: isinstance(v, str),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "integer": _is_integer,
+    "number": _is_number,
+}
+
+
+def compile_schema(schema: Any) -> Check | None:
+    """A function telling whether an instance is valid under `schema`, or None when the
+    schema uses a keyword (or a form of one) this module does not implement."""
+    try:
+        return _compile(schema)
+    except Unsupported:
+        return None
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
+def _never(_: Any) -> bool:
+    return False
+
+
+def _compile(schema: Any) -> Check:
+    if schema is True:
+        return _always
+    if schema is False:
+        return _never
+    if not isinstance(schema, Mapping):
+        raise Unsupported(f"schema {schema!r}")
+    checks: list[Check] = []
+    for key in schema:
+        if key in _HANDLED or key in _IGNORED or key.startswith("x-"):
+            continue
+        raise Unsupported(key)  # asserts something (pattern, $ref, ...) or is unknown
+    if "type" in schema:
+        checks.append(_type(schema["type"]))
+    if "enum" in schema:
+        checks.append(_enum(schema["enum"]))
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            checks.append(_combinator(key, schema[key]))
+    obj = _object(schema)
+    if obj is not None:
+        checks.append(obj)
+    if "items" in schema:
+        checks.append(_items(schema["items"]))
+    if not checks:
+        return _always
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+    every = tuple(checks)
+    return lambda v: all(check(v) for check in every)
+
+
+def _type(types: Any) -> Check:
+    names = [types] if isinstance(types, str) else types
+    if not isinstance(names, list) or not names or not all(n in _TYPES for n in names):
+        raise Unsupported(f"type {types!r}")
+    if names == ["string", "null"] or names == ["null", "string"]:
+        return lambda v: v is None or isinstance(v, str)
+    if len(names) == 1:
+        return _TYPES[names[0]]
+    tests = tuple(_TYPES[n] for n in names)
+    return lambda v: any(test(v) for test in tests)
+
+
+def _enum(values: Any) -> Check:
+    # jsonschema's `equal(each, instance)` is `each == instance` whenever `each` is a str.
+    if not isinstance(values, list) or not all(type(v) is str for v in values):
+        raise Unsupported("enum of non-strings")
+    allowed = frozenset(values)
+    return lambda v: isinstance(v, str) and v in allowed
+
+
+def _combinator(key: str, subschemas: Any) -> Check:
+    if not isinstance(subschemas, list) or not subschemas:
+        raise Unsupported(key)
+    subs = tuple(_compile(s) for s in subschemas)
+    if key == "allOf":
+        return lambda v: all(sub(v) for sub in subs)
+    if key == "anyOf":
+        return lambda v: any(sub(v) for sub in subs)
+    return lambda v: sum(1 for sub in subs if sub(v)) == 1
+
+
+def _object(schema: Mapping[str, Any]) -> Check | None:
+    """`properties`, `additionalProperties` and `required`: they apply to dicts only."""
+    if not any(k in schema for k in ("properties", "additionalProperties", "required")):
+        return None
+    props_schema = schema.get("properties", {})
+    if not isinstance(props_schema, Mapping):
+        raise Unsupported("properties")
+    props = {name: _compile(sub) for name, sub in props_schema.items()}
+    required = schema.get("required", [])
+    if not isinstance(required, list):
+        raise Unsupported("required")
+    required = tuple(required)
+    extra: Check | None = None
+    closed = False
+    if "additionalProperties" in schema:
+        ap = schema["additionalProperties"]
+        if ap is False:
+            closed = True
+        elif isinstance(ap, Mapping):
+            extra = _compile(ap)
+        elif ap is not True:
+            raise Unsupported("additionalProperties")
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for name in required:
+            if name not in value:
+                return False
+        for key, item in value.items():
+            sub = props.get(key) if isinstance(key, str) else None
+            if sub is not None:
+                if not sub(item):
+                    return False
+            elif closed or (extra is not None and not extra(item)):
+                return False
+        return True
+
+    return check
+
+
+def _items(items: Any) -> Check:
+    sub = _compile(items)
+    return lambda v: not isinstance(v, list) or all(sub(item) for item in v)
