@@ -65,13 +65,14 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-HDR_REQUEST_ID = "Kai-Request-Id"
+# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport).
+HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<request id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
-HDR_REPLY = "Kai-Reply"  # the entrypoint's inbox subject for the final answer
-HDR_WORKFLOW = "Kai-Workflow"
-HDR_STATUS = "Kai-Status"  # on replies: a grpc.StatusCode name, "OK" on success
+HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<request id>"
+HDR_STATUS = "Kai-Status"  # on error replies: a grpc.StatusCode name (absent: OK)
 HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
-HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id
+HDR_REQUEST_ID = "Kai-Request-Id"  # read when there is no HDR_MSG_ID (no longer sent)
+HDR_WORKFLOW = "Kai-Workflow"  # no longer sent: the subject names the workflow
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 

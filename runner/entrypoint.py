@@ -7,9 +7,10 @@ A call to rpc R of workflow W:
    with the request id, the absolute deadline (the client's, or now + the request
    timeout), the reply inbox and the workflow in headers (over max payload →
    RESOURCE_EXHAUSTED; NATS disconnected → UNAVAILABLE at once);
-3. the last node answers on the entrypoint's single inbox subscription; the answer is
-   matched to the call by request id. HDR_STATUS "OK" returns the payload as the reply,
-   any other grpc code name becomes that status with HDR_ERROR as its details;
+3. the last node answers on the entrypoint's single inbox subscription (``<inbox>.*``):
+   the answer's subject ends in the request id, which matches it to the call. An answer
+   without HDR_STATUS (or with "OK") returns the payload as the reply, any other grpc code
+   name becomes that status with HDR_ERROR as its details;
 4. no answer by the deadline → DEADLINE_EXCEEDED.
 
 When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a node that
@@ -40,7 +41,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.client import JetStreamContext
 from nats.js.manager import JetStreamManager
 
 from . import contract, metrics, transport
@@ -128,7 +128,7 @@ class Entrypoint:
     bindings: list[Binding]
     bind_host: str = contract.DEFAULT_BIND_HOST
     nc: Client | None = None
-    js: JetStreamContext | None = None
+    publisher: transport.Publisher | None = None
     jsm: JetStreamManager | None = None
     inbox: str = ""
     pending: dict[str, asyncio.Future[Answer]] = field(default_factory=dict)
@@ -144,6 +144,7 @@ class Entrypoint:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _nodes: dict[tuple[str, str], str] = field(default_factory=dict)
     _ensuring: asyncio.Task[None] | None = None
+    _reply_prefix: str = ""
 
     def ready(self) -> bool:
         return self.connected and self.streams_ok and self.serving and not self.stopping
@@ -167,11 +168,14 @@ class Entrypoint:
             env.nats_url, f"kai-entrypoint-{env.version}",
             transport.ConnectionEvents(self._on_disconnect, self._on_reconnect))
         self.connected = True
-        self.js = self.nc.jetstream(timeout=transport.JS_TIMEOUT)
+        self.publisher = transport.Publisher(self.nc)
+        await self.publisher.start()
         self.jsm = self.nc.jsm(timeout=transport.JS_TIMEOUT)
         await self._ensure()
         self.inbox = f"{contract.reply_prefix(env.project, env.version)}.{self._token}"
-        await self.nc.subscribe(self.inbox, cb=self._on_reply, pending_msgs_limit=1_000_000,
+        self._reply_prefix = self.inbox + "."
+        await self.nc.subscribe(self._reply_prefix + "*", cb=self._on_reply,
+                                pending_msgs_limit=1_000_000,
                                 pending_bytes_limit=512 * 1024 * 1024)
         for wf in env.workflows:
             stream = contract.stream_name(env.project, env.version, wf.name)
@@ -258,13 +262,15 @@ class Entrypoint:
     # --- answers -------------------------------------------------------------------------
 
     async def _on_reply(self, msg: Msg) -> None:
-        hdrs = msg.headers
-        if not hdrs:
+        fut = self.pending.get(msg.subject[len(self._reply_prefix):])
+        if fut is None or fut.done():
             return
-        fut = self.pending.get(hdrs.get(contract.HDR_REQUEST_ID, ""))
-        if fut is not None and not fut.done():
-            fut.set_result((hdrs.get(contract.HDR_STATUS, "OK"), hdrs.get(contract.HDR_ERROR, ""),
-                            msg.data))
+        hdrs = msg.headers
+        if hdrs:
+            fut.set_result((hdrs.get(contract.HDR_STATUS, "OK"),
+                            hdrs.get(contract.HDR_ERROR, ""), msg.data))
+        else:
+            fut.set_result(("OK", "", msg.data))
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         assert self.jsm is not None
@@ -277,13 +283,13 @@ class Entrypoint:
             log.debug("max-deliveries advisory not handled: %s", exc)
             return
         hdrs = stored.headers or {}
-        request_id = hdrs.get(contract.HDR_REQUEST_ID, "")
+        request_id = transport.request_id_of(hdrs)
         node = self._nodes.get((stream, consumer), consumer)
         try:
             expired = float(hdrs.get(contract.HDR_DEADLINE) or 0) < time.time()
         except ValueError:
             expired = True
-        mine = hdrs.get(contract.HDR_REPLY) == self.inbox
+        mine = hdrs.get(contract.HDR_REPLY, "").startswith(self._reply_prefix)
         if mine:
             log.warning("request %s: node %s gave up after %s deliveries", request_id, node,
                         deliveries)
@@ -341,11 +347,9 @@ class Entrypoint:
         request_id = f"{self._token}-{next(self._ids)}"
         envelope = any_pb2.Any(type_url=b.type_url, value=request).SerializeToString()
         headers = {
-            contract.HDR_REQUEST_ID: request_id,
-            contract.HDR_DEADLINE: f"{deadline:.6f}",
-            contract.HDR_REPLY: self.inbox,
-            contract.HDR_WORKFLOW: b.workflow.name,
             contract.HDR_MSG_ID: f"{request_id}:0",
+            contract.HDR_DEADLINE: f"{deadline:.6f}",
+            contract.HDR_REPLY: self._reply_prefix + request_id,
         }
         size = transport.over_limit(nc, envelope, headers)
         if size:
@@ -357,9 +361,9 @@ class Entrypoint:
         published = False
         try:
             async with asyncio.timeout(timeout):
-                assert self.js is not None
-                await self.js.publish(b.subject, envelope, headers=headers,
-                                      timeout=min(transport.JS_TIMEOUT, max(timeout, 0.01)))
+                assert self.publisher is not None
+                await self.publisher.publish(b.subject, envelope, headers,
+                                             min(transport.JS_TIMEOUT, max(timeout, 0.01)))
                 published = True
                 return await fut
         except TimeoutError:

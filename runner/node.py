@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import importlib.util
 import inspect
 import logging
@@ -51,6 +52,17 @@ log = logging.getLogger("runner.node")
 EXIT_LOAD = 2  # the module does not load, or has no handler
 EXIT_INIT = 3  # init(ctx) failed
 AnyMsg = any_pb2.Any
+TYPE_URL_PREFIX = "type.googleapis.com/"
+_TYPE_URLS: dict[Any, str] = {}
+
+
+def _type_url(msg: Message) -> str:
+    """The `Any` type URL of a message (what `Any.Pack` sets), cached per message type."""
+    descriptor = msg.DESCRIPTOR
+    url = _TYPE_URLS.get(descriptor)
+    if url is None:
+        url = _TYPE_URLS[descriptor] = TYPE_URL_PREFIX + descriptor.full_name
+    return url
 
 
 class StartupError(Exception):
@@ -233,7 +245,7 @@ class NodeProcess:
     _inflight: dict[int, tuple[Msg, float]] = field(default_factory=dict)
     _ensuring: asyncio.Task[None] | None = None
     _ticker: asyncio.Task[None] | None = None
-    _js: Any = None
+    _publisher: transport.Publisher | None = None
     _counters: dict[tuple[str, str], Any] = field(default_factory=dict)
     _latency: Any = None
 
@@ -262,7 +274,8 @@ class NodeProcess:
             transport.ConnectionEvents(self._on_disconnect, self._on_reconnect))
         self.connected = True
         await self._ensure()
-        self._js = self.nc.jetstream(timeout=transport.JS_TIMEOUT)
+        self._publisher = transport.Publisher(self.nc)
+        await self._publisher.start()
         self.ctx = Context(self.env, data_sink(self.nc, self.env))
         await self._run_init()
         for route in self.routes:
@@ -345,15 +358,7 @@ class NodeProcess:
                         pass
 
     def _handler_for(self, route: Route) -> Callable[[Msg], Any]:
-        async def handle(msg: Msg) -> None:
-            key = id(msg)
-            self._inflight[key] = (msg, time.monotonic())
-            try:
-                await self._handle(msg, route)
-            finally:
-                del self._inflight[key]
-
-        return handle
+        return functools.partial(self._handle, route=route)
 
     async def _call(self, arg: Any) -> Any:
         assert self.ctx is not None
@@ -370,18 +375,25 @@ class NodeProcess:
                     message: str, outcome: str) -> None:
         assert self.nc is not None
         log.warning("request %s: %s %s", request_id, code, message)
-        await transport.reply_status(self.nc, reply, request_id, code, message)
+        await transport.reply_status(self.nc, reply, code, message)
         await msg.ack()
         self._count(route, outcome)
 
     async def _handle(self, msg: Msg, route: Route) -> None:
-        nc = self.nc
-        assert nc is not None
-        hdrs = msg.headers or {}
-        request_id = hdrs.get(contract.HDR_REQUEST_ID, "")
-        reply = hdrs.get(contract.HDR_REPLY, "")
+        key = id(msg)
+        self._inflight[key] = (msg, time.monotonic())
         try:
-            deadline = float(hdrs.get(contract.HDR_DEADLINE) or 0.0)
+            await self._step(msg, route)
+        finally:
+            del self._inflight[key]
+
+    async def _step(self, msg: Msg, route: Route) -> None:
+        hdrs = msg.headers or {}
+        request_id = transport.request_id_of(hdrs)
+        reply = hdrs.get(contract.HDR_REPLY, "")
+        raw_deadline = hdrs.get(contract.HDR_DEADLINE)
+        try:
+            deadline = float(raw_deadline) if raw_deadline else 0.0
         except ValueError:
             deadline = 0.0
         if deadline and time.time() >= deadline:
@@ -432,7 +444,7 @@ class NodeProcess:
         if route.next_subject is None:
             await self._answer(msg, route, request_id, reply, out)
         else:
-            await self._forward(msg, route, request_id, reply, deadline, out)
+            await self._forward(msg, route, request_id, reply, raw_deadline, deadline, out)
 
     async def _answer(self, msg: Msg, route: Route, request_id: str, reply: str,
                       out: Message) -> None:
@@ -445,33 +457,28 @@ class NodeProcess:
                 f"node {self.name} returned {got}, but rpc {route.rpc} returns "
                 f"{route.output_type}", metrics.ERROR)
         payload = out.SerializeToString()
-        headers = {contract.HDR_REQUEST_ID: request_id, contract.HDR_STATUS: "OK"}
-        size = transport.over_limit(nc, payload, headers)
+        size = len(payload) if len(payload) > nc.max_payload else 0
         if size:
             return await self._fail(
                 msg, route, request_id, reply, "RESOURCE_EXHAUSTED",
                 f"node {self.name}: the reply is {size} bytes, over the NATS server's max "
                 f"payload of {nc.max_payload} bytes", metrics.TOO_LARGE)
         if reply:
-            await nc.publish(reply, payload, headers=headers)
+            await nc.publish(reply, payload)  # no headers: success
         await msg.ack()
         self._count(route, metrics.OK)
 
     async def _forward(self, msg: Msg, route: Route, request_id: str, reply: str,
-                       deadline: float, out: Message) -> None:
+                       raw_deadline: str | None, deadline: float, out: Message) -> None:
         nc = self.nc
         assert nc is not None and route.next_subject is not None
-        packed = AnyMsg()
-        packed.Pack(out)
-        payload = packed.SerializeToString()
+        payload = AnyMsg(type_url=_type_url(out),
+                         value=out.SerializeToString()).SerializeToString()
         headers = {
-            contract.HDR_REQUEST_ID: request_id,
-            contract.HDR_DEADLINE: msg.headers[contract.HDR_DEADLINE]
-            if msg.headers and contract.HDR_DEADLINE in msg.headers
-            else repr(time.time() + self.env.request_timeout),
-            contract.HDR_REPLY: reply,
-            contract.HDR_WORKFLOW: route.workflow,
             contract.HDR_MSG_ID: f"{request_id}:{route.next_step}",
+            contract.HDR_DEADLINE: raw_deadline
+            or repr(time.time() + self.env.request_timeout),
+            contract.HDR_REPLY: reply,
         }
         size = transport.over_limit(nc, payload, headers)
         if size:
@@ -480,11 +487,15 @@ class NodeProcess:
                 f"node {self.name}: its output is {size} bytes, over the NATS server's max "
                 f"payload of {nc.max_payload} bytes", metrics.TOO_LARGE)
         until = deadline or time.time() + self.env.request_timeout
-        stored = await transport.publish_until(self._js.publish, route.next_subject, payload,
-                                               headers, until, lambda: self.stopping)
+        assert self._publisher is not None
+        stored = await transport.publish_until(self._publisher, route.next_subject, payload,
+                                               headers, until, self._is_stopping)
         await msg.ack()  # stored, or too late to matter (the client has its answer)
         outcome = metrics.OK if stored else metrics.EXPIRED
         self._count(route, outcome)
+
+    def _is_stopping(self) -> bool:
+        return self.stopping
 
     async def stop(self, grace: float) -> None:
         """Drain: stop fetching, finish in-flight messages, close NATS."""
