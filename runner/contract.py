@@ -40,6 +40,7 @@ ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
 ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
 ENV_BIND_HOST = "KAI_BIND_HOST"  # optional: address the gRPC and web servers listen on
 ENV_CONCURRENCY = "KAI_CONCURRENCY"  # optional: messages a node process handles at once
+ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
 
 # --- defaults ----------------------------------------------------------------
 
