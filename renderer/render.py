@@ -46,6 +46,7 @@ from .plan import (
 )
 from .problems import InputError, Problem
 from .project import DEPLOY_DIR, PUBLISHED, RENDERED_DIR, VERSIONS_DIR, ConfigSource, Project
+from .templateyaml import parse
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 RUN_AS = 10001  # uid and gid of every container
@@ -61,7 +62,6 @@ SEALED_SECRET = "sealedSecret"
 CONFIGMAP_KEY_MAX = 253
 OBJECT_LIMIT = 1024 * 1024  # etcd's limit for one object
 
-_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _KEY_SAFE = re.compile(r"[^-.A-Za-z0-9]")
 
 
@@ -88,46 +88,6 @@ _ENV = jinja2.Environment(
 @functools.cache
 def _template(name: str) -> jinja2.Template:
     return _ENV.get_template(f"{name}.yaml.j2")
-
-
-_TAG = "tag:yaml.org,2002:"
-
-
-class _Unsupported(Exception):
-    """A node `_construct` leaves to PyYAML's full constructor."""
-
-
-def _construct(node: yaml.Node) -> Any:
-    """PyYAML's safe construction for the plain shapes templates produce, without its
-    generic machinery: strings, ints, booleans, nulls, mappings and sequences."""
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        for key_node, value_node in node.value:
-            key = _construct(key_node)
-            if key_node.tag == _TAG + "merge" or not isinstance(key, str) or key in out:
-                raise _Unsupported
-            out[key] = _construct(value_node)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(item) for item in node.value]
-    tag, value = node.tag, node.value
-    if tag == _TAG + "str":
-        return value
-    if tag == _TAG + "int" and value.isdigit() and (value == "0" or value[0] != "0"):
-        return int(value)
-    if tag == _TAG + "bool" and value in ("true", "false"):
-        return value == "true"
-    if tag == _TAG + "null" and value in ("null", "~", ""):
-        return None
-    raise _Unsupported
-
-
-def parse(text: str) -> Any:
-    """Parse one YAML document safely (a fast path for templates' output)."""
-    try:
-        return _construct(yaml.compose(text, Loader=_Loader))
-    except _Unsupported:
-        return yaml.load(text, Loader=_Loader)
 
 
 def render_template(template: str, /, **context: Any) -> dict[str, Any]:
