@@ -11,6 +11,7 @@ Environment names come from runner.contract, the one definition both sides share
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -154,32 +155,44 @@ def version_files(version: Version) -> dict[str, bytes]:
     """The files a version's pods need: its proto(s) and each node's source folder."""
     root = version.directory
     files: dict[str, bytes] = {}
-    proto_dir = PurePosixPath(version.proto).parent
-    for path in _walk(root / proto_dir):
-        if path.suffix == ".proto":
-            files[path.relative_to(root).as_posix()] = path.read_bytes()
+    proto_dir = PurePosixPath(version.proto).parent.as_posix()
+    for rel, path in _walk(root, proto_dir):
+        if rel.endswith(".proto"):
+            files[rel] = _read(path)
     for node in version.nodes:
-        folder = PurePosixPath(node.src).parent
-        for path in _walk(root / folder):
-            rel = path.relative_to(root).as_posix()
-            if folder == PurePosixPath(".") and path.suffix not in (".py", ".proto"):
+        folder = PurePosixPath(node.src).parent.as_posix()
+        for rel, path in _walk(root, folder):
+            if folder == "." and not rel.endswith((".py", ".proto")):
                 continue  # a node at the version root: take only code, not the whole tree
-            files[rel] = path.read_bytes()
+            files[rel] = _read(path)
     return dict(sorted(files.items()))
 
 
-def _walk(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def _walk(root: Path, folder: str) -> list[tuple[str, str]]:
+    """(path relative to `root`, full path) of the regular files under `root/folder`:
+    no symlinks (nor folders through them), nothing hidden, no __pycache__ or .pyc."""
+    top = os.path.join(root, folder)
+    if not os.path.isdir(top):
         return []
     out = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        parts = path.relative_to(folder).parts
-        if any(p == "__pycache__" or p.startswith(".") for p in parts) or path.suffix == ".pyc":
-            continue
-        out.append(path)
+    for here, dirs, names in os.walk(top):
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+        sub = os.path.relpath(here, top).replace(os.sep, "/")
+        prefix = "" if folder == "." else f"{folder}/"
+        prefix += "" if sub == "." else f"{sub}/"
+        for name in names:
+            if name.startswith(".") or name.endswith(".pyc") or name == "__pycache__":
+                continue
+            path = os.path.join(here, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            out.append((prefix + name, path))
     return out
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def labels(project: str, version: str, component: str, name: str, instance: str) -> dict[str, str]:
