@@ -18,8 +18,11 @@ functions: a keyword applies only to instances of its type; `format` asserts not
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from jsonschema import Draft202012Validator
 
 Check = Callable[[Any], bool]
 
@@ -27,7 +30,10 @@ Check = Callable[[Any], bool]
 _IGNORED = frozenset({"format", "$schema", "$id", "$comment", "title", "description",
                       "default", "examples", "deprecated", "readOnly", "writeOnly"})
 _HANDLED = frozenset({"type", "properties", "additionalProperties", "required", "items",
-                      "enum", "oneOf", "anyOf", "allOf"})
+                      "enum", "oneOf", "anyOf", "allOf", "pattern", "minLength", "maxLength",
+                      "minItems", "maxItems", "minimum", "maximum", "uniqueItems"})
+# Keywords jsonschema knows (and so may assert something); any other key it ignores.
+_KNOWN = frozenset(Draft202012Validator.VALIDATORS)
 
 
 class Unsupported(Exception):
@@ -81,9 +87,8 @@ def _compile(schema: Any) -> Check:
         raise Unsupported(f"schema {schema!r}")
     checks: list[Check] = []
     for key in schema:
-        if key in _HANDLED or key in _IGNORED or key.startswith("x-"):
-            continue
-        raise Unsupported(key)  # asserts something (pattern, $ref, ...) or is unknown
+        if key in _KNOWN and key not in _HANDLED and key not in _IGNORED:
+            raise Unsupported(key)  # asserts something this module does not implement
     if "type" in schema:
         checks.append(_type(schema["type"]))
     if "enum" in schema:
@@ -96,6 +101,7 @@ def _compile(schema: Any) -> Check:
         checks.append(obj)
     if "items" in schema:
         checks.append(_items(schema["items"]))
+    checks += _bounds(schema)
     if not checks:
         return _always
     if len(checks) == 1:
@@ -182,3 +188,48 @@ def _object(schema: Mapping[str, Any]) -> Check | None:
 def _items(items: Any) -> Check:
     sub = _compile(items)
     return lambda v: not isinstance(v, list) or all(sub(item) for item in v)
+
+
+def _bounds(schema: Mapping[str, Any]) -> list[Check]:
+    """pattern, min/maxLength, min/maxItems, minimum/maximum and uniqueItems."""
+    out: list[Check] = []
+    if "pattern" in schema:
+        if not isinstance(schema["pattern"], str):
+            raise Unsupported("pattern")
+        search = re.compile(schema["pattern"]).search
+        out.append(lambda v: not isinstance(v, str) or search(v) is not None)
+    for key, kind, cmp in (("minLength", str, int.__ge__), ("maxLength", str, int.__le__),
+                           ("minItems", list, int.__ge__), ("maxItems", list, int.__le__)):
+        if key in schema:
+            out.append(_size(key, schema[key], kind, cmp))
+    for key in ("minimum", "maximum"):
+        if key in schema:
+            limit = schema[key]
+            if not _is_number(limit):
+                raise Unsupported(key)
+            # `not (v < lim)`, as jsonschema words it: NaN passes both bounds
+            if key == "minimum":
+                out.append(lambda v, lim=limit: not _is_number(v) or not v < lim)
+            else:
+                out.append(lambda v, lim=limit: not _is_number(v) or not v > lim)
+    if schema.get("uniqueItems") is True:
+        uniq = _uniq()
+        out.append(lambda v: not isinstance(v, list) or uniq(v))
+    elif "uniqueItems" in schema and schema["uniqueItems"] is not False:
+        raise Unsupported("uniqueItems")
+    return out
+
+
+def _size(key: str, limit: Any, kind: type, cmp: Callable[[int, int], bool]) -> Check:
+    if type(limit) is not int:
+        raise Unsupported(key)
+    return lambda v: not isinstance(v, kind) or cmp(len(v), limit)
+
+
+def _uniq() -> Callable[[list[Any]], bool]:
+    """jsonschema's own uniqueness test (it tells 1 from True), when it can be imported."""
+    try:
+        from jsonschema._utils import uniq
+    except ImportError:
+        raise Unsupported("uniqueItems") from None
+    return uniq  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
+from .fastschema import Check, compile_schema
 from .problems import Problem
 from .yamlsafe import Document, FieldPath, format_path
 
@@ -40,14 +41,26 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
-    """A compiled, cached validator for the bundled schema `name`."""
-    schema = load_schema(name)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    """A compiled, cached validator for the bundled schema `name`.
+
+    The bundled schemas are checked against the Draft 2020-12 metaschema by the tests
+    (tests/unit/test_schemacheck.py), not on every run: that check costs more than
+    validating a kai.yaml.
+    """
+    return Draft202012Validator(load_schema(name))
+
+
+@functools.cache
+def fast_check(name: str) -> Check | None:
+    """The compiled yes/no check of a bundled schema (renderer.fastschema), if it has one."""
+    return compile_schema(load_schema(name))
 
 
 def schema_problems(doc: Document, schema: str) -> list[Problem]:
     """Every way `doc.data` breaks the bundled schema `schema`, as Problems."""
+    check = fast_check(schema)
+    if check is not None and check(doc.data):
+        return []  # valid: jsonschema would find nothing
     out: list[Problem] = []
     for error in validator(schema).iter_errors(doc.data):
         out.extend(_problems(error, doc))

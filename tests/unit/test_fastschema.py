@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from renderer import checks
 from renderer.fastschema import compile_schema
@@ -95,6 +96,11 @@ def test_same_verdict_as_jsonschema_on_rendered_and_mutated_objects() -> None:
      [{"a": 1}, {"c": 1}, {}, []]),
     (True, [1, None]),
     ({"properties": {"a": False}}, [{"a": 1}, {"b": 1}]),
+    ({"pattern": "^[a-z]+$", "minLength": 2, "maxLength": 3}, ["ab", "a", "abcd", "A1", 5, None]),
+    ({"minItems": 1, "maxItems": 2, "uniqueItems": True},
+     [[], [1], [1, 1], [1, True], [1, 2, 3], ["a", "a"], [{"a": 1}, {"a": 1}], "x"]),
+    ({"minimum": 1, "maximum": 3}, [0, 1, 3, 4, 2.5, float("nan"), True, "2"]),
+    ({"type": "string", "patternErrorMessage": "ignored", "examples": [1]}, ["x", 1]),
 ])
 def test_keywords_match_jsonschema(schema: Any, instances: list[Any]) -> None:
     fast = compile_schema(schema)
@@ -105,9 +111,9 @@ def test_keywords_match_jsonschema(schema: Any, instances: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("schema", [
-    {"$ref": "#/$defs/x"}, {"pattern": "^a"}, {"minimum": 1}, {"enum": [1, "a"]},
-    {"patternProperties": {"^a": {}}}, {"type": "string", "maxLength": 3},
-    {"properties": {"a": {"unknownKeyword": 1}}},
+    {"$ref": "#/$defs/x"}, {"exclusiveMinimum": 1}, {"enum": [1, "a"]},
+    {"patternProperties": {"^a": {}}}, {"type": "string", "maxLength": 3.5},
+    {"properties": {"a": {"propertyNames": {"pattern": "^a"}}}}, {"uniqueItems": 1},
 ])
 def test_what_it_does_not_implement_is_left_to_jsonschema(schema: dict[str, Any]) -> None:
     assert compile_schema(schema) is None
@@ -119,3 +125,25 @@ def test_check_object_keeps_jsonschema_messages() -> None:
     problems = checks.check_object("f.yaml", obj, K8S)
     assert [p.path for p in problems] == ["metadata"]
     assert "'unknownField' was unexpected" in problems[0].message
+
+
+def test_krt_schema_same_verdict_as_jsonschema() -> None:
+    from renderer.schemacheck import fast_check, validator
+
+    fast, slow = fast_check("krt.schema.json"), validator("krt.schema.json")
+    assert fast is not None
+    rng = random.Random(5)
+    invalid = 0
+    for manifest in sorted(EXAMPLES.glob("*/krt.yml")):
+        doc = yaml.safe_load(manifest.read_text())
+        doc["config"] = {"variables": ["API_KEY"], "files": ["CERT"]}
+        doc["nodes"][0]["replicas"] = 2
+        assert fast(doc) and slow.is_valid(doc)
+        where = list(paths(doc))
+        for _ in range(400):
+            case = copy.deepcopy(doc)
+            mutate(case, rng, where)
+            verdict = slow.is_valid(case)
+            assert fast(case) == verdict, list(slow.iter_errors(case))[:3]
+            invalid += not verdict
+    assert invalid > 200
