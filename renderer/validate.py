@@ -177,10 +177,14 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                 listed = ", ".join(defined) if defined else "none"
                 out.append(doc.problem(("workflows", i, "sequential", k),
                                        f'node "{step}" is not defined (defined: {listed})'))
+    try:
+        real_root: Path | None = directory.resolve()
+    except (OSError, RuntimeError):
+        real_root = None
     for i, node in enumerate(nodes):
         src = _dict(node).get("src")
         if isinstance(src, str) and src:
-            message = _file_problem(directory, src)
+            message = _file_problem(directory, src, real_root)
             if message:
                 out.append(doc.problem(("nodes", i, "src"), message))
     out += _proto_problems(doc, version, directory, shown)
@@ -210,8 +214,11 @@ def _unique(doc: Document, section: str, key: str,
     return out
 
 
-def _file_problem(directory: Path, rel: str) -> str | None:
-    """Why `rel` is not a regular file inside `directory`, or None when it is."""
+def _file_problem(directory: Path, rel: str, real_root: Path | None = None) -> str | None:
+    """Why `rel` is not a regular file inside `directory`, or None when it is.
+
+    `real_root` is `directory.resolve()` when the caller already has it.
+    """
     pure = PurePosixPath(rel)
     if "\\" in rel:
         return f'"{rel}": use "/" to separate folders'
@@ -221,7 +228,7 @@ def _file_problem(directory: Path, rel: str) -> str | None:
         return f'"{rel}" must stay inside the version directory (no "..")'
     full = directory / rel
     try:
-        inside = full.resolve().is_relative_to(directory.resolve())
+        inside = full.resolve().is_relative_to(real_root or directory.resolve())
     except (OSError, RuntimeError):
         return f'"{rel}" cannot be resolved (a symlink loop?)'
     if not inside:
@@ -252,7 +259,7 @@ def _proto_problems(doc: Document, version: Version, directory: Path,
     if message:
         return [doc.problem(where, message)]
     try:
-        compiled = compile_proto(directory, rel)
+        compiled = _compile_proto(directory, rel)
     except ProtoError as exc:
         return [
             Problem(shown(p.file), p.line, p.col, "", p.message)
@@ -284,6 +291,32 @@ def _proto_problems(doc: Document, version: Version, directory: Path,
                 f"rpc {rpc} ({method.input_type.name}) returns ({method.output_type.name})",
             ))
     return out
+
+
+# Compiled protos by entry file, with the bytes of every file protoc read for them:
+# versions of a project often share their proto, and protoc is most of a version's load.
+_PROTOS: dict[str, list[tuple[dict[str, bytes | None], CompiledProto]]] = {}
+
+
+def _compile_proto(directory: Path, rel: str) -> CompiledProto:
+    """compile_proto, reusing an earlier result when every file it was compiled from (the
+    entry file and its imports, looked up first in `directory`) has the same bytes here."""
+    for sources, compiled in _PROTOS.get(rel, []):
+        if all(_read_or_none(directory / name) == data for name, data in sources.items()):
+            return compiled
+    compiled = compile_proto(directory, rel)
+    sources = {f.name: _read_or_none(directory / f.name) for f in compiled.file_set.file}
+    entries = _PROTOS.setdefault(rel, [])
+    entries.append((sources, compiled))
+    del entries[:-8]  # a few distinct protos per entry name are plenty
+    return compiled
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _import_problems(doc: Document, compiled: CompiledProto, rel: str) -> list[Problem]:

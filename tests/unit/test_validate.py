@@ -608,3 +608,36 @@ def test_fuzz_bytes_only_raise_input_error(raw: bytes) -> None:
         (folder / "krt.yml").write_bytes(raw)
         with pytest.raises(InputError):
             load_version(folder, Path(tmp))
+
+
+def test_a_shared_proto_is_compiled_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from renderer import validate
+
+    calls: list[str] = []
+    real = validate.compile_proto
+
+    def counting(root: Path, proto: str):  # type: ignore[no-untyped-def]
+        calls.append(str(root))
+        return real(root, proto)
+
+    monkeypatch.setattr(validate, "compile_proto", counting)
+    monkeypatch.setattr(validate, "_PROTOS", {})
+    for name in ("a", "b"):
+        load_version(write_version(tmp_path / name))
+    assert len(calls) == 1
+    # the same file name with other bytes is compiled again, and its problems found
+    changed = PROTO.replace("rpc PyGreet", "rpc OtherName")
+    with pytest.raises(InputError, match='rpc "PyGreet" is not defined'):
+        load_version(write_version(tmp_path / "c", proto=changed))
+    # so is an import that differs, though the entry file is the same
+    entry = 'syntax = "proto3";\npackage main;\nimport "types.proto";\n' + \
+        "service Entrypoint {\n  rpc PyGreet (Request) returns (Response);\n}\n"
+    types = 'syntax = "proto3";\npackage main;\nmessage Request { string name = 1; }\n' + \
+        "message Response { string greeting = 1; }\n"
+    for name, extra in (("d", ""), ("e", "message Extra {}\n")):
+        folder = write_version(tmp_path / name, proto=entry)
+        (folder / "types.proto").write_text(types + extra)
+        load_version(folder)
+    assert len(calls) == 4
+    load_version(tmp_path / "e")
+    assert len(calls) == 4
