@@ -28,7 +28,8 @@ _RESOLVER = yaml.resolver.Resolver()
 _LINE = re.compile(r"( *)(- )?(?:([A-Za-z0-9_][-A-Za-z0-9_./]*):(?: (.+))?|(.+))")
 _WORD = re.compile(r"[A-Za-z0-9/][-A-Za-z0-9_./]*")
 _FLOW_WORDS = re.compile(r"\[([A-Za-z0-9/][-A-Za-z0-9_./]*(?:, [A-Za-z0-9/][-A-Za-z0-9_./]*)*)?\]")
-_ODD_TEXT = re.compile(r"[^\n\x20-\x7e]|\\u[dD][89abAB]|\\u[dD][c-fC-F]|^(---|\.\.\.)", re.M)
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class _Unsupported(Exception):
@@ -67,8 +68,16 @@ def _line(raw: str) -> _Line:
     return (col, dash is not None, _key(key), value)
 
 
+def _odd(text: str) -> bool:
+    """Characters PyYAML refuses or reads its own way: non-ASCII and control characters,
+    surrogate escapes (PyYAML keeps the halves apart), document markers."""
+    return (not text.isascii() or _CONTROL.search(text) is not None
+            or ("\\u" in text and _SURROGATE.search(text) is not None)
+            or text.startswith(("---", "...")) or "\n---" in text or "\n..." in text)
+
+
 def _parse_lines(text: str) -> Any:
-    if _ODD_TEXT.search(text):
+    if _odd(text):
         raise _Unsupported
     lines = [_line(raw) for raw in text.split("\n") if raw.strip(" ")]
     if not lines or lines[0][1] or lines[0][0] != 0:
