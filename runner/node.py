@@ -442,9 +442,13 @@ class NodeProcess:
                 + (f" of type {route.output_type}" if route.next_subject is None else ""),
                 metrics.ERROR)
         if route.next_subject is None:
-            await self._answer(msg, route, request_id, reply, out)
-        else:
-            await self._forward(msg, route, request_id, reply, raw_deadline, deadline, out)
+            return await self._answer(msg, route, request_id, reply, out)
+        payload = AnyMsg(type_url=_type_url(out),
+                         value=out.SerializeToString()).SerializeToString()
+        # Only the serialized output stays alive while it is being stored: with 32 messages
+        # in flight, every copy of a large payload held across that wait adds up.
+        del data, arg, out
+        await self._forward(msg, route, request_id, reply, raw_deadline, deadline, payload)
 
     async def _answer(self, msg: Msg, route: Route, request_id: str, reply: str,
                       out: Message) -> None:
@@ -469,11 +473,10 @@ class NodeProcess:
         self._count(route, metrics.OK)
 
     async def _forward(self, msg: Msg, route: Route, request_id: str, reply: str,
-                       raw_deadline: str | None, deadline: float, out: Message) -> None:
+                       raw_deadline: str | None, deadline: float, payload: bytes) -> None:
+        """Store the step's output (a serialized `Any`) as the next step's input, then ack."""
         nc = self.nc
         assert nc is not None and route.next_subject is not None
-        payload = AnyMsg(type_url=_type_url(out),
-                         value=out.SerializeToString()).SerializeToString()
         headers = {
             contract.HDR_MSG_ID: f"{request_id}:{route.next_step}",
             contract.HDR_DEADLINE: raw_deadline
