@@ -23,12 +23,18 @@ NATS) and exits 0 within the grace period (``--grace``, 25 s by default).
 The event loop is uvloop's when it is importable (a dependency; it is not built for every
 platform), else asyncio's own; ``KAI_EVENT_LOOP=asyncio`` forces asyncio's. On the chain
 benchmark uvloop cut the per-message cost of every runner process (docs/performance.md).
+
+With glibc, the process caps malloc at 2 arenas (``mallopt(M_ARENA_MAX, 2)``, as
+``MALLOC_ARENA_MAX=2`` would; a ``MALLOC_ARENA_MAX`` in the environment wins): otherwise
+every thread that allocates (grpc's, the sync-handler pool) gets an arena of its own, and
+their fragmentation is what made the entrypoint's peak RSS grow most under load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -43,6 +49,8 @@ from . import contract
 EXIT_ENV = 2
 EXIT_OTHER = 1
 DEFAULT_GRACE = 25.0
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
 
 
 class Process(Protocol):
@@ -126,6 +134,20 @@ def loop_factory(environ: dict[str, str] | os._Environ[str] = os.environ,
     return "asyncio", None
 
 
+def limit_malloc_arenas(environ: dict[str, str] | os._Environ[str] = os.environ,
+                        arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas before any thread starts; False where that is not possible."""
+    if environ.get("MALLOC_ARENA_MAX"):
+        return False  # glibc has read it at start-up; the environment's choice wins
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc and musl have it; macOS does not
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runner",
@@ -143,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"node {env.node}" if args.role == contract.ROLE_NODE else "entrypoint"
     setup_logging(label, env.log_level)
     started = time.monotonic()
+    limit_malloc_arenas()  # before grpc, NATS or the handler pool start any thread
     proc: Process
     try:
         if args.role == contract.ROLE_NODE:

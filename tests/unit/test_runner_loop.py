@@ -1,15 +1,18 @@
-"""The runner's event loop: uvloop when importable, asyncio's when asked or when it is not."""
+"""Process set-up of `python -m runner`: the event loop (uvloop when importable, asyncio's when
+asked or when it is not) and the malloc arena cap."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import platform
+import sys
 from typing import Any
 
 import pytest
 
 from runner import contract
-from runner.__main__ import loop_factory
+from runner.__main__ import limit_malloc_arenas, loop_factory
 
 
 def test_uvloop_by_default_when_installed() -> None:
@@ -37,3 +40,13 @@ def test_asyncio_when_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None
     assert (name, factory) == ("asyncio", None)
     with asyncio.Runner(loop_factory=factory) as runner:
         assert runner.run(asyncio.sleep(0, "ran")) == "ran"
+
+
+def test_malloc_arena_cap_leaves_an_explicit_setting_alone() -> None:
+    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt(M_ARENA_MAX) is glibc's")
+def test_malloc_arena_cap_applies_on_glibc() -> None:
+    assert limit_malloc_arenas({}) is True
