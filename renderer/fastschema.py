@@ -29,9 +29,11 @@ Check = Callable[[Any], bool]
 # Keywords that never assert anything (no format checker, annotations, extensions).
 _IGNORED = frozenset({"format", "$schema", "$id", "$comment", "title", "description",
                       "default", "examples", "deprecated", "readOnly", "writeOnly"})
-_HANDLED = frozenset({"type", "properties", "additionalProperties", "required", "items",
-                      "enum", "oneOf", "anyOf", "allOf", "pattern", "minLength", "maxLength",
-                      "minItems", "maxItems", "minimum", "maximum", "uniqueItems"})
+_OBJECT_KEYWORDS = ("properties", "additionalProperties", "required", "propertyNames",
+                    "minProperties", "maxProperties")
+_HANDLED = frozenset({*_OBJECT_KEYWORDS, "type", "items", "enum", "oneOf", "anyOf", "allOf",
+                      "pattern", "minLength", "maxLength", "minItems", "maxItems", "minimum",
+                      "maximum", "uniqueItems", "$ref"})
 # Keywords jsonschema knows (and so may assert something); any other key it ignores.
 _KNOWN = frozenset(Draft202012Validator.VALIDATORS)
 
@@ -65,7 +67,10 @@ def compile_schema(schema: Any) -> Check | None:
     """A function telling whether an instance is valid under `schema`, or None when the
     schema uses a keyword (or a form of one) this module does not implement."""
     try:
-        return _compile(schema)
+        defs = schema.get("$defs", {}) if isinstance(schema, Mapping) else {}
+        if not isinstance(defs, Mapping) or _nested_id(schema, root=True):
+            return None  # an `$id` below the root would move the base of `$ref`s
+        return _compile(schema, _Refs(defs))
     except Unsupported:
         return None
 
@@ -78,7 +83,41 @@ def _never(_: Any) -> bool:
     return False
 
 
-def _compile(schema: Any) -> Check:
+def _nested_id(node: Any, root: bool = False) -> bool:
+    if isinstance(node, Mapping):
+        return (not root and "$id" in node) or any(_nested_id(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_nested_id(v) for v in node)
+    return False
+
+
+class _Refs:
+    """The root schema's `$defs`, for local `$ref`s: each compiled once; a recursive one
+    is not compiled (jsonschema handles it)."""
+
+    def __init__(self, defs: Mapping[str, Any]) -> None:
+        self.defs = defs
+        self.done: dict[str, Check] = {}
+        self.active: set[str] = set()
+
+    def resolve(self, ref: Any) -> Check:
+        if not isinstance(ref, str) or not ref.startswith(_LOCAL_REF):
+            raise Unsupported(f"$ref {ref!r}")
+        name = ref[len(_LOCAL_REF):]
+        if name in self.done:
+            return self.done[name]
+        if name in self.active or name not in self.defs or any(c in name for c in "/~%"):
+            raise Unsupported(f"$ref {ref!r}")
+        self.active.add(name)
+        check = self.done[name] = _compile(self.defs[name], self)
+        self.active.discard(name)
+        return check
+
+
+_LOCAL_REF = "#/$defs/"
+
+
+def _compile(schema: Any, refs: _Refs) -> Check:
     if schema is True:
         return _always
     if schema is False:
@@ -89,18 +128,20 @@ def _compile(schema: Any) -> Check:
     for key in schema:
         if key in _KNOWN and key not in _HANDLED and key not in _IGNORED:
             raise Unsupported(key)  # asserts something this module does not implement
+    if "$ref" in schema:
+        checks.append(refs.resolve(schema["$ref"]))
     if "type" in schema:
         checks.append(_type(schema["type"]))
     if "enum" in schema:
         checks.append(_enum(schema["enum"]))
     for key in ("allOf", "anyOf", "oneOf"):
         if key in schema:
-            checks.append(_combinator(key, schema[key]))
-    obj = _object(schema)
+            checks.append(_combinator(key, schema[key], refs))
+    obj = _object(schema, refs)
     if obj is not None:
         checks.append(obj)
     if "items" in schema:
-        checks.append(_items(schema["items"]))
+        checks.append(_items(schema["items"], refs))
     checks += _bounds(schema)
     if not checks:
         return _always
@@ -133,10 +174,10 @@ def _enum(values: Any) -> Check:
     return lambda v: isinstance(v, str) and v in allowed
 
 
-def _combinator(key: str, subschemas: Any) -> Check:
+def _combinator(key: str, subschemas: Any, refs: _Refs) -> Check:
     if not isinstance(subschemas, list) or not subschemas:
         raise Unsupported(key)
-    subs = tuple(_compile(s) for s in subschemas)
+    subs = tuple(_compile(s, refs) for s in subschemas)
     if key == "allOf":
         return lambda v: all(sub(v) for sub in subs)
     if key == "anyOf":
@@ -144,14 +185,15 @@ def _combinator(key: str, subschemas: Any) -> Check:
     return lambda v: sum(1 for sub in subs if sub(v)) == 1
 
 
-def _object(schema: Mapping[str, Any]) -> Check | None:
-    """`properties`, `additionalProperties` and `required`: they apply to dicts only."""
-    if not any(k in schema for k in ("properties", "additionalProperties", "required")):
+def _object(schema: Mapping[str, Any], refs: _Refs) -> Check | None:
+    """`properties`, `additionalProperties`, `required`, `propertyNames` and
+    `min/maxProperties`: they apply to dicts only."""
+    if not any(k in schema for k in _OBJECT_KEYWORDS):
         return None
     props_schema = schema.get("properties", {})
     if not isinstance(props_schema, Mapping):
         raise Unsupported("properties")
-    props = {name: _compile(sub) for name, sub in props_schema.items()}
+    props = {name: _compile(sub, refs) for name, sub in props_schema.items()}
     required = schema.get("required", [])
     if not isinstance(required, list):
         raise Unsupported("required")
@@ -163,13 +205,22 @@ def _object(schema: Mapping[str, Any]) -> Check | None:
         if ap is False:
             closed = True
         elif isinstance(ap, Mapping):
-            extra = _compile(ap)
+            extra = _compile(ap, refs)
         elif ap is not True:
             raise Unsupported("additionalProperties")
+
+    names = _compile(schema["propertyNames"], refs) if "propertyNames" in schema else None
+    least, most = schema.get("minProperties", 0), schema.get("maxProperties")
+    if type(least) is not int or (most is not None and type(most) is not int):
+        raise Unsupported("minProperties / maxProperties")
 
     def check(value: Any) -> bool:
         if not isinstance(value, dict):
             return True
+        if len(value) < least or (most is not None and len(value) > most):
+            return False
+        if names is not None and not all(names(key) for key in value):
+            return False
         for name in required:
             if name not in value:
                 return False
@@ -185,8 +236,8 @@ def _object(schema: Mapping[str, Any]) -> Check | None:
     return check
 
 
-def _items(items: Any) -> Check:
-    sub = _compile(items)
+def _items(items: Any, refs: _Refs) -> Check:
+    sub = _compile(items, refs)
     return lambda v: not isinstance(v, list) or all(sub(item) for item in v)
 
 

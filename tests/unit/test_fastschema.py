@@ -101,6 +101,10 @@ def test_same_verdict_as_jsonschema_on_rendered_and_mutated_objects() -> None:
      [[], [1], [1, 1], [1, True], [1, 2, 3], ["a", "a"], [{"a": 1}, {"a": 1}], "x"]),
     ({"minimum": 1, "maximum": 3}, [0, 1, 3, 4, 2.5, float("nan"), True, "2"]),
     ({"type": "string", "patternErrorMessage": "ignored", "examples": [1]}, ["x", 1]),
+    ({"$defs": {"s": {"type": "string", "minLength": 2}},
+      "properties": {"a": {"$ref": "#/$defs/s"}}, "propertyNames": {"$ref": "#/$defs/s"},
+      "minProperties": 1, "maxProperties": 2},
+     [{"a": "xy"}, {"a": "x"}, {}, {"ab": 1, "cd": 2, "ef": 3}, {"b": 1}, {1: 1}, "x"]),
 ])
 def test_keywords_match_jsonschema(schema: Any, instances: list[Any]) -> None:
     fast = compile_schema(schema)
@@ -113,7 +117,10 @@ def test_keywords_match_jsonschema(schema: Any, instances: list[Any]) -> None:
 @pytest.mark.parametrize("schema", [
     {"$ref": "#/$defs/x"}, {"exclusiveMinimum": 1}, {"enum": [1, "a"]},
     {"patternProperties": {"^a": {}}}, {"type": "string", "maxLength": 3.5},
-    {"properties": {"a": {"propertyNames": {"pattern": "^a"}}}}, {"uniqueItems": 1},
+    {"properties": {"a": {"not": {"type": "string"}}}}, {"uniqueItems": 1},
+    {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},  # recursive
+    {"$defs": {"a": {"$id": "other", "type": "string"}}, "$ref": "#/$defs/a"},
+    {"$ref": "other.json#/$defs/a"}, {"$defs": {"a b": {}}, "$ref": "#/$defs/a%20b"},
 ])
 def test_what_it_does_not_implement_is_left_to_jsonschema(schema: dict[str, Any]) -> None:
     assert compile_schema(schema) is None
@@ -147,3 +154,24 @@ def test_krt_schema_same_verdict_as_jsonschema() -> None:
             assert fast(case) == verdict, list(slow.iter_errors(case))[:3]
             invalid += not verdict
     assert invalid > 200
+
+
+def test_kai_yaml_schema_same_verdict_as_jsonschema() -> None:
+    from renderer.schemacheck import fast_check, validator
+
+    fast, slow = fast_check("kai.schema.json"), validator("kai.schema.json")
+    assert fast is not None
+    rng = random.Random(6)
+    doc = yaml.safe_load((EXAMPLES / "gitops" / "kai.yaml").read_text())
+    doc["ingress"] = {"host": "a.example.com", "className": "nginx", "tlsSecret": "tls",
+                      "annotations": {"a": "b"}}
+    assert fast(doc) and slow.is_valid(doc)
+    where = list(paths(doc))
+    invalid = 0
+    for _ in range(1500):
+        case = copy.deepcopy(doc)
+        mutate(case, rng, where)
+        verdict = slow.is_valid(case)
+        assert fast(case) == verdict, list(slow.iter_errors(case))[:3]
+        invalid += not verdict
+    assert invalid > 300
