@@ -251,8 +251,14 @@ def _fill(tmp: Path, tree: Mapping[str, bytes], source: Path, reuse: list[str]) 
             _safe_rel(rel)  # raises unless it only has redundant `.` or `/` in it
     base, src_base = os.fspath(tmp), os.fspath(source)
     folders = sorted({rel.rpartition("/")[0] for rel in (*rels, *reuse)} - {""})
-    for folder in folders:
-        os.makedirs(os.path.join(base, folder), exist_ok=True)
+    for folder in folders:  # sorted: parents before their children
+        path = os.path.join(base, folder)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # a parent no file lives in directly
+            os.makedirs(path, exist_ok=True)
     written: list[str] = []
     for rel in rels:
         path = os.path.join(base, rel)

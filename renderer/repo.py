@@ -188,7 +188,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         n for n, s in t.states.items() if s != STOPPED
     }
     sources = [f"{VERSIONS_DIR}/{n}" for n in sorted(running)]
-    _prepare_git(root, [*touched, *sources], commit, branch)
+    _prepare_git(root, [*touched, *sources], commit, branch, in_git=partial)
     # raises before anything is written
     change = render_change(repo.project, new_project, repo.versions, changed,
                            repo.rendered_dir) if partial else None
@@ -209,9 +209,13 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
                   git.current_branch(root) if commit else None, t)
 
 
-def _prepare_git(root: Path, paths: list[str], commit: bool, branch: str | None) -> None:
-    """Refuse to overwrite uncommitted work; check the branch can be created."""
-    if not git.is_repo(root):
+def _prepare_git(root: Path, paths: list[str], commit: bool, branch: str | None,
+                 in_git: bool | None = None) -> None:
+    """Refuse to overwrite uncommitted work; check the branch can be created.
+
+    `in_git`: whether `root` is in a git work tree, when the caller already asked.
+    """
+    if not (git.is_repo(root) if in_git is None else in_git):
         if commit:
             raise RepoError(
                 f"{root} is not a git repository; run `git init` there, or pass --no-commit"
