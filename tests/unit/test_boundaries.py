@@ -43,3 +43,19 @@ def test_runner_imports_without_renderer_dependencies() -> None:
 def test_renderer_takes_the_environment_contract_from_the_runner() -> None:
     plan = _imports(ROOT / "renderer" / "plan.py")
     assert "runner" in plan
+
+
+def test_runner_image_requirements_match_pyproject() -> None:
+    """runner/requirements.txt (the image's install list) repeats pyproject's lines exactly."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [
+        line.strip() for line in (ROOT / "runner" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines, "runner/requirements.txt lists nothing"
+    missing = [line for line in lines if line not in deps]
+    assert missing == []
+    for renderer_only in ("click", "jinja2", "jsonschema", "kubernetes-validate", "pyyaml"):
+        assert not any(line.startswith(renderer_only) for line in lines)
