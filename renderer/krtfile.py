@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .krt import MANIFEST_NAMES
+from .output import write_file
 from .problems import InputError, Problem
 from .yamlsafe import shown_path
 
@@ -216,16 +217,7 @@ def build_krt(version_dir: Path, out_file: Path) -> Path:
                 mode = 0o755 if os.access(path, os.X_OK) else 0o644
                 tar.addfile(_info(rel, tarfile.REGTYPE, mode, len(data)), io.BytesIO(data))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", dir=out_file.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_file
+    return write_file(out_file, buffer.getvalue())
 
 
 def _version_files(root: Path, skip: Path, shown: str) -> list[tuple[str, Path]]:

@@ -5,7 +5,8 @@ no timestamps, a fixed header. The same objects always give the same bytes.
 
 `write_tree` writes a whole tree into a temporary directory beside the target
 and swaps it in with renames, so a reader (or Argo CD) never sees half a tree
-and a failed write leaves the previous tree as it was.
+and a failed write leaves the previous tree as it was. `write_file` does the same
+for one file (kai.yaml, a .krt archive).
 """
 
 from __future__ import annotations
@@ -201,6 +202,24 @@ def _safe_rel(rel: str) -> PurePosixPath:
 
 
 _ODD_PARTS = frozenset({"", ".", ".."})
+
+
+def write_file(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
+    """Write one file atomically: a temporary file beside it, then a rename.
+
+    Text is written as UTF-8 with `\n` line ends. A failed write leaves the old file.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_tree(target: Path, tree: Mapping[str, bytes], reuse: Iterable[str] = ()) -> None:

@@ -8,13 +8,12 @@ rules a schema cannot say) and maps it onto the model in renderer.project;
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from .output import write_file
 from .problems import InputError, Problem
 from .project import (
     PROJECT_FILE,
@@ -260,14 +259,4 @@ def dump_project(project: Project) -> str:
 def save_project(project: Project, root: Path | None = None) -> Path:
     """Write kai.yaml atomically into `root` (default: project.root); return its path."""
     folder = Path(root if root is not None else project.root)
-    path = folder / PROJECT_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".kai.yaml.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(dump_project(project))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_file(folder / PROJECT_FILE, dump_project(project))

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import git
 from .krt import Version
 from .lifecycle import Transition, transition
-from .output import write_tree
+from .output import write_file, write_tree
 from .problems import InputError, Problem
 from .project import (
     DEFAULT_KUBERNETES_VERSION,
@@ -202,7 +202,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
     if branch:
         git.create_branch(root, branch)
     write_tree(repo.rendered_dir, tree, reuse=kept)
-    _write_text(root / PROJECT_FILE, text)
+    write_file(root / PROJECT_FILE, text)
     message = f"kai: {t.summary}"
     sha = _commit(root, message, touched) if commit else None
     return Result(t.summary, message, tuple(touched), sha,
@@ -247,19 +247,6 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
         ) from exc
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temporary file beside it, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- kai init ---------------------------------------------------------------------------
 
 
@@ -294,7 +281,7 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     if not url:
         deploy = {p: PLACEHOLDER_NOTE.encode() + b for p, b in deploy.items()}
     rendered = render_project(model, {})
-    _write_text(kai_yaml, text)
+    write_file(kai_yaml, text)
     try:
         load_project(root)  # the written file must read back
     except InputError:
@@ -364,7 +351,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
         if not in_place:
             _swap_dir(staging, target)
     write_tree(repo.rendered_dir, tree)
-    _write_text(root / PROJECT_FILE, text)
+    write_file(root / PROJECT_FILE, text)
     summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
                                and name in repo.project.versions else "")
     message = f"kai: {summary}"
