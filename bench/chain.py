@@ -9,7 +9,9 @@ What one run does, all on loopback:
 1. starts its own nats-server (JetStream, file storage in a temporary directory);
 2. floors: a bare grpc.aio echo server (bench.floors grpc-echo), and for each chain
    length N a bare nats-py chain of N hop processes (bench.floors nats-hop) driven
-   by core NATS request/reply;
+   by core NATS request/reply; the floors run on the same event loop as the runner
+   processes (uvloop when importable; --asyncio-floors for asyncio's default loop), and
+   the loop each side actually ran on is read from its processes and recorded;
 3. ours: for each N, writes a generated version (kaibench.proto with rpc Echo(Payload)
    returns (Payload), N pass-through nodes in the KRE 1.23 style) to a temporary
    directory and starts `python -m runner entrypoint` plus one `python -m runner node`
@@ -105,7 +107,10 @@ class Settings:
     handler: str = "any"
     floors: bool = True
     ours: bool = True
-    uvloop_floors: bool = False
+    # The floors run on the event loop the runner processes use (runner/__main__.py:
+    # uvloop when importable), so the ratios compare like with like; --asyncio-floors
+    # puts them on asyncio's default loop instead.
+    uvloop_floors: bool = True
     startup_timeout: float = 90.0
     quick: bool = False
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
@@ -199,6 +204,29 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def event_loop(pid: int) -> str | None:
+    """The event loop a running process serves on: "uvloop" when uvloop's extension is
+    mapped into it, else "asyncio"; None when /proc/<pid>/maps cannot be read.
+
+    The runner (runner/__main__.py) and the floors (bench/floors.py) import uvloop only
+    to run on it, so having it loaded is having it as the loop.
+    """
+    try:
+        with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    return "uvloop" if "/uvloop/loop." in maps else "asyncio"
+
+
+def loop_of(processes: list[dict[str, Any]]) -> str | None:
+    """One name for the loops of a run's processes ("mixed" when they differ)."""
+    loops = {p.get("loop") for p in processes}
+    if not loops or None in loops:
+        return None
+    return loops.pop() if len(loops) == 1 else "mixed"
+
+
 class RssSampler:
     """Samples VmRSS of a set of pids in a thread; VmHWM (the kernel's peak) is read at the end.
 
@@ -254,6 +282,7 @@ class RssSampler:
                     "peak_rss_mb": round(peak / 1024, 1),
                     "sampled_max_rss_mb": round(self.max_rss_kb[name] / 1024, 1),
                     "cpu_s": self.cpu_used(name, pid),
+                    "loop": event_loop(pid),
                 }
             )
         return out
@@ -290,6 +319,8 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
     return {
         "system": "floor-grpc",
         "nodes": 0,
+        "loop": loop_of(processes),
+        "client_loop": load.get("loop"),
         "cells": load["cells"],
         "processes": processes,
         "cpu": cpu_summary(load, processes, {}),
@@ -330,6 +361,8 @@ def measure_nats_floor(
     return {
         "system": "floor-nats",
         "nodes": n,
+        "loop": loop_of(processes),
+        "client_loop": load.get("loop"),
         "cells": load["cells"],
         "processes": processes,
         "cpu": cpu,
@@ -471,6 +504,8 @@ def measure_ours(
         "nodes": n,
         "handler": s.handler,
         "storage": s.storage,
+        "loop": loop_of(processes),
+        "client_loop": load.get("loop"),
         "startup_seconds": round(startup, 2),
         "cells": load["cells"],
         "processes": processes,
@@ -536,6 +571,22 @@ def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
                 }
             rows.append(row)
     return {"rows": rows, "targets": targets(ours, nats, s)}
+
+
+def loops_summary(runs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Which event loop each side of the comparison ran on, as observed in its processes."""
+
+    def side(systems: tuple[str, ...], key: str = "loop") -> str | None:
+        loops = {r.get(key) for r in runs if r["system"] in systems}
+        if not loops:
+            return None
+        return loops.pop() if len(loops) == 1 else "mixed"
+
+    return {
+        "kai": side(("kai",)),
+        "floors": side(("floor-grpc", "floor-nats")),
+        "client": side(("kai", "floor-grpc", "floor-nats"), "client_loop"),
+    }
 
 
 def _target(name: str, value: float | None, limit: float, better: str, unit: str) -> dict[str, Any]:
@@ -738,6 +789,15 @@ def table(result: dict[str, Any]) -> str:
         out.append("")
         out.append("CPU ms per answered request (all cells of the run, warm-up included):")
         out.extend(cpu_lines)
+    loops = result.get("loops") or {}
+    if loops:
+        out.append("")
+        out.append(
+            f"event loops: kai runner processes {loops.get('kai') or '-'}, floors"
+            f" {loops.get('floors') or '-'}, client {loops.get('client') or '-'}"
+        )
+        if loops.get("kai") and loops.get("floors") and loops["kai"] != loops["floors"]:
+            out.append("  (not like for like: the ×floor ratios compare different loops)")
     out.append("")
     out.append("targets (issue 4):")
     for t in result["analysis"]["targets"]:
@@ -863,7 +923,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         default="",
         help="put DIR first on the runner processes' PYTHONPATH (try a patched runner copy)",
     )
-    p.add_argument("--uvloop-floors", action="store_true", help="run the floors on uvloop")
+    loops = p.add_mutually_exclusive_group()
+    loops.add_argument(
+        "--asyncio-floors",
+        action="store_true",
+        help="run the floors on asyncio's default loop (default: the runner's, uvloop when"
+        " importable)",
+    )
+    loops.add_argument(
+        "--uvloop-floors", action="store_true", help="run the floors on uvloop (the default)"
+    )
     p.add_argument("--no-floors", action="store_true", help="measure only ours")
     p.add_argument("--floors-only", action="store_true", help="measure only the floors")
     p.add_argument("--json", type=Path, default=RESULTS / "chain.json")
@@ -876,7 +945,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         timeout=a.timeout,
         storage=a.storage,
         handler=a.handler,
-        uvloop_floors=a.uvloop_floors,
+        uvloop_floors=not a.asyncio_floors,
         floors=not a.no_floors,
         ours=not a.floors_only,
         pythonpath=a.pythonpath,
@@ -935,6 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["machine"] = machine()
     result["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     result["wall_seconds"] = round(time.time() - started, 1)
+    result["loops"] = loops_summary(result["runs"])
     result["analysis"] = analyse(result["runs"], s)
     print(table(result))
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@
         reply subject. N of them in a row, driven by core NATS request/reply,
         are the transport floor of an N-node chain.
 
-Each prints ``READY`` on stdout once it serves, and stops on SIGTERM/SIGINT.
+Each prints ``READY loop=<uvloop|asyncio>`` on stdout once it serves, and stops on SIGTERM/SIGINT.
 No protobuf work is done: the floors are the cost of the transports alone.
 """
 
@@ -47,7 +47,7 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def grpc_echo(port: int, method: str) -> None:
+async def grpc_echo(port: int, method: str, loop_name: str) -> None:
     import grpc
 
     service, _, rpc = method.strip("/").rpartition("/")
@@ -62,12 +62,12 @@ async def grpc_echo(port: int, method: str) -> None:
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    print("READY", flush=True)
+    print(f"READY loop={loop_name}", flush=True)
     await _until_signal()
     await server.stop(grace=1.0)
 
 
-async def nats_hop(url: str, subject: str, next_subject: str | None) -> None:
+async def nats_hop(url: str, subject: str, next_subject: str | None, loop_name: str) -> None:
     import nats
     from nats.aio.msg import Msg
 
@@ -86,7 +86,7 @@ async def nats_hop(url: str, subject: str, next_subject: str | None) -> None:
 
     await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=1_000_000)
     await nc.flush()
-    print("READY", flush=True)
+    print(f"READY loop={loop_name}", flush=True)
     await _until_signal()
     with contextlib.suppress(Exception):
         await nc.drain()
@@ -94,7 +94,9 @@ async def nats_hop(url: str, subject: str, next_subject: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floors")
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop (asyncio's loop when not importable)"
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     g = sub.add_parser("grpc-echo")
     g.add_argument("--port", type=int, required=True)
@@ -106,11 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     end.add_argument("--next")
     end.add_argument("--last", action="store_true")
     args = parser.parse_args(argv)
-    _install_loop(args.uvloop)
+    loop_name = _install_loop(args.uvloop)
     if args.kind == "grpc-echo":
-        coro = grpc_echo(args.port, args.method)
+        coro = grpc_echo(args.port, args.method, loop_name)
     else:
-        coro = nats_hop(args.url, args.subject, None if args.last else args.next)
+        coro = nats_hop(args.url, args.subject, None if args.last else args.next, loop_name)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)
     return 0

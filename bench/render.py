@@ -9,8 +9,11 @@ states into kai.yaml, which is much faster than `kai add` per version): every ve
 has `--nodes` nodes in one workflow and is started, and the first one is published.
 Then, timing the real `kai` command (a fresh process each time, as a user or CI runs it):
 
-* **full render**: `kai render` with rendered/<project>/ removed first, so every object
-  is rendered, validated (kubernetes-validate, strict) and written;
+* **full render**: `kai render` on a fresh copy of the repo's sources (kai.yaml,
+  versions/, ..., without rendered/ and .git), one copy per sample, all made before the
+  first sample and kept until the size is done, so every object is rendered, validated
+  (kubernetes-validate, strict) and written into a tree no deletion just preceded; the
+  repo itself is then rendered untimed for the two measurements below;
 * **check**: `kai render --check` on the unchanged, committed repo;
 * **publish**: `kai publish <next version>` (kai.yaml, re-render, one git commit).
 
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -202,6 +206,30 @@ def timed_kai(args: list[str], cwd: Path, timeout: float, ok: tuple[int, ...] = 
     return elapsed
 
 
+def timed_kai_cpu(args: list[str], cwd: Path, timeout: float) -> tuple[float, dict[str, float]]:
+    """`timed_kai`, plus the user and system CPU seconds of the command (and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    elapsed = timed_kai(args, cwd, timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, {
+        "user_s": round(after.ru_utime - before.ru_utime, 3),
+        "sys_s": round(after.ru_stime - before.ru_stime, 3),
+    }
+
+
+def source_copy(root: Path, dest: Path) -> Path:
+    """A copy of a repo's sources (kai.yaml, versions/, ...) without rendered/ and .git."""
+    dest.mkdir(parents=True)
+    for entry in root.iterdir():
+        if entry.name in (".git", "rendered"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name)
+        else:
+            shutil.copy2(entry, dest / entry.name)
+    return dest
+
+
 def count_objects(rendered: Path) -> int:
     """Kubernetes objects in a rendered tree: one per YAML file, kustomization.yaml aside."""
     return sum(1 for p in rendered.rglob("*.yaml") if p.name != "kustomization.yaml")
@@ -241,11 +269,21 @@ def measure_size(workdir: Path, size: int, s: Settings, log: Any) -> dict[str, A
     generate_repo(root, size, s.nodes)
     generate_s = time.perf_counter() - t0
     rendered = root / "rendered" / PROJECT
+    # Every timed full render gets its own fresh copy of the sources, all made before the
+    # first one, and none is deleted before the size is done: on ext4 without a journal,
+    # creating thousands of files right after deleting thousands costs ~N² in the kernel
+    # (the allocator rescans recently freed inodes), so rendering into a tree deleted
+    # seconds before would time the file system instead of the renderer.
+    copies = [source_copy(root, workdir / f"repo-{size}-full-{i}") for i in range(s.repeat)]
     print(f"  {size} versions: generated in {generate_s:.1f}s; full render", file=log, flush=True)
-    full = []
-    for _ in range(s.repeat):
-        shutil.rmtree(rendered, ignore_errors=True)
-        full.append(timed_kai(["render", "--repo", str(root)], root, s.timeout))
+    full, full_cpu = [], []
+    for copy in copies:
+        elapsed, cpu = timed_kai_cpu(["render", "--repo", str(copy)], copy, s.timeout)
+        full.append(elapsed)
+        full_cpu.append(cpu)
+    # The repo itself, rendered untimed, is what --check and publish are measured on.
+    shutil.rmtree(rendered, ignore_errors=True)
+    timed_kai(["render", "--repo", str(root)], root, s.timeout)
     objects = count_objects(rendered)
     files = sum(1 for p in rendered.rglob("*") if p.is_file())
     git(root, "add", "-A", "rendered")
@@ -271,6 +309,9 @@ def measure_size(workdir: Path, size: int, s: Settings, log: Any) -> dict[str, A
         "generate_s": round(generate_s, 2),
         "full_render": {
             **full_stats,
+            "fresh_copy_per_sample": True,
+            "user_cpu_s": [c["user_s"] for c in full_cpu],
+            "sys_cpu_s": [c["sys_s"] for c in full_cpu],
             "objects_per_s": round(objects / full_stats["median_s"], 1),
             "s_per_version": round(full_stats["median_s"] / size, 5),
         },
@@ -402,6 +443,13 @@ def table(result: dict[str, Any]) -> str:
         )
     for m in result["growth"]["full_render"]["marginal"]:
         out.append(f"  marginal {m['from']}→{m['to']}: {m['s_per_version'] * 1000:.1f} ms/version")
+    out.append("full render samples (each on a fresh copy): wall / user CPU / system CPU s")
+    for r in result["sizes"]:
+        fr = r["full_render"]
+        cells = zip(fr["samples"], fr.get("user_cpu_s", []), fr.get("sys_cpu_s", []), strict=False)
+        out.append(
+            f"  {r['versions']}: " + ", ".join(f"{w:.2f} / {u:.2f} / {y:.2f}" for w, u, y in cells)
+        )
     pfit = result["growth"]["publish"]["fit"]
     if pfit:
         out.append(
@@ -430,7 +478,8 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
     for size in s.sizes:
         print(f"render: {size} versions × {s.nodes} nodes", file=log, flush=True)
         sizes.append(measure_size(workdir, size, s, log))
-        shutil.rmtree(workdir / f"repo-{size}", ignore_errors=True)
+        for done in [workdir / f"repo-{size}", *workdir.glob(f"repo-{size}-full-*")]:
+            shutil.rmtree(done, ignore_errors=True)
     grow = {
         "full_render": growth(sizes, "full_render"),
         "check": growth(sizes, "check"),

@@ -63,6 +63,10 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
         assert row["kai"] is not None and row["floor"] is not None
         assert all(positive(v) for v in row["ratio"].values()), row
     assert {t["target"].split(":")[0] for t in result["analysis"]["targets"]}
+    # which event loop each side ran on is recorded (the floors follow the runner's)
+    assert set(result["loops"]) == {"kai", "floors", "client"}
+    assert all(v in ("uvloop", "asyncio") for v in result["loops"].values()), result["loops"]
+    assert all(r["loop"] in ("uvloop", "asyncio") for r in result["runs"])
     assert all(t["value"] is not None for t in result["analysis"]["targets"])
 
 
@@ -78,6 +82,8 @@ def test_render_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     for key in ("full_render", "check", "publish"):
         assert positive(size[key]["median_s"]), key
     assert positive(size["full_render"]["objects_per_s"])
+    assert size["full_render"]["fresh_copy_per_sample"] is True
+    assert len(size["full_render"]["user_cpu_s"]) == len(size["full_render"]["samples"])
     assert all(positive(v) for v in size["phases_in_process"].values())
     assert positive(result["cli_startup"]["median_s"])
     assert [t["target"] for t in result["targets"]]
