@@ -143,7 +143,7 @@ class Entrypoint:
     _token: str = field(default_factory=lambda: secrets.token_hex(6))
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _nodes: dict[tuple[str, str], str] = field(default_factory=dict)
-    _ensuring: asyncio.Task[None] | None = None
+    _reensure: transport.Reensure | None = None
     _reply_prefix: str = ""
 
     def ready(self) -> bool:
@@ -234,21 +234,11 @@ class Entrypoint:
             await self._set_health()
 
     def _ensure_soon(self) -> None:
-        if self._ensuring is not None and not self._ensuring.done():
-            return
-
-        async def again() -> None:
-            for delay in (0.0, 0.5, 1.0, 2.0, 5.0):
-                await asyncio.sleep(delay)
-                if self.stopping or self.nc is None or not self.nc.is_connected:
-                    return
-                try:
-                    await self._ensure()
-                    return
-                except Exception as exc:
-                    log.warning("re-creating streams failed: %s", exc)
-
-        self._ensuring = asyncio.create_task(again())
+        if self._reensure is None:
+            self._reensure = transport.Reensure(
+                self._ensure,
+                lambda: not self.stopping and self.nc is not None and self.nc.is_connected)
+        self._reensure.soon()
 
     async def _on_disconnect(self) -> None:
         self.connected = False

@@ -243,7 +243,7 @@ class NodeProcess:
     stopping: bool = False
     _pool: ThreadPoolExecutor | None = None
     _inflight: dict[int, tuple[Msg, float]] = field(default_factory=dict)
-    _ensuring: asyncio.Task[None] | None = None
+    _reensure: transport.Reensure | None = None
     _ticker: asyncio.Task[None] | None = None
     _publisher: transport.Publisher | None = None
     _counters: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -297,25 +297,22 @@ class NodeProcess:
             await transport.ensure_consumer(jsm, self.env, route.workflow, route.step, self.name)
         self.streams_ok = True
 
-    async def _ensure_soon(self) -> None:
-        if self._ensuring is not None and not self._ensuring.done():
-            return
+    async def _ensure_and_pull(self) -> None:
+        await self._ensure()
+        for p in self.pullers:
+            p.reset()
 
-        async def again() -> None:
-            for delay in (0.0, 0.5, 1.0, 2.0, 5.0):
-                await asyncio.sleep(delay)
-                if self.stopping or self.nc is None or not self.nc.is_connected:
-                    return
-                try:
-                    await self._ensure()
-                    for p in self.pullers:
-                        p.reset()
-                    return
-                except Exception as exc:
-                    self.streams_ok = False
-                    log.warning("re-creating streams and consumers failed: %s", exc)
+    def _ensure_soon(self) -> None:
+        if self._reensure is None:
 
-        self._ensuring = asyncio.create_task(again())
+            def failed() -> None:
+                self.streams_ok = False
+
+            self._reensure = transport.Reensure(
+                self._ensure_and_pull,
+                lambda: not self.stopping and self.nc is not None and self.nc.is_connected,
+                failed)
+        self._reensure.soon()
 
     async def _on_disconnect(self) -> None:
         self.connected = False
@@ -324,7 +321,7 @@ class NodeProcess:
         self.connected = True
         for p in self.pullers:
             p.reset()
-        await self._ensure_soon()
+        self._ensure_soon()
 
     async def _run_init(self) -> None:
         init = self.mod.init

@@ -187,6 +187,42 @@ async def ensure_consumer(js_mgr: JetStreamManager, env: contract.RunnerEnv, wor
     return durable
 
 
+class Reensure:
+    """Re-create streams and consumers in the background, with backoff, one series at a time.
+
+    Called after a reconnect, or when a stream or pull requests vanish (a NATS restart
+    with memory storage, an operator deleting a stream). `ensure` does the work; `live`
+    says whether it is still worth trying (not stopping, connected).
+    """
+
+    DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+    def __init__(self, ensure: Callable[[], Awaitable[None]], live: Callable[[], bool],
+                 on_failure: Callable[[], None] | None = None) -> None:
+        self._ensure = ensure
+        self._live = live
+        self._on_failure = on_failure
+        self._task: asyncio.Task[None] | None = None
+
+    def soon(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._again(), name="re-ensure streams")
+
+    async def _again(self) -> None:
+        for delay in self.DELAYS:
+            await asyncio.sleep(delay)
+            if not self._live():
+                return
+            try:
+                await self._ensure()
+                return
+            except Exception as exc:
+                if self._on_failure is not None:
+                    self._on_failure()
+                log.warning("re-creating streams and consumers failed: %s", exc)
+
+
 # --- envelope -----------------------------------------------------------------------
 
 
@@ -338,7 +374,7 @@ class Puller:
     handle: Callable[[Msg], Awaitable[None]]
     max_inflight: int = contract.DEFAULT_CONCURRENCY
     expires: float = 5.0
-    on_lost: Callable[[], Awaitable[None]] | None = None  # pull requests vanish: re-ensure
+    on_lost: Callable[[], None] | None = None  # pull requests vanish: re-ensure
     inflight: int = 0
     owed: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -420,9 +456,7 @@ class Puller:
         # No-one told us how many those requests had left: owe at most what is still open.
         self.owed = min(self.owed, sum(p.batch for p in self._pulls.values()))
         if self.on_lost is not None:
-            task = asyncio.create_task(self.on_lost())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.on_lost()
 
     async def _loop(self) -> None:
         low_water = self._low_water
