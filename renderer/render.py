@@ -447,10 +447,18 @@ def _check_unique(project: Project, paths: Iterable[str]) -> None:
 # --- deploy/ --------------------------------------------------------------------------------
 
 
-def render_deploy(project: Project, repo_url: str, branch: str) -> dict[str, bytes]:
+DEPLOY_HEADER = (
+    b"# Written once by `kai init`; yours to edit (kai never rewrites deploy/).\n"
+    b"# Apply deploy/argocd/ or deploy/flux/ once; they sync rendered/<project>.\n"
+)
+
+
+def render_deploy(project: Project, repo_url: str, branch: str,
+                  repo_path: str = "") -> dict[str, bytes]:
     """`deploy/`: an Argo CD Application, and a Flux GitRepository + Kustomization.
 
-    Both point at `rendered/<project>` of `repo_url` on `branch`. Apply one of
+    Both point at `rendered/<project>` of `repo_url` on `branch`; `repo_path` is where
+    the kai repo sits inside that git repository ("" at its top). Apply one of
     `deploy/argocd/` or `deploy/flux/`, not both.
     """
     common = {
@@ -461,7 +469,7 @@ def render_deploy(project: Project, repo_url: str, branch: str) -> dict[str, byt
         "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
                    "app.kubernetes.io/part-of": project.name},
     }
-    path = f"{RENDERED_DIR}/{project.name}"
+    path = "/".join(p for p in (repo_path.strip("/"), RENDERED_DIR, project.name) if p)
     objects = {
         "argocd": render_template("argocd-application", argocd_namespace=ARGOCD_NAMESPACE,
                                   path=path, **common),
@@ -476,7 +484,7 @@ def render_deploy(project: Project, repo_url: str, branch: str) -> dict[str, byt
     for key, obj in objects.items():
         rel = f"{key.split('/')[0]}/{file_name(obj)}"
         checked[f"{DEPLOY_DIR}/{rel}"] = obj
-        tree[rel] = output.dump(obj, source="kai.yaml")
+        tree[rel] = DEPLOY_HEADER + output.dump(obj)
     problems = checks.check_objects(checked, project.kubernetes_version)
     if problems:
         raise RenderError(problems)

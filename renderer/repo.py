@@ -276,8 +276,12 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
             raise RepoError(f"{sub} already exists and is not empty; refusing to overwrite it")
     if commit and not git.is_repo(root):
         git.init(root, branch)
-    url = repo_url or (git.remote_url(root) if git.is_repo(root) else None)
-    deploy = render_deploy(model, url or PLACEHOLDER_URL, branch)
+    in_git = git.is_repo(root)
+    url = repo_url or (git.remote_url(root) if in_git else None)
+    # Argo CD and Flux take paths from the top of the git repository.
+    repo_path = root.relative_to(git.toplevel(root).resolve()).as_posix() if in_git else "."
+    deploy = render_deploy(model, url or PLACEHOLDER_URL, branch,
+                           "" if repo_path == "." else repo_path)
     if not url:
         deploy = {p: PLACEHOLDER_NOTE.encode() + b for p, b in deploy.items()}
     rendered = render_project(model, {})

@@ -121,8 +121,22 @@ def test_init_uses_origin_url_and_branch(tmp_path: Path) -> None:
     kai("init", str(root), "--project", "demo", "--namespace", "ns", "--branch", "trunk")
     argo = next((root / "deploy" / "argocd").glob("*.yaml")).read_text()
     assert "https://example.com/team/gitops.git" in argo and "trunk" in argo
+    assert yaml.safe_load(argo)["spec"]["source"]["path"] == "rendered/demo"
     assert "kai init found no git remote" not in argo
     assert gitlib.current_branch(root) == "trunk"
+
+
+def test_init_inside_a_bigger_repo_points_deploy_at_its_subfolder(tmp_path: Path) -> None:
+    top = tmp_path / "mono"
+    gitlib.init(top, "main")
+    kai("init", str(top / "ops" / "kai"), "--project", "demo", "--namespace", "ns",
+        "--repo-url", "https://example.com/mono.git")
+    argo = yaml.safe_load(next((top / "ops" / "kai" / "deploy" / "argocd").glob("*.yaml"))
+                          .read_text())
+    assert argo["spec"]["source"]["path"] == "ops/kai/rendered/demo"
+    flux = yaml.safe_load((top / "ops" / "kai" / "deploy" / "flux" / "kustomization-demo.yaml")
+                          .read_text())
+    assert flux["spec"]["path"] == "./ops/kai/rendered/demo"
 
 
 def test_init_explicit_repo_url_and_bad_names(tmp_path: Path) -> None:
