@@ -298,6 +298,12 @@ def _proto_problems(doc: Document, version: Version, directory: Path,
 _PROTOS: dict[str, list[tuple[dict[str, bytes | None], CompiledProto]]] = {}
 
 
+def compiled_proto(version: Version) -> CompiledProto:
+    """The version's compiled proto: the one its validation compiled, when the files are
+    unchanged since (so a command that loads a version does not run protoc twice)."""
+    return _compile_proto(version.directory, version.proto)
+
+
 def _compile_proto(directory: Path, rel: str) -> CompiledProto:
     """compile_proto, reusing an earlier result when every file it was compiled from (the
     entry file and its imports, looked up first in `directory`) has the same bytes here."""

@@ -11,7 +11,7 @@ import click
 from renderer.krt import Version
 from renderer.problems import InputError
 from runner.client import DEFAULT_TIMEOUT, CallFailed, CallUsageError, call_json
-from runner.proto import CompiledProto, ProtoError, compile_proto
+from runner.proto import CompiledProto, ProtoError
 
 EXIT_INPUT = 1  # bad version, unknown rpc, bad JSON
 EXIT_RPC = 2  # the server answered with a gRPC error (or could not be reached)
@@ -30,8 +30,11 @@ def load_or_exit(version_dir: Path) -> Version:
 
 
 def compile_or_exit(version: Version) -> CompiledProto:
+    """The version's compiled proto (the one validation compiled, when unchanged)."""
+    from renderer.validate import compiled_proto
+
     try:
-        return compile_proto(version.directory, version.proto)
+        return compiled_proto(version)
     except ProtoError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
