@@ -347,7 +347,10 @@ def read_tree(target: Path) -> dict[str, bytes]:
 
 def compare_tree(target: Path, tree: Mapping[str, bytes]) -> list[tuple[str, str]]:
     """How `target` on disk differs from `tree`: sorted (path, added|removed|changed)."""
-    current = read_tree(target)
+    return _compare(read_tree(target), tree)
+
+
+def _compare(current: Mapping[str, bytes], tree: Mapping[str, bytes]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for rel in sorted(set(current) | set(tree)):
         if rel not in current:
@@ -371,7 +374,7 @@ def unified_diff(target: Path, tree: Mapping[str, bytes], label: str | None = No
     base = label if label is not None else target.as_posix()
     current = read_tree(target)
     chunks: list[str] = []
-    for rel, status in compare_tree(target, tree):
+    for rel, status in _compare(current, tree):
         old = None if status == ADDED else current[rel]
         new = None if status == REMOVED else tree[rel]
         diff = difflib.unified_diff(
