@@ -109,6 +109,11 @@ class Project:
         return None
 
     @property
+    def rendered_rel(self) -> str:
+        """`rendered/<project>`, relative to the repo root: what Argo CD and Flux sync."""
+        return f"{RENDERED_DIR}/{self.name}"
+
+    @property
     def rendered_dir(self) -> Path:
         return self.root / RENDERED_DIR / self.name
 

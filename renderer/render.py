@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +45,7 @@ from .plan import (
     labels,
 )
 from .problems import InputError, Problem
-from .project import DEPLOY_DIR, PUBLISHED, RENDERED_DIR, VERSIONS_DIR, ConfigSource, Project
+from .project import DEPLOY_DIR, PUBLISHED, VERSIONS_DIR, ConfigSource, Project
 from .templateyaml import parse
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
@@ -419,7 +419,7 @@ def finish_tree(project: Project, tree: dict[str, bytes],
     """
     kept = set(kept)
     _check_unique(project, [*tree, *kept])
-    prefix = f"{RENDERED_DIR}/{project.name}/"
+    prefix = f"{project.rendered_rel}/"
     kubeconform = checks.kubeconform(tree, project.kubernetes_version)
     if kubeconform:
         raise RenderError([Problem(prefix + p.file, path=p.path, message=p.message)
@@ -435,7 +435,7 @@ def _check_unique(project: Project, paths: Iterable[str]) -> None:
     for rel in sorted(paths):
         name = rel.rsplit("/", 1)[-1]
         if name in seen:
-            problems.append(Problem(f"{RENDERED_DIR}/{project.name}/{rel}", message=(
+            problems.append(Problem(f"{project.rendered_rel}/{rel}", message=(
                 f"the same object is rendered by {seen[name]} too; object names must be "
                 "unique in the project")))
         else:
@@ -469,7 +469,7 @@ def render_deploy(project: Project, repo_url: str, branch: str,
         "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
                    "app.kubernetes.io/part-of": project.name},
     }
-    path = "/".join(p for p in (repo_path.strip("/"), RENDERED_DIR, project.name) if p)
+    path = "/".join(p for p in (repo_path.strip("/"), project.rendered_rel) if p)
     objects = {
         "argocd": render_template("argocd-application", argocd_namespace=ARGOCD_NAMESPACE,
                                   path=path, **common),
@@ -504,7 +504,7 @@ class _Rendered:
 def _files(project: Project, objects: list[dict[str, Any]], folder: str,
            source: str) -> dict[str, bytes]:
     """Check objects, then dump each to `<folder>/<kind>-<name>.yaml`."""
-    prefix = f"{RENDERED_DIR}/{project.name}/"
+    prefix = f"{project.rendered_rel}/"
     rendered = []
     for obj in objects:
         rel = f"{folder}/{file_name(obj)}" if folder else file_name(obj)
@@ -524,8 +524,3 @@ def _files(project: Project, objects: list[dict[str, Any]], folder: str,
             raise RenderError([Problem(prefix + r.rel, message="two objects have this file name")])
         tree[r.rel] = r.data
     return tree
-
-
-def rendered_path(project: Project) -> PurePosixPath:
-    """`rendered/<project>`, relative to the repo root."""
-    return PurePosixPath(RENDERED_DIR, project.name)

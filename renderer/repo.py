@@ -24,7 +24,6 @@ from .project import (
     DEFAULT_KUBERNETES_VERSION,
     DEPLOY_DIR,
     PROJECT_FILE,
-    RENDERED_DIR,
     STOPPED,
     VERSIONS_DIR,
     Project,
@@ -57,11 +56,11 @@ class Repo:
 
     @property
     def rendered_dir(self) -> Path:
-        return self.root / RENDERED_DIR / self.project.name
+        return self.project.rendered_dir
 
     @property
     def rendered_rel(self) -> str:
-        return f"{RENDERED_DIR}/{self.project.name}"
+        return self.project.rendered_rel
 
 
 @dataclass(frozen=True)
@@ -271,7 +270,7 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     )
     text = dump_project(model)
     root.mkdir(parents=True, exist_ok=True)
-    for sub in (root / DEPLOY_DIR, root / RENDERED_DIR / project):
+    for sub in (root / DEPLOY_DIR, model.rendered_dir):
         if sub.is_dir() and any(sub.iterdir()):
             raise RepoError(f"{sub} already exists and is not empty; refusing to overwrite it")
     if commit and not git.is_repo(root):
@@ -294,12 +293,12 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     (root / VERSIONS_DIR).mkdir(exist_ok=True)
     (root / VERSIONS_DIR / GITKEEP).touch()
     write_tree(root / DEPLOY_DIR, deploy)
-    write_tree(root / RENDERED_DIR / project, rendered)
+    write_tree(model.rendered_dir, rendered)
     gitignore = root / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE, encoding="utf-8")
     paths = (PROJECT_FILE, f"{VERSIONS_DIR}/{GITKEEP}", DEPLOY_DIR,
-             f"{RENDERED_DIR}/{project}", ".gitignore")
+             model.rendered_rel, ".gitignore")
     message = f"kai: init {project} (namespace {namespace})"
     sha = _commit(root, message, paths) if commit else None
     return Result(f"init {project}", message, paths, sha,

@@ -39,7 +39,7 @@ def collect(root: Path) -> dict[str, Any]:
     from renderer.validate import load_version
 
     project = load_project(root)
-    rendered = root / "rendered" / project.name
+    rendered = project.rendered_dir
     versions: list[dict[str, Any]] = []
     for name in sorted(project.versions):
         vs = project.versions[name]
