@@ -99,10 +99,6 @@ class VersionPlan:
     def secret_name(self) -> str | None:
         return self.config_source.secret if self.config_source else None
 
-    @property
-    def files_size(self) -> int:
-        return sum(len(v) for v in self.files.values())
-
 
 class PlanError(Exception):
     """The version cannot be planned as asked (too large for a ConfigMap, ...)."""
@@ -120,7 +116,11 @@ def node_process_name(version: str, node: str) -> str:
 
 
 def configmap_name(version: str, files: dict[str, bytes]) -> str:
-    return f"{version}-files-{content_hash(files)}"
+    return _files_name(version, content_hash(files))
+
+
+def _files_name(version: str, digest: str) -> str:
+    return f"{version}-files-{digest}"
 
 
 def content_hash(files: dict[str, bytes]) -> str:
@@ -141,7 +141,7 @@ def derived_names(version: Version) -> list[tuple[str, str]]:
     out = [
         (v, "version"),
         (entrypoint_name(v), "version"),
-        (f"{v}-files-" + "0" * HASH_LEN, "version"),
+        (_files_name(v, "0" * HASH_LEN), "version"),
     ]
     for i, node in enumerate(version.nodes):
         out.append((node_process_name(v, node.name), f"nodes[{i}].name"))
@@ -215,12 +215,12 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
     )
     files = version_files(version)
-    if sum(len(b) for b in files.values()) > CONFIGMAP_LIMIT:
+    size = sum(len(b) for b in files.values())
+    if size > CONFIGMAP_LIMIT:
         raise PlanError(
-            f"version {v}: its proto and node sources total "
-            f"{sum(len(b) for b in files.values())} bytes, more than a ConfigMap holds "
-            f"({CONFIGMAP_LIMIT}); build an image with the code baked in and point the "
-            "nodes' `image` at it"
+            f"version {v}: its proto and node sources total {size} bytes, more than a "
+            f"ConfigMap holds ({CONFIGMAP_LIMIT}); build an image with the code baked in "
+            "and point the nodes' `image` at it"
         )
     base = contract.RunnerEnv(
         project=project.name,
