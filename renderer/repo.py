@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import git
-from .krt import Version
+from .krt import MANIFEST_NAMES, Version
 from .lifecycle import Transition, transition
 from .output import write_file, write_tree
 from .problems import InputError, Problem
@@ -374,7 +374,7 @@ def _unpack_source(source: Path, scratch: Path) -> Path:
         scratch.mkdir(parents=True)
         extract_krt(source, scratch)
         return scratch
-    if source.name in ("krt.yml", "krt.yaml"):
+    if source.name in MANIFEST_NAMES:
         return source.parent
     raise RepoError(
         f"{source}: expected a version directory, its krt.yml, or a .krt file"

@@ -60,15 +60,12 @@ class Options:
 
 def find_project(version_dir: Path) -> Project:
     """The project of the GitOps repo around the version, or a local one named "dev"."""
+    from renderer.projectfile import load_project
     from renderer.repo import RepoError, find_root
 
     try:
         root = find_root(version_dir)
     except RepoError:
-        return Project(name="dev", namespace="dev")
-    try:
-        from renderer.projectfile import load_project
-    except ImportError:
         return Project(name="dev", namespace="dev")
     return load_project(root)
 
