@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
-import yaml
 
 from runner import contract
 
@@ -47,6 +46,7 @@ from .plan import (
 from .problems import InputError, Problem
 from .project import DEPLOY_DIR, PUBLISHED, VERSIONS_DIR, ConfigSource, Project
 from .templateyaml import parse
+from .yamlsafe import load_yaml
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 RUN_AS = 10001  # uid and gid of every container
@@ -232,17 +232,12 @@ def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> 
     if not source.file:
         raise RenderError([problem(message=f"version {plan.version}: config source "
                                            f"{SEALED_SECRET} needs `file`")])
-    path = Path(project.root) / source.file
+    # A user's file: the same safe loader as krt.yml and kai.yaml (size cap, no aliases,
+    # one mapping document), with positions in its problems.
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_bytes()) if d is not None]
-    except OSError as exc:
-        message = f"cannot read the SealedSecret: {exc.strerror}"
-        raise RenderError([problem(message=message)]) from None
-    except yaml.YAMLError as exc:
-        raise RenderError([problem(message=f"not valid YAML: {exc}")]) from None
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise RenderError([problem(message="must hold exactly one SealedSecret object")])
-    obj: dict[str, Any] = docs[0]
+        obj: dict[str, Any] = load_yaml(Path(project.root) / source.file, where).data
+    except InputError as exc:
+        raise RenderError(exc.problems) from None
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     errors = []
     if obj.get("kind") != "SealedSecret" or not str(obj.get("apiVersion", "")).startswith(

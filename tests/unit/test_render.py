@@ -424,6 +424,22 @@ def test_sealed_secret_with_other_name_is_refused(tmp_path: Path) -> None:
         render_version(*_project_plan(tmp_path, Config(("API_KEY",)), source))
 
 
+def test_sealed_secret_file_is_read_safely(tmp_path: Path) -> None:
+    """The user's SealedSecret file gets the krt.yml loader's protections and positions."""
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\n"
+    cases = {
+        "alias.yaml": (bomb, r"alias\.yaml:1:\d+: .*alias"),
+        "two.yaml": (SEALED.format(name="greeter-cfg") + "---\nkind: Secret\n",
+                     r"two\.yaml:\d+:\d+: .*one"),
+        "list.yaml": ("- a\n- b\n", r"list\.yaml:1:1: .*mapping"),
+    }
+    for name, (text, pattern) in cases.items():
+        (tmp_path / name).write_text(text)
+        source = ConfigSource("sealedSecret", "greeter-cfg", file=name)
+        with pytest.raises(RenderError, match=pattern):
+            render_version(*_project_plan(tmp_path, Config(("API_KEY",)), source))
+
+
 # --- project level and deploy/ ----------------------------------------------------------------
 
 
