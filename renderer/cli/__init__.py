@@ -42,13 +42,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        try:
-            mod = importlib.import_module(f"renderer.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"renderer.cli.{module}":
-                return None  # not built yet
-            raise
-        return getattr(mod, attr)
+        command: click.Command = getattr(importlib.import_module(f"renderer.cli.{module}"), attr)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,7 +11,7 @@ from renderer.repo import add_version
 from .repoopts import guarded, repo_option, root_of
 
 
-@click.command()
+@click.command(short_help="Validate a version (dir or .krt) and add it, stopped.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace versions/VERSION if it already exists.")
 @click.option("--no-commit", is_flag=True, help="Write the files but do not commit.")

@@ -56,7 +56,7 @@ def print_call(address: str, compiled: CompiledProto, rpc: str, request: str,
     return 0
 
 
-@click.command()
+@click.command(short_help="Call an rpc of a running version with JSON.")
 @click.argument("version_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("rpc")
 @click.argument("request", metavar="JSON", default="{}")

@@ -189,7 +189,7 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
     return 0
 
 
-@click.command()
+@click.command(short_help="Run a version locally on an embedded nats-server.")
 @click.argument("version_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", default=contract.GRPC_PORT, show_default=True,
               type=click.IntRange(1, 65535), help="The entrypoint's gRPC port.")

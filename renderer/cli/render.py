@@ -52,7 +52,7 @@ def render(check: bool, repo: Path | None) -> None:
     click.echo(f"rendered {where}: {len(tree)} files ({summary})")
 
 
-@click.command()
+@click.command(short_help="Show what `kai render` would change, as a diff.")
 @repo_option
 def diff(repo: Path | None) -> None:
     """Show the unified diff of what `kai render` would change in rendered/PROJECT.

@@ -16,7 +16,7 @@ from renderer.project import PUBLISHED, VERSIONS_DIR
 from .repoopts import guarded, repo_option, root_of
 
 
-@click.command()
+@click.command(short_help="Show versions, states, rpc → chain, rendered objects.")
 @click.option("--json", "as_json", is_flag=True, help="Print the same information as JSON.")
 @repo_option
 def status(as_json: bool, repo: Path | None) -> None:

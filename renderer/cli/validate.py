@@ -12,7 +12,7 @@ from renderer.problems import Problem
 from renderer.validate import Checked, Report, validate_path
 
 
-@click.command()
+@click.command(short_help="Validate a version, krt.yml, .krt or GitOps repo.")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 def validate(path: Path, as_json: bool) -> None:
