@@ -33,6 +33,7 @@ from referencing import Registry, Resource
 
 from .fastschema import Check, compile_schema
 from .problems import Problem
+from .project import KUSTOMIZATION
 
 SCHEMA_ROOT = "kubernetes-json-schema"
 DEFINITIONS = "_definitions.json"
@@ -348,7 +349,7 @@ def _kubeconform_schemas(kubernetes_version: str) -> Path:
 def kubeconform(files: Mapping[str, bytes], kubernetes_version: str) -> list[Problem]:
     """Run kubeconform (strict, offline) over rendered files when it is on PATH."""
     exe = kubeconform_path()
-    docs = {f: b for f, b in files.items() if not f.endswith("kustomization.yaml")}
+    docs = {f: b for f, b in files.items() if not f.endswith(KUSTOMIZATION)}
     if exe is None or not docs:
         return []
     schemas = _kubeconform_schemas(kubernetes_version)
@@ -387,7 +388,7 @@ def check_files(files: Mapping[str, bytes], kubernetes_version: str,
     objects: dict[str, Obj] = {}
     problems: list[Problem] = []
     for rel in sorted(files):
-        if rel.rsplit("/", 1)[-1] == "kustomization.yaml":
+        if rel.rsplit("/", 1)[-1] == KUSTOMIZATION:
             continue
         try:
             docs = [d for d in yaml.safe_load_all(files[rel]) if d is not None]

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from .krt import Version
 from .plan import is_running
-from .project import Project
+from .project import KUSTOMIZATION, Project
 from .render import (
-    KUSTOMIZATION,
     check_published,
     finish_tree,
     kustomization,

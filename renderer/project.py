@@ -20,6 +20,7 @@ PROJECT_FILE = "kai.yaml"
 VERSIONS_DIR = "versions"
 RENDERED_DIR = "rendered"
 DEPLOY_DIR = "deploy"
+KUSTOMIZATION = "kustomization.yaml"  # kustomize's own file in rendered/<project>
 
 DEFAULT_KUBERNETES_VERSION = "1.35"
 RUNNER_IMAGE = "ghcr.io/kai-server/runner"

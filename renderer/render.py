@@ -44,7 +44,7 @@ from .plan import (
     labels,
 )
 from .problems import InputError, Problem
-from .project import DEPLOY_DIR, PUBLISHED, VERSIONS_DIR, ConfigSource, Project
+from .project import DEPLOY_DIR, KUSTOMIZATION, PUBLISHED, VERSIONS_DIR, ConfigSource, Project
 from .templateyaml import parse
 from .yamlsafe import load_yaml
 
@@ -54,8 +54,6 @@ GRACE_SECONDS = 30
 TMP_SIZE = "256Mi"
 ARGOCD_NAMESPACE = "argocd"
 FLUX_NAMESPACE = "flux-system"
-KUSTOMIZATION = "kustomization.yaml"
-NATS_DEFAULT_PORT = 4222
 SECRET = "secret"
 EXTERNAL_SECRET = "externalSecret"
 SEALED_SECRET = "sealedSecret"
@@ -130,8 +128,8 @@ def nats_ports(url: str) -> list[int]:
             port = urlsplit(part if "://" in part else f"nats://{part}").port
         except ValueError:
             port = None
-        ports.add(port or NATS_DEFAULT_PORT)
-    return sorted(ports) or [NATS_DEFAULT_PORT]
+        ports.add(port or contract.NATS_PORT)
+    return sorted(ports) or [contract.NATS_PORT]
 
 
 # --- one version -------------------------------------------------------------------------

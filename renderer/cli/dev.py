@@ -102,7 +102,7 @@ def check_nats(url: str) -> None:
     first = url.split(",")[0].strip()
     parsed = urlsplit(first if "://" in first else f"nats://{first}")
     try:
-        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or contract.NATS_PORT
     except ValueError:
         raise DevError(f"--nats {url}: not a NATS URL (nats://HOST:PORT)") from None
     try:

@@ -11,7 +11,7 @@ import click
 import yaml
 
 from renderer.problems import InputError
-from renderer.project import PUBLISHED, VERSIONS_DIR
+from renderer.project import KUSTOMIZATION, PUBLISHED, VERSIONS_DIR
 
 from .repoopts import guarded, repo_option, root_of
 
@@ -86,7 +86,7 @@ def _resources(folder: Path, recursive: bool = True) -> dict[str, Any]:
     if folder.is_dir():
         files = folder.rglob("*.yaml") if recursive else folder.glob("*.yaml")
         for path in files:
-            if path.name != "kustomization.yaml":  # kustomize's own file, not a resource
+            if path.name != KUSTOMIZATION:  # kustomize's own file, not a resource
                 kinds[_kind(path) or "?"] += 1
     return {"count": sum(kinds.values()), "kinds": dict(sorted(kinds.items()))}
 
