@@ -353,8 +353,7 @@ class Entrypoint:
             async with asyncio.timeout(timeout):
                 assert self.publisher is not None
                 await self.publisher.publish(b.subject, envelope, headers,
-                                             min(transport.JS_TIMEOUT, max(timeout, 0.01)),
-                                             now=len(self.pending) == 1)
+                                             min(transport.JS_TIMEOUT, max(timeout, 0.01)))
                 published = True
                 envelope = b""  # stored: not held while waiting (32 x 100 KB in flight add up)
                 return await fut

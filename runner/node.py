@@ -466,8 +466,6 @@ class NodeProcess:
                 f"payload of {nc.max_payload} bytes", metrics.TOO_LARGE)
         if reply:
             await nc.publish(reply, payload)  # no headers: success
-            if self._alone():
-                transport.write_now(nc)
         await msg.ack()
         self._count(route, metrics.OK)
 
@@ -491,14 +489,10 @@ class NodeProcess:
         until = deadline or time.time() + self.env.request_timeout
         assert self._publisher is not None
         stored = await transport.publish_until(self._publisher, route.next_subject, payload,
-                                               headers, until, self._is_stopping, self._alone())
+                                               headers, until, self._is_stopping)
         await msg.ack()  # stored, or too late to matter (the client has its answer)
         outcome = metrics.OK if stored else metrics.EXPIRED
         self._count(route, outcome)
-
-    def _alone(self) -> bool:
-        """Only this message in flight (delivered, not yet acked): write it out at once."""
-        return sum(p.inflight for p in self.pullers) <= 1
 
     def _is_stopping(self) -> bool:
         return self.stopping

@@ -262,32 +262,6 @@ def _header_safe(text: str, limit: int = 4000) -> str:
     return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
 
 
-def write_now(nc: Client) -> None:
-    """Write what `nc` has queued to its socket now, not on its flusher task's next turn.
-
-    nats-py queues each command and wakes a flusher task to write it: one more turn of the
-    event loop between a publish and its bytes on the wire, on every hop of a request. Under
-    load the flusher is better: it coalesces the commands of a turn into one socket write
-    (writing every publish at once cost 11-20 % of throughput at 32 in flight). So callers
-    use this only when nothing else is in flight. Does nothing when the socket has a write
-    backlog (the flusher waits for it to drain), when not connected, or when nats-py's
-    internals are not what this expects; if the write fails, the commands stay queued and
-    the flusher reports the error as usual.
-    """
-    pending = getattr(nc, "_pending", None)
-    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    if not pending or writer is None or not nc.is_connected:
-        return
-    try:
-        if writer.transport.get_write_buffer_size():
-            return
-        writer.writelines(pending)
-    except Exception:
-        return
-    nc._pending = []
-    nc._pending_data_size = 0
-
-
 def _expire(fut: asyncio.Future[bytes]) -> None:
     if not fut.done():
         fut.set_exception(nats.errors.TimeoutError())
@@ -326,8 +300,7 @@ class Publisher:
             fut.set_result(msg.data)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str],
-                      ack_wait: float, now: bool = False) -> None:
-        """Publish and wait for the PubAck; `now`: on the wire at once (see `write_now`)."""
+                      ack_wait: float) -> None:
         if not self._prefix:
             await self.start()
         self._seq += 1
@@ -338,8 +311,6 @@ class Publisher:
         timer = loop.call_later(ack_wait, _expire, fut)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            if now:
-                write_now(self.nc)
             data = await fut
         finally:
             timer.cancel()
@@ -352,7 +323,7 @@ class Publisher:
 
 async def publish_until(publisher: Publisher, subject: str, payload: bytes,
                         headers: dict[str, str], deadline: float,
-                        stopping: Callable[[], bool], now: bool = False) -> bool:
+                        stopping: Callable[[], bool]) -> bool:
     """Publish to JetStream, retrying through outages until `deadline` (unix time).
 
     Returns True once the server stored the message (or recognised it as a duplicate).
@@ -364,7 +335,7 @@ async def publish_until(publisher: Publisher, subject: str, payload: bytes,
             return False
         try:
             await publisher.publish(subject, payload, headers,
-                                    min(JS_TIMEOUT, max(remaining, 0.05)), now)
+                                    min(JS_TIMEOUT, max(remaining, 0.05)))
             return True
         except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
                 nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
