@@ -683,45 +683,18 @@ def table(result: dict[str, Any]) -> str:
         "req/s ×floor",
     )
     lines = [head]
+    def floor_row(label: str, nodes: str, c: dict[str, Any]) -> tuple[str, ...]:
+        return (label, nodes, _size(c["payload"]), str(c["concurrency"]), _fmt(c["p50_ms"]),
+                _fmt(c["p90_ms"]), _fmt(c["p99_ms"]), _fmt(c["max_ms"]),
+                _fmt(c["throughput_rps"], 0), "", "", "")
+
     floor_grpc = next((r for r in result["runs"] if r["system"] == "floor-grpc"), None)
     if floor_grpc:
-        for c in floor_grpc["cells"]:
-            lines.append(
-                (
-                    "floor grpc.aio echo",
-                    "-",
-                    _size(c["payload"]),
-                    str(c["concurrency"]),
-                    _fmt(c["p50_ms"]),
-                    _fmt(c["p90_ms"]),
-                    _fmt(c["p99_ms"]),
-                    _fmt(c["max_ms"]),
-                    _fmt(c["throughput_rps"], 0),
-                    "",
-                    "",
-                    "",
-                )
-            )
+        lines.extend(floor_row("floor grpc.aio echo", "-", c) for c in floor_grpc["cells"])
     for run in result["runs"]:
-        if run["system"] != "floor-nats":
-            continue
-        for c in run["cells"]:
-            lines.append(
-                (
-                    "floor nats-py hops",
-                    str(run["nodes"]),
-                    _size(c["payload"]),
-                    str(c["concurrency"]),
-                    _fmt(c["p50_ms"]),
-                    _fmt(c["p90_ms"]),
-                    _fmt(c["p99_ms"]),
-                    _fmt(c["max_ms"]),
-                    _fmt(c["throughput_rps"], 0),
-                    "",
-                    "",
-                    "",
-                )
-            )
+        if run["system"] == "floor-nats":
+            lines.extend(floor_row("floor nats-py hops", str(run["nodes"]), c)
+                         for c in run["cells"])
     for row in result["analysis"]["rows"]:
         o, r = row["kai"], row.get("ratio") or {}
         if not o:

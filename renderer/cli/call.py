@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,6 +19,13 @@ EXIT_INPUT = 1  # bad version, unknown rpc, bad JSON
 EXIT_RPC = 2  # the server answered with a gRPC error (or could not be reached)
 
 
+def _exit_with(problems: Sequence[object]) -> NoReturn:
+    """Print problems one per line on stderr and exit with EXIT_INPUT."""
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    sys.exit(EXIT_INPUT)
+
+
 def load_or_exit(version_dir: Path) -> Version:
     """The validated version; its problems, one per line, and exit 1 when it has any."""
     from renderer.validate import load_version
@@ -24,9 +33,7 @@ def load_or_exit(version_dir: Path) -> Version:
     try:
         return load_version(version_dir)
     except InputError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(EXIT_INPUT)
+        _exit_with(exc.problems)
 
 
 def compile_or_exit(version: Version) -> CompiledProto:
@@ -36,9 +43,7 @@ def compile_or_exit(version: Version) -> CompiledProto:
     try:
         return compiled_proto(version)
     except ProtoError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(EXIT_INPUT)
+        _exit_with(exc.problems)
 
 
 def print_call(address: str, compiled: CompiledProto, rpc: str, request: str,
