@@ -17,6 +17,17 @@ class GitError(Exception):
     """A git command failed, or git is not installed."""
 
 
+class HookRefused(GitError):
+    """A git hook (pre-commit, commit-msg, ...) refused kai's commit.
+
+    `output` is what the hook printed, for the user to read.
+    """
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 # An incremental render hard-links the unchanged files of rendered/ into the new tree,
 # which changes only their inode change time (ctime): same inode, mtime, size and bytes.
 # Without this, git would re-read and re-hash every such file on each command (0.25 s for
@@ -83,20 +94,72 @@ def check_branch_name(repo: Path, name: str) -> None:
         raise GitError(f"{name!r} is not a valid git branch name")
 
 
-def create_branch(repo: Path, name: str) -> None:
-    """Create branch `name` at HEAD and switch to it; refuses an existing branch."""
-    check_branch_name(repo, name)
-    if branch_exists(repo, name):
+def common_dir(repo: Path) -> Path:
+    """The git directory shared by every worktree of the repo holding `repo`."""
+    out = _git(repo, "rev-parse", "--git-common-dir").stdout.strip()
+    return (repo / out).resolve()
+
+
+def git_dir(repo: Path) -> Path:
+    """The git directory of the worktree holding `repo` (`.git`, or one per worktree)."""
+    return Path(_git(repo, "rev-parse", "--absolute-git-dir").stdout.strip())
+
+
+def restore_from_head(repo: Path, paths: Sequence[str | Path]) -> None:
+    """Make `paths` (relative to `repo`) exactly as committed in HEAD: index and files.
+
+    Files under them that HEAD does not have are removed (ignored files are kept).
+    """
+    head_exists = has_commits(repo)
+    for path in paths:
+        spec = _pathspec(repo, path)
+        tracked = head_exists and bool(
+            _git(repo, "ls-tree", "-r", "--name-only", "HEAD", "--", spec).stdout.strip())
+        if tracked:
+            _git(repo, "restore", "--quiet", "--source=HEAD", "--staged", "--worktree",
+                 "--", spec)
+        else:
+            unstage(repo, [path])
+        _git(repo, "clean", "-fdq", "--", spec)
+
+
+def add_worktree(repo: Path, path: Path, branch: str) -> None:
+    """Check HEAD out into a new worktree at `path`, on a new branch `branch`.
+
+    The checkout at `repo` (its HEAD, index and files) is not touched.
+    """
+    check_branch_name(repo, branch)
+    if branch_exists(repo, branch):
         raise GitError(
-            f"branch {name!r} already exists; choose another name with --branch or delete it "
-            f"(`git branch -D {name}`)"
+            f"branch {branch!r} already exists; choose another name with --branch or delete "
+            f"it (`git branch -D {branch}`)"
         )
-    # `checkout -b` keeps uncommitted changes and works before the first commit too.
-    _git(repo, "checkout", "--quiet", "-b", name)
+    if not has_commits(repo):
+        raise GitError("--branch needs a commit to branch from; commit something first")
+    _git(repo, "worktree", "add", "--quiet", "-b", branch, os.fspath(path), "HEAD")
 
 
-def switch(repo: Path, name: str) -> None:
-    _git(repo, "checkout", "--quiet", name)
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the worktree at `path` (files and git's record of it)."""
+    _git(repo, "worktree", "remove", "--force", os.fspath(path), check=False)
+    shutil.rmtree(path, ignore_errors=True)
+    _git(repo, "worktree", "prune", check=False)
+
+
+def delete_branch(repo: Path, name: str) -> None:
+    _git(repo, "branch", "--quiet", "-D", name, check=False)
+
+
+def unstage(repo: Path, paths: Sequence[str | Path]) -> None:
+    """Make the index match HEAD again under `paths` (what `add` staged is dropped)."""
+    specs = [_pathspec(repo, p) for p in paths]
+    if not specs:
+        return
+    if has_commits(repo):
+        _git(repo, "reset", "--quiet", "HEAD", "--", *specs, check=False)
+    else:
+        _git(repo, "rm", "-r", "--quiet", "--cached", "--ignore-unmatch", "--", *specs,
+             check=False)
 
 
 def dirty_paths(repo: Path, paths: Iterable[str | Path]) -> list[str]:
@@ -169,11 +232,34 @@ def commit(repo: Path, message: str, paths: Sequence[str | Path]) -> str:
     head_exists = has_commits(repo)
     if not staged_changes(repo, specs, head_exists):
         raise GitError(f"nothing to commit in {', '.join(str(p) for p in paths)}")
-    args = ["commit", "--quiet", "--no-verify", "-m", message]
+    args = ["commit", "--quiet", "-m", message]
     if head_exists:
         args += ["--only", "--", *specs]
-    _git(repo, *args)
+    # The repo's hooks run (pre-commit secret scanners and the like), as for any commit.
+    proc = _git(repo, *args, check=False)
+    if proc.returncode != 0:
+        output = "\n".join(part.strip() for part in (proc.stdout, proc.stderr) if part.strip())
+        hooks = active_hooks(repo)
+        if hooks:
+            raise HookRefused(
+                f"the repo's git hook ({', '.join(hooks)}) refused the commit", output)
+        reason = output.splitlines()[-1] if output else f"exit code {proc.returncode}"
+        raise GitError(f"`git commit` failed in {repo}: {reason}")
     return head(repo)
+
+
+COMMIT_HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg")
+
+
+def active_hooks(repo: Path) -> list[str]:
+    """The commit hooks that git would run in `repo` (executable files in its hooks dir)."""
+    out = []
+    for name in COMMIT_HOOKS:
+        rel = _git(repo, "rev-parse", "--git-path", f"hooks/{name}").stdout.strip()
+        path = repo / rel
+        if path.is_file() and os.access(path, os.X_OK):
+            out.append(name)
+    return out
 
 
 def staged_changes(repo: Path, paths: Sequence[str], head_exists: bool | None = None) -> bool:

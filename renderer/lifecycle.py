@@ -2,7 +2,9 @@
 
 Pure: no files, no git. `transition` takes the project (kai.yaml) and returns the
 new desired states plus a one-line summary used as the commit message; every
-illegal request raises :class:`LifecycleError` saying what to do instead.
+illegal request raises :class:`LifecycleError` saying what to do instead, and a request
+that changes nothing (`start` on a started version) raises its subclass
+:class:`NothingToDo`, which the commands report with exit code 0.
 
     | action    | allowed from | result                                            |
     | start     | stopped      | started                                           |
@@ -27,6 +29,13 @@ ACTIONS = (START, STOP, PUBLISH, UNPUBLISH)
 
 class LifecycleError(Exception):
     """A state change that is not allowed; the message says what to do instead."""
+
+
+class NothingToDo(LifecycleError):
+    """The version is already where the command would take it: nothing changes.
+
+    Commands report it and exit 0, so automation can retry a state command safely.
+    """
 
 
 @dataclass(frozen=True)
@@ -82,16 +91,14 @@ def transition(
     changes: list[Change]
     if action == START:
         if state == STARTED:
-            raise LifecycleError(f"{version} is already started; nothing to do")
+            raise NothingToDo(f"{version} is already started; nothing to do")
         if state == PUBLISHED:
-            raise LifecycleError(
-                f"{version} is published, so it is already running; nothing to do"
-            )
+            raise NothingToDo(f"{version} is published, so it is already running; nothing to do")
         _require_config(project, version, config, action)
         changes = [Change(version, STOPPED, STARTED)]
     elif action == STOP:
         if state == STOPPED:
-            raise LifecycleError(f"{version} is already stopped; nothing to do")
+            raise NothingToDo(f"{version} is already stopped; nothing to do")
         if state == PUBLISHED:
             raise LifecycleError(
                 f"{version} is published; unpublish it first with `kai unpublish {version}` "
@@ -100,7 +107,7 @@ def transition(
         changes = [Change(version, STARTED, STOPPED)]
     elif action == PUBLISH:
         if state == PUBLISHED:
-            raise LifecycleError(f"{version} is already published; nothing to do")
+            raise NothingToDo(f"{version} is already published; nothing to do")
         if state == STOPPED:
             raise LifecycleError(
                 f"{version} is stopped; start it first with `kai start {version}`, "
@@ -113,9 +120,8 @@ def transition(
     else:  # UNPUBLISH
         if state != PUBLISHED:
             hint = f"the published version is {published}" if published else "none is"
-            raise LifecycleError(
-                f"{version} is {state}, not published ({hint}); nothing to unpublish"
-            )
+            error = NothingToDo if state == STARTED else LifecycleError
+            raise error(f"{version} is {state}, not published ({hint}); nothing to unpublish")
         changes = [Change(version, PUBLISHED, STARTED)]
     states = {name: vs.state for name, vs in project.versions.items()}
     for change in changes:

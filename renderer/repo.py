@@ -7,17 +7,20 @@ and Flux objects). The commands in renderer.cli are thin wrappers over this modu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import git
+from .changeset import Changeset, recover_interrupted
 from .krt import MANIFEST_NAMES, Version
-from .lifecycle import Transition, transition
+from .lifecycle import NothingToDo, Transition, transition
+from .lock import repo_lock
 from .output import write_file, write_tree
 from .problems import InputError, Problem
 from .project import (
@@ -40,10 +43,20 @@ PLACEHOLDER_NOTE = (
 )
 GITIGNORE = "__pycache__/\n*.py[cod]\n.venv/\n.kai/\n.DS_Store\n"
 SKIP_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
+ADD_SCRATCH = ".kai-add-"  # kai add's scratch folder in versions/: `.kai-add-<pid>-…`
+WORKTREES = "kai-worktrees"  # in the git directory: the temporary worktrees of --branch
 
 
 class RepoError(Exception):
     """The repo is not in a state the command can work with; the message says why."""
+
+
+class HookRefusedError(RepoError):
+    """A git hook refused kai's commit; nothing was changed. `output`: what it printed."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -156,24 +169,52 @@ def render(repo: Repo, project: Project | None = None,
 # --- changing state --------------------------------------------------------------------
 
 
+Notify = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
 def apply_state_change(root: Path, version: str, action: str, commit: bool = True,
-                       branch: str | None = None) -> Result:
+                       branch: str | None = None, notify: Notify = _quiet) -> Result:
     """Run one lifecycle command: kai.yaml, re-render, one commit `kai: <summary>`.
 
-    Refuses when the files it touches have uncommitted changes. kai.yaml is written
-    only after the new tree rendered, so a failed render changes nothing.
+    Holds the repo lock from reading kai.yaml to the commit (renderer.lock); `notify` hears
+    that it waits, and what it recovered from a killed command. Refuses when the files it
+    touches have uncommitted changes. Everything is staged first and made visible together
+    (renderer.changeset): a failed render, a full disk or a refusing git hook changes
+    nothing. A request that changes nothing raises lifecycle.NothingToDo.
+
+    With `branch`, the commit is made on a new branch in a temporary worktree: the
+    checkout at `root` (its branch, index and files) stays as it is.
 
     In a git repo only the versions whose state changes are loaded and re-rendered;
     every other version's files are kept from the committed tree on disk
     (renderer.incremental). Without git, or when that tree does not have the shape
     kai.yaml gives, everything is loaded and rendered.
     """
-    from .incremental import render_change
-    from .projectfile import dump_project, load_project
-
     if branch and not commit:
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
-    project = load_project(root)
+    command = f"kai {action} {version}"
+    with repo_lock(root, command, on_wait=notify):
+        recover_interrupted(root, _watched(root), notify)
+        if not branch:
+            return _state_change(root, version, action, commit, command)
+        if not git.is_repo(root):
+            raise RepoError(f"{root} is not a git repository; --branch needs one")
+        _refuse_dirty(root, [PROJECT_FILE, VERSIONS_DIR, load_project_name(root)])
+        with branch_worktree(root, branch) as work:
+            result = _state_change(work, version, action, True, command)
+        return replace(result, branch=branch)
+
+
+def _state_change(root: Path, version: str, action: str, commit: bool,
+                  command: str) -> Result:
+    from .incremental import render_change
+    from .projectfile import edit_project, read_project_text
+
+    project, text = read_project_text(root)
     # Fail fast on an illegal transition, before loading (and validating) any version.
     changed = {c.version for c in transition(project, version, action).changes}
     partial = git.is_repo(root)
@@ -187,7 +228,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         n for n, s in t.states.items() if s != STOPPED
     }
     sources = [f"{VERSIONS_DIR}/{n}" for n in sorted(running)]
-    _prepare_git(root, [*touched, *sources], commit, branch, in_git=partial)
+    _prepare_git(root, [*touched, *sources], commit, in_git=partial)
     # raises before anything is written
     change = render_change(repo.project, new_project, repo.versions, changed,
                            repo.rendered_dir) if partial else None
@@ -197,20 +238,88 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         tree, kept = render(repo, new_project), ()
     else:
         tree, kept = change.tree, change.kept
-    text = dump_project(new_project)
-    if branch:
-        git.create_branch(root, branch)
-    write_tree(repo.rendered_dir, tree, reuse=kept)
-    write_file(root / PROJECT_FILE, text)
+    changes = Changeset(root, command, in_git=partial, journal=True)
+    try:
+        changes.put_file(PROJECT_FILE, edit_project(text, new_project))
+        changes.put_tree(repo.rendered_rel, tree, reuse=kept)
+    except BaseException:
+        changes.discard()
+        raise
     message = f"kai: {t.summary}"
-    sha = _commit(root, message, touched) if commit else None
+    sha = _apply(changes, message if commit else None)
     return Result(t.summary, message, tuple(touched), sha,
                   git.current_branch(root) if commit else None, t)
 
 
-def _prepare_git(root: Path, paths: list[str], commit: bool, branch: str | None,
+def _watched(root: Path) -> list[str]:
+    """The paths whose crash leftovers a writing command cleans up."""
+    watched = [PROJECT_FILE, VERSIONS_DIR]
+    with contextlib.suppress(InputError, OSError):
+        watched.append(load_project_name(root))
+    return watched
+
+
+def load_project_name(root: Path) -> str:
+    """rendered/<project>, as kai.yaml names it now."""
+    from .projectfile import load_project
+
+    return load_project(root).rendered_rel
+
+
+@contextlib.contextmanager
+def branch_worktree(root: Path, branch: str) -> Iterator[Path]:
+    """A temporary worktree of HEAD on the new `branch`; yields the GitOps repo inside it.
+
+    The worktree lives in the git directory and is removed afterwards; the branch is
+    deleted again when the block fails.
+    """
+    top = git.toplevel(root).resolve()
+    base = git.common_dir(root) / WORKTREES
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+    path.rmdir()
+    created = False
+    try:
+        git.add_worktree(root, path, branch)
+        created = True
+        yield path / root.resolve().relative_to(top)
+    except BaseException:
+        if created:
+            git.remove_worktree(root, path)
+            git.delete_branch(root, branch)
+        raise
+    finally:
+        if path.exists():
+            git.remove_worktree(root, path)
+
+
+def _apply(changes: Changeset, message: str | None) -> str | None:
+    """Make the staged changes visible and commit them; explain a refusing hook."""
+    try:
+        return changes.apply(message)
+    except git.HookRefused as exc:
+        raise HookRefusedError(
+            f"{exc}; nothing was changed: kai.yaml and rendered/ are as they were. Fix what "
+            "the hook reports, or run the command with --no-commit and commit by hand",
+            exc.output,
+        ) from exc
+    except git.GitError as exc:
+        raise RepoError(f"{exc}; nothing was changed") from exc
+
+
+def _refuse_dirty(root: Path, paths: list[str]) -> None:
+    dirty = git.dirty_paths(root, paths)
+    if dirty:
+        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
+        raise RepoError(
+            f"uncommitted changes in {shown}; commit or stash them first "
+            "(kai would overwrite them)"
+        )
+
+
+def _prepare_git(root: Path, paths: list[str], commit: bool,
                  in_git: bool | None = None) -> None:
-    """Refuse to overwrite uncommitted work; check the branch can be created.
+    """Refuse to overwrite uncommitted work (and to commit outside git).
 
     `in_git`: whether `root` is in a git work tree, when the caller already asked.
     """
@@ -220,30 +329,20 @@ def _prepare_git(root: Path, paths: list[str], commit: bool, branch: str | None,
                 f"{root} is not a git repository; run `git init` there, or pass --no-commit"
             )
         return
-    dirty = git.dirty_paths(root, paths)
-    if dirty:
-        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
-        raise RepoError(
-            f"uncommitted changes in {shown}; commit or stash them first "
-            "(kai would overwrite them)"
-        )
-    if branch:
-        git.check_branch_name(root, branch)
-        if git.branch_exists(root, branch):
-            raise RepoError(
-                f"branch {branch!r} already exists; choose another --branch name"
-            )
+    _refuse_dirty(root, paths)
 
 
 def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
+    """Commit files already written (kai init); on failure, say how to finish by hand."""
     paths = list(paths)
     try:
         return git.commit(root, message, paths)
     except git.GitError as exc:
-        raise RepoError(
-            f"{exc}; the files were written but not committed: fix that, then "
-            f"`git add {' '.join(paths)}` and `git commit -m {message!r}`"
-        ) from exc
+        finish = (f"the files were written but not committed: fix that, then "
+                  f"`git add {' '.join(paths)}` and `git commit -m {message!r}`")
+        if isinstance(exc, git.HookRefused):
+            raise HookRefusedError(f"{exc}; {finish}", exc.output) from exc
+        raise RepoError(f"{exc}; {finish}") from exc
 
 
 # --- kai init ---------------------------------------------------------------------------
@@ -316,51 +415,80 @@ def _check_label(option: str, value: str) -> None:
 # --- kai add ----------------------------------------------------------------------------
 
 
-def add_version(root: Path, source: Path, force: bool = False, commit: bool = True) -> Result:
+def add_version(root: Path, source: Path, force: bool = False, commit: bool = True,
+                notify: Notify = _quiet) -> Result:
     """Validate a version (directory, krt.yml or .krt file), copy it to versions/<name>/,
-    register it stopped in kai.yaml (an existing entry keeps its state) and commit."""
-    from .projectfile import dump_project
+    register it stopped in kai.yaml (an existing entry keeps its state) and commit.
+
+    Holds the repo lock and writes all or nothing, as the state commands do. Adding a
+    version that is already there with the same files raises lifecycle.NothingToDo.
+    """
+    from .projectfile import edit_project, read_project_text
+    from .validate import load_version
 
     source = source.resolve()
     if not source.exists():
         raise RepoError(f"{source}: no such file or directory")
-    with tempfile.TemporaryDirectory(prefix=".kai-add-", dir=root / VERSIONS_DIR
-                                     if (root / VERSIONS_DIR).is_dir() else root) as tmp:
-        staging = Path(tmp) / "version"
-        version_dir = _unpack_source(source, Path(tmp) / source.name)
-        from .validate import load_version
-
-        version = load_version(version_dir, display_root=version_dir.parent)
-        name = version.name
-        target = root / VERSIONS_DIR / name
-        in_place = version_dir.resolve() == target.resolve()
-        if target.exists() and not in_place and not force:
-            raise RepoError(
-                f"{VERSIONS_DIR}/{name} already exists; pass --force to replace it, or bump "
-                "`version:` in krt.yml to add a new version"
-            )
-        repo = load(root, skip=[name])
-        rel = f"{VERSIONS_DIR}/{name}"
-        touched = [PROJECT_FILE, rel, repo.rendered_rel]
-        _prepare_git(root, touched if not in_place else [PROJECT_FILE, repo.rendered_rel],
-                     commit, None)
-        if not in_place:
-            copy_version(version_dir, staging)
-            version = load_version(staging, display_root=Path(tmp))
-        state = repo.project.versions.get(name, VersionState(STOPPED))
-        new_project = replace(repo.project, versions={**repo.project.versions, name: state})
-        tree = render(repo, new_project, {**repo.versions, name: version})
-        text = dump_project(new_project)
-        if not in_place:
-            _swap_dir(staging, target)
-    write_tree(repo.rendered_dir, tree)
-    write_file(root / PROJECT_FILE, text)
-    summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
-                               and name in repo.project.versions else "")
-    message = f"kai: {summary}"
-    sha = _commit(root, message, touched) if commit else None
+    with repo_lock(root, f"kai add {source.name}", on_wait=notify):
+        recover_interrupted(root, _watched(root), notify)
+        scratch_dir = root / VERSIONS_DIR if (root / VERSIONS_DIR).is_dir() else root
+        with tempfile.TemporaryDirectory(prefix=f"{ADD_SCRATCH}{os.getpid()}-",
+                                         dir=scratch_dir) as tmp:
+            staging = Path(tmp) / "version"
+            version_dir = _unpack_source(source, Path(tmp) / source.name)
+            version = load_version(version_dir, display_root=version_dir.parent)
+            name = version.name
+            rel = f"{VERSIONS_DIR}/{name}"
+            target = root / rel
+            in_place = version_dir.resolve() == target.resolve()
+            project, text = read_project_text(root)
+            registered = name in project.versions
+            if not in_place:
+                copy_version(version_dir, staging)
+            if registered and (in_place or _same_files(staging, target)):
+                raise NothingToDo(f"{rel} is already in kai.yaml with these files; "
+                                  "nothing to do")
+            if target.exists() and not in_place and not force:
+                raise RepoError(
+                    f"{rel} already exists with other files; pass --force to replace it, or "
+                    "bump `version:` in krt.yml to add a new version"
+                )
+            repo = load(root, skip=[name], project=project)
+            touched = [PROJECT_FILE, rel, repo.rendered_rel]
+            _prepare_git(root, touched if not in_place else [PROJECT_FILE, repo.rendered_rel],
+                         commit)
+            if not in_place:
+                version = load_version(staging, display_root=Path(tmp))
+            state = repo.project.versions.get(name, VersionState(STOPPED))
+            new_project = replace(repo.project,
+                                  versions={**repo.project.versions, name: state})
+            tree = render(repo, new_project, {**repo.versions, name: version})
+            summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
+                                       and registered else "")
+            message = f"kai: {summary}"
+            changes = Changeset(root, f"kai add {source.name}", in_git=git.is_repo(root),
+                                journal=True)
+            try:
+                if not in_place:
+                    changes.put_dir(rel, staging)
+                changes.put_tree(repo.rendered_rel, tree)
+                changes.put_file(PROJECT_FILE, edit_project(text, new_project))
+            except BaseException:
+                changes.discard()
+                raise
+            sha = _apply(changes, message if commit else None)
     return Result(summary, message, tuple(touched), sha,
                   git.current_branch(root) if commit else None)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Do the version folders `a` and `b` hold the same files, byte for byte?"""
+    if not b.is_dir():
+        return False
+    files_a, files_b = dict(version_files(a)), dict(version_files(b))
+    if files_a.keys() != files_b.keys():
+        return False
+    return all(files_a[rel].read_bytes() == files_b[rel].read_bytes() for rel in files_a)
 
 
 def _unpack_source(source: Path, scratch: Path) -> Path:
@@ -381,14 +509,12 @@ def _unpack_source(source: Path, scratch: Path) -> Path:
     )
 
 
-def copy_version(src: Path, dst: Path) -> list[str]:
-    """Copy a version's files: regular files only, no symlinks, no __pycache__ / .git.
-
-    A symlink to a file inside the version is copied as a regular file; any other
-    symlink is left out. Returns the copied relative paths.
-    """
+def version_files(src: Path) -> list[tuple[str, Path]]:
+    """A version's files as (relative posix path, path), sorted: regular files only, no
+    __pycache__ / .git / compiled Python; a symlink to a file inside the version counts
+    as that file, any other symlink is left out."""
     src_real = src.resolve()
-    copied: list[str] = []
+    out: list[tuple[str, Path]] = []
     for folder, dirs, files in os.walk(src):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if d not in SKIP_NAMES and not (here / d).is_symlink())
@@ -402,26 +528,17 @@ def copy_version(src: Path, dst: Path) -> list[str]:
                     continue
             elif not path.is_file():
                 continue  # sockets, fifos
-            rel = path.relative_to(src)
-            out = dst / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out)
-            copied.append(rel.as_posix())
+            out.append((path.relative_to(src).as_posix(), path))
+    return sorted(out)
+
+
+def copy_version(src: Path, dst: Path) -> list[str]:
+    """Copy a version's files (see version_files) to `dst`; returns their relative paths."""
+    copied: list[str] = []
+    for rel, path in version_files(src):
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+        copied.append(rel)
     dst.mkdir(parents=True, exist_ok=True)
     return copied
-
-
-def _swap_dir(new: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old: Path | None = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,7 @@ import click
 
 from renderer.repo import add_version
 
-from .repoopts import guarded, repo_option, root_of
+from .repoopts import guarded, notify, repo_option, root_of
 
 
 @click.command(short_help="Validate a version (dir or .krt) and add it, stopped.")
@@ -24,7 +24,8 @@ def add(source: Path, force: bool, no_commit: bool, repo: Path | None) -> None:
     """
     with guarded():
         root = root_of(repo)
-        result = add_version(root, source, force=force, commit=not no_commit)
+        result = add_version(root, source, force=force, commit=not no_commit,
+                             notify=notify)
     click.echo(result.summary)
     _report(result.sha, result.branch, result.message, result.paths)
 

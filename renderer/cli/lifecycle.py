@@ -9,7 +9,7 @@ import click
 from renderer.lifecycle import PUBLISH, START, STOP, UNPUBLISH
 from renderer.repo import Result, apply_state_change
 
-from .repoopts import guarded, repo_option, root_of
+from .repoopts import guarded, notify, repo_option, root_of
 
 
 def _command(action: str, doc: str) -> click.Command:
@@ -20,14 +20,15 @@ def _command(action: str, doc: str) -> click.Command:
     )
     @click.option(
         "--branch", default=None, metavar="NAME",
-        help="Commit on a new branch NAME (for a pull request); the current branch is untouched.",
+        help="Commit on a new branch NAME (for a pull request), made from HEAD in a temporary "
+        "worktree: your checkout, its branch and files stay as they are.",
     )
     @repo_option
     def command(version: str, no_commit: bool, branch: str | None, repo: Path | None) -> None:
         with guarded():
             root = root_of(repo)
             result = apply_state_change(root, version, action, commit=not no_commit,
-                                        branch=branch)
+                                        branch=branch, notify=notify)
         report(result, new_branch=branch is not None)
 
     return command
@@ -42,7 +43,8 @@ def report(result: Result, new_branch: bool = False) -> None:
         click.echo(f"committed {result.sha[:12]} on {result.branch or 'detached HEAD'}: "
                    f"{result.message}")
         if new_branch and result.branch:
-            click.echo(f"push it and open a pull request: git push -u origin {result.branch}")
+            click.echo("your checkout is unchanged; push the branch and open a pull request: "
+                       f"git push -u origin {result.branch}")
     else:
         click.echo(f"not committed (--no-commit); changed: {', '.join(result.paths)}")
 

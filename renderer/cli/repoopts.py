@@ -1,8 +1,10 @@
 """What the GitOps-repo commands share: the `--repo` option and one-line errors.
 
-Every known failure (bad input, an illegal transition, git, the file system) is
-printed as one line per problem on stderr with exit code 1, never a traceback.
-Set KAI_DEBUG=1 to see the traceback of an unexpected error.
+Every known failure (bad input, an illegal transition, git, the file system, the repo
+lock) is printed as one line per problem on stderr with exit code 1, never a
+traceback. A request that changes nothing prints `nothing to do: ...` and exits 0, so
+automation may retry any command. What a refusing git hook printed is shown before the
+error line. Set KAI_DEBUG=1 to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any, TypeVar
 import click
 
 from renderer.git import GitError
-from renderer.lifecycle import LifecycleError
+from renderer.lifecycle import LifecycleError, NothingToDo
+from renderer.lock import LockError
 from renderer.plan import PlanError
 from renderer.problems import InputError
-from renderer.repo import RepoError, resolve_root
+from renderer.repo import HookRefusedError, RepoError, resolve_root
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +43,11 @@ def root_of(repo: Path | None) -> Path:
     return resolve_root(repo)
 
 
+def notify(line: str) -> None:
+    """What a command says while it works (waiting for the lock, recovering): stderr."""
+    click.echo(line, err=True)
+
+
 def fail(*lines: str) -> click.exceptions.Exit:
     for line in lines:
         click.echo(line, err=True)
@@ -55,7 +63,14 @@ def guarded() -> Iterator[None]:
         raise
     except InputError as exc:
         raise fail(*(str(p) for p in exc.problems)) from None
-    except (RepoError, LifecycleError, GitError, PlanError) as exc:
+    except NothingToDo as exc:
+        click.echo(f"nothing to do: {_one_line(exc)}".replace("; nothing to do", ""))
+        raise click.exceptions.Exit(0) from None
+    except HookRefusedError as exc:
+        for line in exc.output.splitlines():
+            click.echo(f"  hook: {line}", err=True)
+        raise fail(f"error: {_one_line(exc)}") from None
+    except (RepoError, LifecycleError, GitError, PlanError, LockError) as exc:
         raise fail(f"error: {_one_line(exc)}") from None
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
