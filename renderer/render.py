@@ -30,7 +30,7 @@ import jinja2
 
 from runner import contract
 
-from . import checks, output
+from . import __version__, checks, output
 from .krt import Version
 from .plan import (
     ACTIVE_SERVICE,
@@ -482,6 +482,22 @@ def render_deploy(project: Project, repo_url: str, branch: str,
     if problems:
         raise RenderError(problems)
     return dict(sorted(tree.items()))
+
+
+def render_ci_workflow(project: Project, branch: str, repo_path: str = "") -> bytes:
+    """The GitHub Actions workflow of the pull-request check.
+
+    On a pull request into `branch` and on a push to it: install kai, then
+    `kai validate .` and `kai render --check` in the GitOps repo, which is `repo_path`
+    inside the git repository ("" at its top).
+    """
+    text = _template("github-workflow").render(
+        project=project.name, branch=branch, version=__version__,
+        working_directory=repo_path.strip("/"),
+    )
+    if not isinstance(parse(text), dict):
+        raise TypeError("template github-workflow did not produce a mapping")
+    return text.encode("utf-8")
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -349,8 +349,11 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
 
 
 def init_repo(directory: Path, project: str, namespace: str, repo_url: str | None = None,
-              branch: str = "main", commit: bool = True) -> Result:
-    """Scaffold a GitOps repo in `directory` (created when missing) and commit it."""
+              branch: str = "main", commit: bool = True, ci: bool = True) -> Result:
+    """Scaffold a GitOps repo in `directory` (created when missing) and commit it.
+
+    `ci`: also write the pull-request check's CI workflow (see `_ci_workflow`).
+    """
     from .projectfile import dump_project, load_project
     from .render import render_deploy, render_project
 
@@ -372,6 +375,7 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     for sub in (root / DEPLOY_DIR, model.rendered_dir):
         if sub.is_dir() and any(sub.iterdir()):
             raise RepoError(f"{sub} already exists and is not empty; refusing to overwrite it")
+    workflow = _ci_workflow(root, model, branch) if ci else None
     if commit and not git.is_repo(root):
         git.init(root, branch)
     in_git = git.is_repo(root)
@@ -396,12 +400,38 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     gitignore = root / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE, encoding="utf-8")
+    if workflow:
+        (root / workflow[0]).parent.mkdir(parents=True, exist_ok=True)
+        write_file(root / workflow[0], workflow[1])
     paths = (PROJECT_FILE, f"{VERSIONS_DIR}/{GITKEEP}", DEPLOY_DIR,
-             model.rendered_rel, ".gitignore")
+             model.rendered_rel, ".gitignore", *(workflow[:1] if workflow else ()))
     message = f"kai: init {project} (namespace {namespace})"
     sha = _commit(root, message, paths) if commit else None
     return Result(f"init {project}", message, paths, sha,
                   git.current_branch(root) if commit else None)
+
+
+def _ci_workflow(root: Path, project: Project, branch: str) -> tuple[str, bytes]:
+    """The CI workflow `kai init` writes: its path relative to `root`, and its bytes.
+
+    It lives at the top of the git repository (`root` when not in one yet), in
+    `.github/workflows/kai.yaml` when `root` is that top, else in
+    `.github/workflows/kai-<project>.yaml`, running in `root`'s folder. Refuses to
+    overwrite an existing file.
+    """
+    from .render import render_ci_workflow
+
+    top = git.toplevel(root).resolve() if git.is_repo(root) else root
+    repo_path = root.relative_to(top).as_posix()
+    name = "kai.yaml" if repo_path == "." else f"kai-{project.name}.yaml"
+    path = top / ".github" / "workflows" / name
+    if path.exists() or path.is_symlink():
+        raise RepoError(
+            f"{path} already exists; refusing to overwrite it (pass --no-ci to skip the CI "
+            "workflow)"
+        )
+    data = render_ci_workflow(project, branch, "" if repo_path == "." else repo_path)
+    return os.path.relpath(path, root), data
 
 
 def _check_label(option: str, value: str) -> None:

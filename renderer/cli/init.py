@@ -24,17 +24,26 @@ from .repoopts import guarded
     "--branch", default="main", show_default=True,
     help="The branch Argo CD / Flux track (and the initial branch of a new git repo).",
 )
+@click.option(
+    "--no-ci", is_flag=True,
+    help="Do not write the CI workflow (.github/workflows/kai*.yaml) that runs "
+    "`kai validate` and `kai render --check` on every pull request.",
+)
 def init(directory: Path, project: str, namespace: str, repo_url: str | None,
-         branch: str) -> None:
+         branch: str, no_ci: bool) -> None:
     """Create a GitOps repo in DIRECTORY.
 
     Writes kai.yaml (project, namespace, image map, ingress defaults), versions/,
     deploy/ (an Argo CD Application and a Flux GitRepository + Kustomization that
-    point at rendered/PROJECT), the initial rendered/PROJECT/ and a .gitignore,
-    runs `git init` when DIRECTORY is not in a git repo, and commits it all.
+    point at rendered/PROJECT), the initial rendered/PROJECT/, a .gitignore and a
+    GitHub Actions workflow that runs `kai validate .` and `kai render --check` on
+    pull requests (at the top of the git repository: .github/workflows/kai.yaml, or
+    .github/workflows/kai-PROJECT.yaml when DIRECTORY is a subfolder of it), runs
+    `git init` when DIRECTORY is not in a git repo, and commits it all.
     """
     with guarded():
-        result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch)
+        result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch,
+                           ci=not no_ci)
     click.echo(f"created GitOps repo {directory} (project {project}, namespace {namespace})")
     for path in result.paths:
         click.echo(f"  {path}")
