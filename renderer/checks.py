@@ -108,7 +108,9 @@ def schema_file_name(kind: str, api_version: str) -> str:
 
 @functools.cache
 def _definitions(kubernetes_version: str) -> dict[str, Any]:
-    return json.loads((schema_dir(kubernetes_version) / DEFINITIONS).read_text())
+    definitions: dict[str, Any] = json.loads(
+        (schema_dir(kubernetes_version) / DEFINITIONS).read_text())
+    return definitions
 
 
 @functools.cache

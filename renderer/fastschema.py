@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -258,11 +258,7 @@ def _bounds(schema: Mapping[str, Any]) -> list[Check]:
             limit = schema[key]
             if not _is_number(limit):
                 raise Unsupported(key)
-            # `not (v < lim)`, as jsonschema words it: NaN passes both bounds
-            if key == "minimum":
-                out.append(lambda v, lim=limit: not _is_number(v) or not v < lim)
-            else:
-                out.append(lambda v, lim=limit: not _is_number(v) or not v > lim)
+            out.append(_limit(key, limit))
     if schema.get("uniqueItems") is True:
         uniq = _uniq()
         out.append(lambda v: not isinstance(v, list) or uniq(v))
@@ -271,10 +267,17 @@ def _bounds(schema: Mapping[str, Any]) -> list[Check]:
     return out
 
 
-def _size(key: str, limit: Any, kind: type, cmp: Callable[[int, int], bool]) -> Check:
+def _size(key: str, limit: Any, kind: type[Sized], cmp: Callable[[int, int], bool]) -> Check:
     if type(limit) is not int:
         raise Unsupported(key)
     return lambda v: not isinstance(v, kind) or cmp(len(v), limit)
+
+
+def _limit(key: str, limit: Any) -> Check:
+    """minimum or maximum: `not (v < limit)`, as jsonschema words it, so NaN passes both."""
+    if key == "minimum":
+        return lambda v: not _is_number(v) or not v < limit
+    return lambda v: not _is_number(v) or not v > limit
 
 
 def _uniq() -> Callable[[list[Any]], bool]:
@@ -283,4 +286,4 @@ def _uniq() -> Callable[[list[Any]], bool]:
         from jsonschema._utils import uniq
     except ImportError:
         raise Unsupported("uniqueItems") from None
-    return uniq  # type: ignore[no-any-return]
+    return uniq

@@ -88,8 +88,9 @@ def _problems(error: ValidationError, doc: Document) -> Iterator[Problem]:
     path: FieldPath = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     kind = error.validator
-    value = error.validator_value
-    inst = error.instance
+    # iter_errors sets both on every error; only a hand-made ValidationError lacks them
+    value: Any = error.validator_value
+    inst: Any = error.instance
     if "propertyNames" in error.absolute_schema_path and isinstance(inst, str):
         yield doc.problem((*path, inst), _message(error, schema), key=True)
     elif kind == "required" and isinstance(inst, dict):
@@ -118,8 +119,8 @@ def _problems(error: ValidationError, doc: Document) -> Iterator[Problem]:
 
 def _message(error: ValidationError, schema: dict[str, Any]) -> str:
     kind = error.validator
-    value = error.validator_value
-    inst = error.instance
+    value: Any = error.validator_value  # set on every error iter_errors yields, as above
+    inst: Any = error.instance
     if kind == "type":
         types = [value] if isinstance(value, str) else list(value)
         expected = " or ".join(_TYPE_WORDS.get(t, t) for t in types)

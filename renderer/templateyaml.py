@@ -43,7 +43,10 @@ def parse(text: str) -> Any:
     except _Unsupported:
         pass
     try:
-        return _construct(yaml.compose(text, Loader=_Loader))
+        node = yaml.compose(text, Loader=_Loader)
+        if node is None:  # no document at all (empty, or only comments)
+            raise _Unsupported
+        return _construct(node)
     except _Unsupported:
         return yaml.load(text, Loader=_Loader)
 

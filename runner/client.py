@@ -100,7 +100,7 @@ async def call(
     if isinstance(target, str):
         async with grpc.aio.insecure_channel(target) as channel:
             return await call(channel, rpc, request, deadline)
-    stub = target.unary_unary(
+    stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message] = target.unary_unary(
         rpc.path,
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=rpc.response_class.FromString,

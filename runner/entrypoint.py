@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import nats.errors
@@ -56,6 +57,8 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
 Answer = tuple[str, str, bytes]  # (status code name, error message, payload)
+# the rpcs are served generically: requests and replies stay serialized bytes
+RpcContext = grpc.aio.ServicerContext[bytes, bytes]
 
 
 class EntrypointError(Exception):
@@ -110,11 +113,17 @@ def proto_text(env: contract.RunnerEnv, compiled: CompiledProto) -> bytes:
     return b"\n".join(parts)
 
 
-def _add_to_pool(compiled: CompiledProto, *file_descriptors: object) -> None:
+class _FileDescriptor(Protocol):
+    """A compiled .proto file's descriptor, e.g. `health_pb2.DESCRIPTOR`."""
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto, /) -> None: ...
+
+
+def _add_to_pool(compiled: CompiledProto, *file_descriptors: _FileDescriptor) -> None:
     """Let reflection describe the health and reflection services too."""
     for fd in file_descriptors:
         proto = descriptor_pb2.FileDescriptorProto()
-        fd.CopyToProto(proto)  # type: ignore[attr-defined]
+        fd.CopyToProto(proto)
         try:
             compiled.pool.Add(proto)
         except Exception:  # a clash with the version's own files: leave them out
@@ -182,7 +191,8 @@ class Entrypoint:
             await self.nc.subscribe(
                 f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
                 cb=self._on_max_deliveries)
-        await self.nc.flush(timeout=transport.JS_TIMEOUT)
+        # nats-py annotates flush's timeout as int, but hands it to asyncio.wait_for
+        await self.nc.flush(timeout=transport.JS_TIMEOUT)  # type: ignore[arg-type]
         self.serving = True
         await self._set_health()
         log.info("entrypoint ready: grpc %s:%d, web %s:%d", self.bind_host, self.grpc_port,
@@ -190,7 +200,7 @@ class Entrypoint:
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
         for b in self.bindings:
             by_service.setdefault(b.service, {})[b.rpc] = grpc.unary_unary_rpc_method_handler(
                 self._rpc(b))
@@ -296,11 +306,11 @@ class Entrypoint:
 
     # --- the rpc --------------------------------------------------------------------------
 
-    def _rpc(self, b: Binding) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    def _rpc(self, b: Binding) -> Callable[[bytes, RpcContext], Awaitable[bytes]]:
         requests = {code: metrics.REQUESTS.labels(b.rpc, code.name) for code in grpc.StatusCode}
         latency = metrics.REQUEST_SECONDS.labels(b.rpc)
 
-        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def call(request: bytes, context: RpcContext) -> bytes:
             started = time.perf_counter()
             code, details, payload = await self._call(b, request, context)
             status = getattr(grpc.StatusCode, code, None)
@@ -314,14 +324,13 @@ class Entrypoint:
 
         return call
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def _timeout(self, context: RpcContext) -> float:
         remaining = context.time_remaining()
         if remaining is None or remaining > 10**8:
             return self.env.request_timeout
         return max(remaining, 0.0)
 
-    async def _call(self, b: Binding, request: bytes,
-                    context: grpc.aio.ServicerContext) -> Answer:
+    async def _call(self, b: Binding, request: bytes, context: RpcContext) -> Answer:
         nc = self.nc
         if nc is None or not nc.is_connected or not self.streams_ok:
             return ("UNAVAILABLE", "NATS is not reachable; try again shortly", b"")

@@ -54,7 +54,7 @@ class SdkError(Exception):
 class Sink:
     """Where records go: `publish(subject, record)` and `scan(subject) -> records`."""
 
-    publish: Callable[[str, bytes], Awaitable[None]]
+    publish: Callable[[str, bytes], Coroutine[Any, Any, None]]
     scan: Callable[[str], Awaitable[list[bytes]]]
     loop: asyncio.AbstractEventLoop
 
@@ -237,7 +237,7 @@ class Database:
         return out
 
 
-class _RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RequestLogger(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with the request id, node and workflow."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:

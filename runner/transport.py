@@ -37,6 +37,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.manager import JetStreamManager
 
@@ -93,7 +94,7 @@ async def connect(url: str, name: str, events: ConnectionEvents | None = None) -
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,  # type: ignore[arg-type]
+        reconnect_time_wait=0.5,
         connect_timeout=2,
         ping_interval=10,
         max_outstanding_pings=3,
@@ -383,7 +384,7 @@ class Puller:
     _stopping: bool = False
     _seq: int = 0
     _inbox: str = ""
-    _sub: object | None = None
+    _sub: Subscription | None = None
     _loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -501,7 +502,7 @@ class Puller:
                 t.cancel()
         if self._sub is not None:
             try:
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await self._sub.unsubscribe()
             except Exception:  # the connection may be gone already
                 pass
 

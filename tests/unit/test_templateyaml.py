@@ -83,6 +83,7 @@ DOCS = [
     'a: "\\ud83d\\ude00"\n', 'a: ["\\u00e9", "\\u003c", "x\\"y", "t\\tb"]\n', 'a: [1e+20, 1.0]\n',
     'a: {"k": {"n": [1, true, null, "s"]}}\n', 'a: "x\x7f"\n', "a: [ALL, true, 3, null]\n",
     "a: []\nb: {}\nc: \"\"\n", "a:\n  - {x: 1}\n", "k8s.io/name: x\nx-y_z.w: /path\n",
+    "", "# only a comment\n", "\n\n",  # no document: None, as PyYAML
 ]
 
 
