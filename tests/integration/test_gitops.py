@@ -353,7 +353,9 @@ def test_render_check_and_diff(populated: Path, monkeypatch: pytest.MonkeyPatch)
     assert stale.exit_code == 1
     assert "changed: rendered/demo/greeter-v1/service-greeter-v1.yaml" in stale.output
     assert "out of date" in stale.stderr
-    diff = kai("diff").output
+    changed = kai("diff", ok=False)
+    assert changed.exit_code == 1  # as `git diff --exit-code`: there are changes
+    diff = changed.stdout
     assert "--- a/rendered/demo/greeter-v1/service-greeter-v1.yaml" in diff
     assert any(ln.startswith("-") and "9001" in ln for ln in diff.splitlines())
     assert any(ln.startswith("+") and "9000" in ln for ln in diff.splitlines())
