@@ -245,7 +245,7 @@ def stats(samples: list[float]) -> dict[str, Any]:
 
 def phases(root: Path) -> dict[str, float]:
     """In-process breakdown of one render: load+validate versions, render+validate, compare."""
-    from renderer.output import compare_tree
+    from renderer.diff import compare_tree
     from renderer.repo import load
     from renderer.repo import render as render_tree
 

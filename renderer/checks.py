@@ -32,6 +32,7 @@ import yaml
 from referencing import Registry, Resource
 
 from .fastschema import Check, compile_schema
+from .giturl import flux_url, is_scp_like
 from .problems import Problem
 from .project import KUSTOMIZATION
 
@@ -234,7 +235,19 @@ def _check_application(file: str, obj: Obj) -> list[Problem]:
 
 
 def _check_gitrepository(file: str, obj: Obj) -> list[Problem]:
-    return _require(file, obj, {"metadata.name": str, "spec.url": str, "spec.interval": str})
+    problems = _require(file, obj, {"metadata.name": str, "spec.url": str, "spec.interval": str})
+    url = _get(obj, "spec.url")
+    if isinstance(url, str) and is_scp_like(url):
+        problems.append(Problem(file, path="spec.url", message=(
+            f"{url!r} is scp-like (user@host:path), which Flux does not accept; "
+            f"use {flux_url(url)!r}")))
+    secret = _get(obj, "spec.secretRef")
+    if secret is not None:
+        name = secret.get("name") if isinstance(secret, Mapping) else None
+        if not is_dns_subdomain(name):
+            problems.append(Problem(file, path="spec.secretRef.name",
+                                    message=f"{name!r} is not a valid Kubernetes name"))
+    return problems
 
 
 def _check_flux_kustomization(file: str, obj: Obj) -> list[Problem]:
@@ -273,6 +286,11 @@ CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
 }
 
 
+def is_dns_subdomain(name: object) -> bool:
+    """Is `name` a valid name for most Kubernetes objects (a DNS-1123 subdomain)?"""
+    return isinstance(name, str) and len(name) <= 253 and bool(_DNS_SUBDOMAIN.match(name))
+
+
 def _check_names(file: str, obj: Obj) -> list[Problem]:
     """What the schemas leave out: name syntax and label value length."""
     problems = []
@@ -280,7 +298,7 @@ def _check_names(file: str, obj: Obj) -> list[Problem]:
     if not isinstance(meta, Mapping):
         return [Problem(file, path="metadata", message="is required")]
     name = meta.get("name")
-    if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    if not is_dns_subdomain(name):
         problems.append(Problem(file, path="metadata.name",
                                 message=f"{name!r} is not a valid Kubernetes name"))
     for key, value in (meta.get("labels") or {}).items():

@@ -12,7 +12,6 @@ for one file (kai.yaml, a .krt archive).
 from __future__ import annotations
 
 import ctypes
-import difflib
 import functools
 import os
 import re
@@ -24,10 +23,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-
-ADDED = "added"
-REMOVED = "removed"
-CHANGED = "changed"
 
 _Dumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -343,47 +338,3 @@ def read_tree(target: Path) -> dict[str, bytes]:
         if path.is_file():
             out[path.relative_to(target).as_posix()] = path.read_bytes()
     return out
-
-
-def compare_tree(target: Path, tree: Mapping[str, bytes]) -> list[tuple[str, str]]:
-    """How `target` on disk differs from `tree`: sorted (path, added|removed|changed)."""
-    return _compare(read_tree(target), tree)
-
-
-def _compare(current: Mapping[str, bytes], tree: Mapping[str, bytes]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for rel in sorted(set(current) | set(tree)):
-        if rel not in current:
-            out.append((rel, ADDED))
-        elif rel not in tree:
-            out.append((rel, REMOVED))
-        elif current[rel] != tree[rel]:
-            out.append((rel, CHANGED))
-    return out
-
-
-def _lines(data: bytes | None) -> list[str]:
-    if data is None:
-        return []
-    return data.decode("utf-8", errors="replace").splitlines(keepends=True)
-
-
-def unified_diff(target: Path, tree: Mapping[str, bytes], label: str | None = None) -> str:
-    """A unified diff from the tree on disk to `tree`; paths are shown under `label`."""
-    target = Path(target)
-    base = label if label is not None else target.as_posix()
-    current = read_tree(target)
-    chunks: list[str] = []
-    for rel, status in _compare(current, tree):
-        old = None if status == ADDED else current[rel]
-        new = None if status == REMOVED else tree[rel]
-        diff = difflib.unified_diff(
-            _lines(old), _lines(new),
-            fromfile="/dev/null" if old is None else f"a/{base}/{rel}",
-            tofile="/dev/null" if new is None else f"b/{base}/{rel}",
-        )
-        for line in diff:
-            if not line.endswith("\n"):
-                line += "\n\\ No newline at end of file\n"
-            chunks.append(line)
-    return "".join(chunks)

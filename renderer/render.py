@@ -31,6 +31,7 @@ import jinja2
 from runner import contract
 
 from . import __version__, checks, output
+from .giturl import flux_url
 from .krt import Version
 from .plan import (
     ACTIVE_SERVICE,
@@ -44,7 +45,15 @@ from .plan import (
     labels,
 )
 from .problems import InputError, Problem
-from .project import DEPLOY_DIR, KUSTOMIZATION, PUBLISHED, VERSIONS_DIR, ConfigSource, Project
+from .project import (
+    DEPLOY_DIR,
+    KUSTOMIZATION,
+    PROJECT_FILE,
+    PUBLISHED,
+    VERSIONS_DIR,
+    ConfigSource,
+    Project,
+)
 from .templateyaml import parse
 from .yamlsafe import load_yaml
 
@@ -354,7 +363,7 @@ def kustomization(project: Project, paths: list[str] | set[str]) -> bytes:
     }
     if images:
         doc["images"] = images
-    return output.dump(doc, source="kai.yaml")
+    return output.dump(doc, source=PROJECT_FILE)
 
 
 def render_project(project: Project, versions: Mapping[str, Version]) -> dict[str, bytes]:
@@ -447,12 +456,14 @@ DEPLOY_HEADER = (
 
 
 def render_deploy(project: Project, repo_url: str, branch: str,
-                  repo_path: str = "") -> dict[str, bytes]:
+                  repo_path: str = "", secret_ref: str = "") -> dict[str, bytes]:
     """`deploy/`: an Argo CD Application, and a Flux GitRepository + Kustomization.
 
     Both point at `rendered/<project>` of `repo_url` on `branch`; `repo_path` is where
     the kai repo sits inside that git repository ("" at its top). Apply one of
-    `deploy/argocd/` or `deploy/flux/`, not both.
+    `deploy/argocd/` or `deploy/flux/`, not both. Flux gets an scp-like URL as
+    `ssh://` (renderer.giturl); `secret_ref` names the Secret in Flux's namespace
+    that holds its git credentials (`spec.secretRef`), "" for a public repository.
     """
     common = {
         "name": project.name,
@@ -467,7 +478,8 @@ def render_deploy(project: Project, repo_url: str, branch: str,
         "argocd": render_template("argocd-application", argocd_namespace=ARGOCD_NAMESPACE,
                                   path=path, **common),
         "flux/git": render_template("flux-gitrepository", flux_namespace=FLUX_NAMESPACE,
-                                    **common),
+                                    secret_ref=secret_ref,
+                                    **{**common, "repo_url": flux_url(repo_url)}),
         "flux/kustomization": render_template("flux-kustomization",
                                               flux_namespace=FLUX_NAMESPACE,
                                               path=f"./{path}", **common),

@@ -349,10 +349,12 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
 
 
 def init_repo(directory: Path, project: str, namespace: str, repo_url: str | None = None,
-              branch: str = "main", commit: bool = True, ci: bool = True) -> Result:
+              branch: str = "main", commit: bool = True, ci: bool = True,
+              secret_ref: str = "") -> Result:
     """Scaffold a GitOps repo in `directory` (created when missing) and commit it.
 
     `ci`: also write the pull-request check's CI workflow (see `_ci_workflow`).
+    `secret_ref`: the Secret with Flux's git credentials (deploy/flux's `spec.secretRef`).
     """
     from .projectfile import dump_project, load_project
     from .render import render_deploy, render_project
@@ -383,7 +385,7 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
     # Argo CD and Flux take paths from the top of the git repository.
     repo_path = root.relative_to(git.toplevel(root).resolve()).as_posix() if in_git else "."
     deploy = render_deploy(model, url or PLACEHOLDER_URL, branch,
-                           "" if repo_path == "." else repo_path)
+                           "" if repo_path == "." else repo_path, secret_ref)
     if not url:
         deploy = {p: PLACEHOLDER_NOTE.encode() + b for p, b in deploy.items()}
     rendered = render_project(model, {})

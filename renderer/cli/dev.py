@@ -25,7 +25,7 @@ import click
 from renderer.krt import Version
 from renderer.plan import ENTRYPOINT, PlanError, VersionPlan, build_plan
 from renderer.problems import InputError
-from renderer.project import STARTED, Project
+from renderer.project import PROJECT_FILE, STARTED, VERSIONS_DIR, Project
 from runner import contract
 from runner.client import CallFailed, CallUsageError, call_json, find_rpc, parse_request
 from runner.natsserver import NatsServer, NatsServerError
@@ -68,6 +68,41 @@ def find_project(version_dir: Path) -> Project:
     except RepoError:
         return Project(name="dev", namespace="dev")
     return load_project(root)
+
+
+def resolve_version(arg: str, repo: Path | None = None, cwd: Path | None = None) -> Path:
+    """The version directory `kai dev ARG` runs.
+
+    ARG is a path to a version (its directory or krt.yml) when one exists; else, inside a
+    GitOps repo (`repo`, or the nearest kai.yaml from `cwd` upwards), a version name:
+    `versions/ARG`. Raises DevError naming the known versions when it is neither.
+    """
+    from renderer.repo import RepoError, find_root, resolve_root
+
+    here = cwd or Path.cwd()
+    candidate = Path(arg) if Path(arg).is_absolute() else here / arg
+    if repo is not None:
+        try:
+            root = resolve_root(repo)
+        except RepoError as exc:
+            raise DevError(str(exc)) from None
+    if candidate.exists() or candidate.is_symlink():
+        return candidate
+    if repo is None:
+        try:
+            root = find_root(here)
+        except RepoError:
+            raise DevError(
+                f"{arg}: no such version directory, and no {PROJECT_FILE} in {here} or a "
+                "parent to look it up in (pass a version directory, or --repo DIR)") from None
+    folder = root / VERSIONS_DIR
+    plain = arg not in ("", ".", "..") and "/" not in arg and "\\" not in arg
+    if plain and (folder / arg).is_dir():
+        return folder / arg
+    known = sorted(p.name for p in folder.iterdir()
+                   if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    raise DevError(f"{arg}: no such version directory, and no version {arg!r} in {folder}/ "
+                   f"(known versions: {', '.join(known) or 'none; add one with kai add PATH'})")
 
 
 def check_port(port: int, flag: str) -> None:
@@ -190,7 +225,7 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
 
 
 @click.command(short_help="Run a version locally on an embedded nats-server.")
-@click.argument("version_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("target", metavar="VERSION")
 @click.option("--port", default=contract.GRPC_PORT, show_default=True,
               type=click.IntRange(1, 65535), help="The entrypoint's gRPC port.")
 @click.option("--web-port", default=contract.WEB_PORT, show_default=True,
@@ -207,10 +242,17 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
               type=click.FloatRange(0.001), help="The deadline of --call, in seconds.")
 @click.option("--ready-timeout", default=DEFAULT_READY_TIMEOUT, show_default=True,
               type=click.FloatRange(0.1), help="How long every process may take to be ready.")
-def dev(version_dir: Path, port: int, web_port: int, nats_url: str | None,
+@click.option("--repo", "repo", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The GitOps repo whose versions/ a VERSION name is looked up in (default: "
+                   "the nearest directory with kai.yaml, from the current directory upwards).")
+def dev(target: str, port: int, web_port: int, nats_url: str | None,
         configs: tuple[str, ...], call_: tuple[str, str] | None, call_timeout: float,
-        ready_timeout: float) -> None:
-    """Run VERSION_DIR locally: embedded NATS, the entrypoint and every node.
+        ready_timeout: float, repo: Path | None) -> None:
+    """Run VERSION locally: embedded NATS, the entrypoint and every node.
+
+    VERSION is a version directory, or inside a GitOps repo the name of a
+    version in its versions/ folder (`kai dev greeter-v1` is
+    `kai dev versions/greeter-v1`).
 
     The processes get the environment the rendered Deployments give them, on
     this machine's paths and ports; their output is printed with their name in
@@ -222,9 +264,14 @@ def dev(version_dir: Path, port: int, web_port: int, nats_url: str | None,
     Examples:
       kai dev examples/greeter
       kai dev examples/greeter --call PyGreet '{"name": "Ada"}'
-      kai dev versions/my-v1 --config API_KEY=s3cret --config CERT=@cert.pem
+      kai dev my-v1 --config API_KEY=s3cret --config CERT=@cert.pem   (in a GitOps repo)
     """
     opts = Options(port, web_port, nats_url, ready_timeout, call_ or None, call_timeout)
+    try:
+        version_dir = resolve_version(target, repo)
+    except DevError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
     version = load_or_exit(version_dir)
     compiled = compile_or_exit(version)
     try:

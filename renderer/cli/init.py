@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from renderer.checks import is_dns_subdomain
 from renderer.repo import init_repo
 
-from .repoopts import guarded
+from .repoopts import fail, guarded
 
 
 @click.command()
@@ -25,12 +26,17 @@ from .repoopts import guarded
     help="The branch Argo CD / Flux track (and the initial branch of a new git repo).",
 )
 @click.option(
+    "--secret-ref", "secret_ref", metavar="NAME", default="",
+    help="For a private repo: the Secret in flux-system with Flux's git credentials "
+         "(the GitRepository's spec.secretRef); see below for what it holds.",
+)
+@click.option(
     "--no-ci", is_flag=True,
     help="Do not write the CI workflow (.github/workflows/kai*.yaml) that runs "
     "`kai validate` and `kai render --check` on every pull request.",
 )
 def init(directory: Path, project: str, namespace: str, repo_url: str | None,
-         branch: str, no_ci: bool) -> None:
+         branch: str, secret_ref: str, no_ci: bool) -> None:
     """Create a GitOps repo in DIRECTORY.
 
     Writes kai.yaml (project, namespace, image map, ingress defaults), versions/,
@@ -40,10 +46,27 @@ def init(directory: Path, project: str, namespace: str, repo_url: str | None,
     pull requests (at the top of the git repository: .github/workflows/kai.yaml, or
     .github/workflows/kai-PROJECT.yaml when DIRECTORY is a subfolder of it), runs
     `git init` when DIRECTORY is not in a git repo, and commits it all.
+
+    Argo CD gets the repo URL as given. Flux accepts only http(s):// and ssh://
+    URLs, so an scp-like URL (git@github.com:acme/ops.git) is written to its
+    GitRepository as ssh://git@github.com/acme/ops.git.
+
+    \b
+    --secret-ref NAME: a Secret NAME in namespace flux-system that holds, for
+      an ssh:// URL: `identity` (the private key) and `known_hosts`;
+      for an https:// URL: `username` and `password` (a token).
+    `flux create secret git NAME --url=URL` makes one. Argo CD takes its
+    credentials from its own repository settings, not from this Secret.
     """
+    if secret_ref and not is_dns_subdomain(secret_ref):
+        raise fail(
+            f"error: --secret-ref {secret_ref!r} is not a valid Kubernetes name: use "
+            "lower-case letters, digits, '-' and '.', starting and ending with a letter "
+            "or digit (at most 253)"
+        )
     with guarded():
         result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch,
-                           ci=not no_ci)
+                           secret_ref=secret_ref, ci=not no_ci)
     click.echo(f"created GitOps repo {directory} (project {project}, namespace {namespace})")
     for path in result.paths:
         click.echo(f"  {path}")

@@ -6,17 +6,30 @@ from pathlib import Path
 
 import click
 
-from renderer.output import compare_tree, unified_diff, write_tree
-from renderer.repo import load
+from renderer.diff import FileChange, compare_tree, diff_stat, name_status, patch, tree_changes
+from renderer.output import read_tree, write_tree
+from renderer.rename import deploy_references, remove_trees, stale_trees
+from renderer.repo import Repo, load
 from renderer.repo import render as render_tree
 
 from .repoopts import fail, guarded, repo_option, root_of
 
 
+def warn_deploy(loaded: Repo) -> None:
+    """One line on stderr for each deploy/ object that syncs another project's tree."""
+    for problem in deploy_references(loaded.root, loaded.project):
+        click.echo(f"warning: {problem}", err=True)
+
+
+def _rel(loaded: Repo, tree: Path) -> str:
+    return tree.relative_to(loaded.root).as_posix()
+
+
 @click.command()
 @click.option(
     "--check", is_flag=True,
-    help="Change nothing; exit 1 when rendered/PROJECT is stale or invalid (for CI).",
+    help="Change nothing; exit 1 when rendered/PROJECT is stale or invalid, or a tree of "
+         "an earlier project name is left under rendered/ (for CI).",
 )
 @repo_option
 def render(check: bool, repo: Path | None) -> None:
@@ -26,24 +39,42 @@ def render(check: bool, repo: Path | None) -> None:
     With --check nothing is written: the command lists the files that differ
     (added / removed / changed) and exits 1 when there are any — the check a pull
     request runs.
+
+    After `project:` in kai.yaml is renamed, the tree of the old name
+    (rendered/OLD, when kai wrote it) is removed once the new one is written,
+    and a warning names each deploy/ file that still syncs rendered/OLD.
     """
     with guarded():
         loaded = load(root_of(repo))
         tree = render_tree(loaded)
         diffs = compare_tree(loaded.rendered_dir, tree)
-        if not check and diffs:
-            write_tree(loaded.rendered_dir, tree)
+        stale = stale_trees(loaded.root, loaded.project.name)
+        if not check:
+            if diffs:
+                write_tree(loaded.rendered_dir, tree)
+            remove_trees(stale)
     where = loaded.rendered_rel
+    warn_deploy(loaded)
     if check:
+        for rel, status in diffs:
+            click.echo(f"{status}: {where}/{rel}")
+        for old in stale:
+            click.echo(f"stale: {_rel(loaded, old)} (left from an earlier project name; "
+                       "`kai render` removes it)")
         if diffs:
-            for rel, status in diffs:
-                click.echo(f"{status}: {where}/{rel}")
             raise fail(
                 f"error: {where} is out of date ({len(diffs)} file(s) differ); "
                 "run `kai render` and commit the result"
             )
+        if stale:
+            raise fail(
+                f"error: {len(stale)} stale tree(s) under rendered/; run `kai render` and "
+                "commit the result"
+            )
         click.echo(f"{where} is up to date ({len(tree)} files)")
         return
+    for old in stale:
+        click.echo(f"removed {_rel(loaded, old)} (project is now {loaded.project.name})")
     if not diffs:
         click.echo(f"{where} is up to date ({len(tree)} files)")
         return
@@ -52,18 +83,46 @@ def render(check: bool, repo: Path | None) -> None:
     click.echo(f"rendered {where}: {len(tree)} files ({summary})")
 
 
-@click.command(short_help="Show what `kai render` would change, as a diff.")
-@repo_option
-def diff(repo: Path | None) -> None:
-    """Show the unified diff of what `kai render` would change in rendered/PROJECT.
+def render_changes(loaded: Repo, tree: dict[str, bytes]) -> list[FileChange]:
+    """What `kai render` would change: rendered/PROJECT, and the stale trees it removes."""
+    where = loaded.rendered_rel
+    stale = stale_trees(loaded.root, loaded.project.name)
+    if len(stale) == 1 and not loaded.rendered_dir.exists():  # `project:` was renamed
+        return tree_changes(read_tree(stale[0]), tree, where, _rel(loaded, stale[0]))
+    changes = tree_changes(read_tree(loaded.rendered_dir), tree, where)
+    for old in stale:
+        changes += tree_changes(read_tree(old), {}, _rel(loaded, old))
+    return sorted(changes, key=lambda c: c.shown_path)
 
-    Writes nothing and exits 0 (exit 1 only when the repo cannot be rendered).
+
+@click.command(short_help="Show what `kai render` would change, as a diff.")
+@click.option("--stat", "stat", is_flag=True,
+              help="One line per file with its +/- line counts, and a summary (git diff --stat).")
+@click.option("--name-status", "names", is_flag=True,
+              help="One line per file: M, A, D or R<similarity> and the path(s).")
+@repo_option
+def diff(stat: bool, names: bool, repo: Path | None) -> None:
+    """Show the unified diff of what `kai render` would change (it writes nothing).
+
+    A version's ConfigMap carries a hash of its files in its name, so a code
+    change renames it: the diff shows it as a rename (`rename from` / `rename
+    to`) with only the changed lines. The diff has git's headers; `git apply`
+    takes it.
+
+    \b
+    Exit codes (as `git diff --exit-code`):
+      0  a render changes nothing
+      1  a render changes something (the diff is on stdout), or the repo
+         cannot be rendered (the problems are on stderr, nothing on stdout)
     """
+    if stat and names:
+        raise click.UsageError("--stat and --name-status do not go together; pick one")
     with guarded():
         loaded = load(root_of(repo))
-        tree = render_tree(loaded)
-        text = unified_diff(loaded.rendered_dir, tree, label=loaded.rendered_rel)
-    if text:
-        click.echo(text, nl=False)
-    else:
+        changes = render_changes(loaded, render_tree(loaded))
+    if not changes:
         click.echo(f"{loaded.rendered_rel} is up to date; a render changes nothing", err=True)
+        return
+    text = diff_stat(changes) if stat else name_status(changes) if names else patch(changes)
+    click.echo(text, nl=False)
+    raise click.exceptions.Exit(1)

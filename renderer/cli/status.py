@@ -10,8 +10,11 @@ from typing import Any
 import click
 import yaml
 
+from renderer.diff import compare_tree
 from renderer.problems import InputError
-from renderer.project import KUSTOMIZATION, PUBLISHED, VERSIONS_DIR
+from renderer.project import KUSTOMIZATION, PUBLISHED, VERSIONS_DIR, Project
+from renderer.rename import deploy_references, stale_paths
+from renderer.repo import Repo, load
 
 from .repoopts import guarded, repo_option, root_of
 
@@ -22,8 +25,11 @@ from .repoopts import guarded, repo_option, root_of
 def status(as_json: bool, repo: Path | None) -> None:
     """Show each version's desired state, its workflows (rpc → chain) and what is rendered.
 
-    Resources are counted from rendered/PROJECT as it is on disk; run
-    `kai render --check` to see whether that is up to date.
+    Resources are counted from rendered/PROJECT as it is on disk. The repo is
+    rendered in memory too, and compared with rendered/PROJECT: `up to date`,
+    or `out of date (N files differ)` when `kai render` would change it (JSON:
+    "rendered": {"path", "up_to_date", "differs", "stale", "problems"}; up_to_date
+    is null when the repo cannot be rendered, and problems says why).
     """
     with guarded():
         data = collect(root_of(repo))
@@ -40,6 +46,11 @@ def collect(root: Path) -> dict[str, Any]:
 
     project = load_project(root)
     rendered = project.rendered_dir
+    loaded: Repo | InputError
+    try:
+        loaded = load(root, project=project)
+    except InputError as exc:
+        loaded = exc  # each version's own problems are shown below too
     versions: list[dict[str, Any]] = []
     for name in sorted(project.versions):
         vs = project.versions[name]
@@ -54,7 +65,8 @@ def collect(root: Path) -> dict[str, Any]:
             "resources": _resources(rendered / name),
         }
         try:
-            version = load_version(root / VERSIONS_DIR / name, display_root=root)
+            version = (loaded.versions[name] if isinstance(loaded, Repo) else
+                       load_version(root / VERSIONS_DIR / name, display_root=root))
         except InputError as exc:
             entry["problems"] = [str(p) for p in exc.problems]
         except OSError as exc:
@@ -78,7 +90,35 @@ def collect(root: Path) -> dict[str, Any]:
         "versions": versions,
         "project_resources": _resources(rendered, recursive=False),
         "unregistered": unregistered,
+        "rendered": rendered_status(project, loaded),
+        "deploy_warnings": [str(p) for p in deploy_references(root, project)],
     }
+
+
+def rendered_status(project: Project, loaded: Repo | InputError) -> dict[str, Any]:
+    """Would `kai render` change anything? Rendered in memory and compared with the disk.
+
+    `loaded` is the loaded repo, or why it did not load. `up_to_date` is None when the
+    repo cannot be rendered (`problems` says why); `differs` lists the files of
+    rendered/PROJECT that differ, `stale` the trees of an earlier project name that a
+    render removes.
+    """
+    from renderer.repo import render
+
+    stale = stale_paths(project.root, project.name)
+    out: dict[str, Any] = {"path": project.rendered_rel, "up_to_date": None, "differs": [],
+                           "stale": stale, "problems": []}
+    try:
+        if isinstance(loaded, InputError):
+            raise loaded
+        tree = render(loaded)
+    except InputError as exc:
+        out["problems"] = [str(p) for p in exc.problems]
+        return out
+    out["differs"] = [f"{project.rendered_rel}/{rel}"
+                      for rel, _ in compare_tree(project.rendered_dir, tree)]
+    out["up_to_date"] = not out["differs"] and not stale
+    return out
 
 
 def _resources(folder: Path, recursive: bool = True) -> dict[str, Any]:
@@ -133,8 +173,29 @@ def table(data: dict[str, Any]) -> str:
     lines.append(f"project-level: {_kinds_text(data['project_resources'])}")
     if data["published"]:
         lines.append("* published: its Service is active-entrypoint, with the Ingress")
+    lines.extend(_rendered_text(data["rendered"]))
+    lines.extend(f"warning: {w}" for w in data["deploy_warnings"])
     if data["unregistered"]:
         lines.append(f"not in kai.yaml: {', '.join(data['unregistered'])} (kai add "
                      f"{VERSIONS_DIR}/NAME registers one)")
     return "\n".join(lines) + "\n"
 
+
+
+def _rendered_text(rendered: dict[str, Any]) -> list[str]:
+    where = rendered["path"]
+    if rendered["up_to_date"] is None:
+        problems = rendered["problems"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return [f"{where}: cannot be rendered: {problems[0] if problems else '?'}{more}; "
+                "`kai render --check` lists every problem"]
+    lines = []
+    differs = len(rendered["differs"])
+    if differs:
+        lines.append(f"{where}: out of date ({differs} file{'s' if differs != 1 else ''} "
+                     "differ); run kai render")
+    elif not rendered["stale"]:
+        lines.append(f"{where}: up to date")
+    lines.extend(f"{old}: left from an earlier project name; run kai render to remove it"
+                 for old in rendered["stale"])
+    return lines

@@ -142,8 +142,10 @@ def test_init_inside_a_bigger_repo_points_deploy_at_its_subfolder(tmp_path: Path
 def test_init_explicit_repo_url_and_bad_names(tmp_path: Path) -> None:
     kai("init", str(tmp_path / "a"), "--project", "demo", "--namespace", "ns",
         "--repo-url", "git@example.com:me/ops.git")
-    flux = (tmp_path / "a" / "deploy" / "flux")
-    assert any("git@example.com:me/ops.git" in p.read_text() for p in flux.glob("*.yaml"))
+    flux = yaml.safe_load((tmp_path / "a" / "deploy/flux/gitrepository-demo.yaml").read_text())
+    assert flux["spec"]["url"] == "ssh://git@example.com/me/ops.git"  # Flux refuses scp-like
+    argo = yaml.safe_load((tmp_path / "a" / "deploy/argocd/application-demo.yaml").read_text())
+    assert argo["spec"]["source"]["repoURL"] == "git@example.com:me/ops.git"  # Argo CD takes it
     bad = kai("init", str(tmp_path / "b"), "--project", "Demo_1", "--namespace", "ns", ok=False)
     assert bad.exit_code == 1
     assert "--project 'Demo_1' is not a valid Kubernetes name" in bad.stderr
@@ -351,7 +353,9 @@ def test_render_check_and_diff(populated: Path, monkeypatch: pytest.MonkeyPatch)
     assert stale.exit_code == 1
     assert "changed: rendered/demo/greeter-v1/service-greeter-v1.yaml" in stale.output
     assert "out of date" in stale.stderr
-    diff = kai("diff").output
+    changed = kai("diff", ok=False)
+    assert changed.exit_code == 1  # as `git diff --exit-code`: there are changes
+    diff = changed.stdout
     assert "--- a/rendered/demo/greeter-v1/service-greeter-v1.yaml" in diff
     assert any(ln.startswith("-") and "9001" in ln for ln in diff.splitlines())
     assert any(ln.startswith("+") and "9000" in ln for ln in diff.splitlines())

@@ -1,4 +1,4 @@
-"""renderer.output: canonical YAML, atomic tree writes, comparing and diffing trees."""
+"""renderer.output: canonical YAML and atomic tree writes."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.output import (
-    ADDED,
-    CHANGED,
-    REMOVED,
-    compare_tree,
-    dump,
-    pyyaml_dump,
-    read_tree,
-    unified_diff,
-    write_tree,
-)
+from renderer.output import dump, pyyaml_dump, read_tree, write_tree
 
 TREE = {
     "kustomization.yaml": b"resources: []\n",
@@ -103,21 +93,3 @@ def test_write_tree_refuses_paths_outside(tmp_path: Path) -> None:
     assert read_tree(target) == TREE
     assert not (tmp_path / "escape.yaml").exists()
 
-
-def test_compare_tree_and_diff(tmp_path: Path) -> None:
-    target = tmp_path / "demo"
-    assert compare_tree(target, TREE) == [(p, ADDED) for p in sorted(TREE)]
-    write_tree(target, TREE)
-    assert compare_tree(target, TREE) == []
-    assert unified_diff(target, TREE) == ""
-    new = {**TREE, "v1/service-v1.yaml": b"kind: Service\nspec: {}\n", "v2/x.yaml": b"new\n"}
-    del new["v1/deployment-a.yaml"]
-    assert compare_tree(target, new) == [
-        ("v1/deployment-a.yaml", REMOVED),
-        ("v1/service-v1.yaml", CHANGED),
-        ("v2/x.yaml", ADDED),
-    ]
-    diff = unified_diff(target, new, label="rendered/demo")
-    assert "--- a/rendered/demo/v1/deployment-a.yaml\n+++ /dev/null\n" in diff
-    assert "+++ b/rendered/demo/v1/service-v1.yaml\n" in diff and "+spec: {}\n" in diff
-    assert "--- /dev/null\n+++ b/rendered/demo/v2/x.yaml\n" in diff

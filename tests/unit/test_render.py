@@ -518,3 +518,30 @@ def test_parse_matches_yaml_safe_load() -> None:
             "k: |\n  text\n  more\n"]
     for doc in docs:
         assert parse(doc) == yaml.safe_load(doc)
+
+
+@pytest.mark.parametrize(("given", "flux"), [
+    ("git@github.com:acme/platform.git", "ssh://git@github.com/acme/platform.git"),
+    ("git@gitlab.example.com:/srv/git/ops.git", "ssh://git@gitlab.example.com/srv/git/ops.git"),
+    ("https://github.com/acme/platform.git", "https://github.com/acme/platform.git"),
+    ("ssh://git@github.com:2222/acme/platform.git", "ssh://git@github.com:2222/acme/platform.git"),
+])
+def test_render_deploy_gives_flux_a_url_it_accepts(tmp_path: Path, given: str, flux: str) -> None:
+    """Flux's GitRepository takes no scp-like URL; Argo CD gets the URL as given. The
+    objects pass the repo's own checks (render_deploy raises otherwise)."""
+    tree = render_deploy(make_project(tmp_path, {}), given, "main")
+    repo = yaml.safe_load(tree["flux/gitrepository-demo.yaml"])
+    assert repo["spec"]["url"] == flux
+    assert "secretRef" not in repo["spec"]
+    app = yaml.safe_load(tree["argocd/application-demo.yaml"])
+    assert app["spec"]["source"]["repoURL"] == given
+
+
+def test_render_deploy_secret_ref(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {})
+    tree = render_deploy(project, "git@github.com:acme/ops.git", "main", secret_ref="flux-git")
+    repo = yaml.safe_load(tree["flux/gitrepository-demo.yaml"])
+    assert repo["spec"]["secretRef"] == {"name": "flux-git"}
+    assert repo["spec"]["url"] == "ssh://git@github.com/acme/ops.git"
+    with pytest.raises(RenderError, match=r"spec\.secretRef\.name: 'Bad_Name' is not a valid"):
+        render_deploy(project, "https://x.example/ops.git", "main", secret_ref="Bad_Name")
