@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import git
-from .output import StagedFile, recover, stage_dir, stage_file, stage_tree
+from .output import StagedFile, StagedRemoval, recover, stage_dir, stage_file, stage_tree
 
 JOURNAL = "kai-journal"
 
@@ -82,7 +82,7 @@ class Changeset:
 
     def remove_tree(self, rel: str) -> None:
         """Stage the removal of directory `rel` (it disappears on `apply`)."""
-        self._add(rel, stage_tree(self.root / rel, None))
+        self._add(rel, StagedRemoval(self.root / rel))
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -149,7 +149,8 @@ def recover_interrupted(root: Path, watched: Iterable[str], notify: Notify) -> N
         path = root / rel
         by_folder.setdefault(path.parent, []).append(path.name)
     for folder, names in sorted(by_folder.items()):
-        for line in recover(folder, names):
+        label = folder.relative_to(root).as_posix() if folder != root else ""
+        for line in recover(folder, names, label=label):
             notify(line)
 
 

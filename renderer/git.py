@@ -139,6 +139,18 @@ def add_worktree(repo: Path, path: Path, branch: str) -> None:
     _git(repo, "worktree", "add", "--quiet", "-b", branch, os.fspath(path), "HEAD")
 
 
+def worktree_branch(repo: Path, path: Path) -> str | None:
+    """The branch checked out in the worktree at `path` (None: unknown or detached)."""
+    out = _git(repo, "worktree", "list", "--porcelain", check=False).stdout
+    for block in out.split("\n\n"):
+        lines = block.splitlines()
+        if lines and Path(lines[0].removeprefix("worktree ")).resolve() == path.resolve():
+            for line in lines:
+                if line.startswith("branch refs/heads/"):
+                    return line.removeprefix("branch refs/heads/")
+    return None
+
+
 def remove_worktree(repo: Path, path: Path) -> None:
     """Remove the worktree at `path` (files and git's record of it)."""
     _git(repo, "worktree", "remove", "--force", os.fspath(path), check=False)
@@ -215,11 +227,15 @@ def _under(name: str, paths: Iterable[str]) -> bool:
     return any(p == "." or name == p or name.startswith(p.rstrip("/") + "/") for p in paths)
 
 
-def add(repo: Path, paths: Sequence[str | Path]) -> None:
-    """Stage `paths`, deletions included (`git add -A -- paths`)."""
+def add(repo: Path, paths: Sequence[str | Path]) -> list[str]:
+    """Stage `paths`, deletions included (`git add -A -- paths`); returns their pathspecs.
+
+    A path known neither on disk nor to git is left out.
+    """
     specs = [_pathspec(repo, p) for p in paths if _known(repo, p)]
     if specs:
         _git(repo, "add", "-A", "--", *specs)
+    return specs
 
 
 def commit(repo: Path, message: str, paths: Sequence[str | Path]) -> str:
@@ -227,8 +243,8 @@ def commit(repo: Path, message: str, paths: Sequence[str | Path]) -> str:
 
     Other staged changes in the repo are left staged and are not part of the commit.
     """
-    add(repo, paths)
-    specs = [_pathspec(repo, p) for p in paths if _known(repo, p)]
+    # Known before staging: a folder deleted from disk is still in the index until then.
+    specs = add(repo, paths)
     head_exists = has_commits(repo)
     if not staged_changes(repo, specs, head_exists):
         raise GitError(f"nothing to commit in {', '.join(str(p) for p in paths)}")

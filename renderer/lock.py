@@ -72,8 +72,14 @@ def repo_lock(
     """
     limit = timeout_from_env() if timeout is None else timeout
     path = lock_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        if not shared:
+            raise
+        yield  # a reader of a repo it cannot write to (a read-only checkout): no writer either
+        return
     try:
         _acquire(fd, path, shared, limit, on_wait)
         if not shared:

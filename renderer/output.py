@@ -435,6 +435,55 @@ def stage_tree(target: Path, tree: Mapping[str, bytes], reuse: Iterable[str] = (
     return StagedTree(target, staging)
 
 
+def stage_dir(target: Path, prepared: Path) -> StagedTree:
+    """Stage the already-built directory `prepared` (on the same file system) as `target`.
+
+    It is flushed to disk here; `swap()` moves it in, as for a tree from `stage_tree`.
+    """
+    files = [os.path.join(folder, name) for folder, _, names in os.walk(prepared)
+             for name in names]
+    sync_tree(prepared, files)
+    os.chmod(prepared, 0o755)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return StagedTree(Path(target), Path(prepared))
+
+
+class StagedRemoval:
+    """The removal of directory `target`, as a part that can be undone.
+
+    `swap()` renames it to an `old` name beside it (gone from sight at once), `undo()`
+    renames it back, `discard()` deletes what was set aside.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.aside: Path | None = None
+        self.state = STAGED
+
+    def swap(self) -> None:
+        if self.state != STAGED:
+            raise RuntimeError(f"{self.target}: cannot remove a tree that is {self.state}")
+        aside, _ = _make_temp(self.target, OLD, os.mkdir)
+        os.rmdir(aside)
+        try:
+            os.rename(self.target, aside)
+        except BaseException:
+            _in_use(aside, False)
+            raise
+        self.aside, self.state = aside, LIVE
+
+    def undo(self) -> None:
+        if self.state == LIVE and self.aside is not None:
+            os.rename(self.aside, self.target)
+            _in_use(self.aside, False)
+            self.aside, self.state = None, STAGED
+
+    def discard(self) -> None:
+        if self.state == LIVE and self.aside is not None:
+            _remove(self.aside)
+        self.state = DONE
+
+
 def write_tree(target: Path, tree: Mapping[str, bytes], reuse: Iterable[str] = ()) -> None:
     """Replace directory `target` with exactly `tree` plus `reuse` (see `stage_tree`).
 

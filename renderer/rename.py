@@ -4,8 +4,8 @@ kai renders into `rendered/<project>/`. When `project:` in kai.yaml changes, the
 the old name stays behind unless something removes it, and Argo CD or Flux keep syncing
 it. `stale_trees` finds such trees: folders under rendered/ other than the project's
 whose `kustomization.yaml` carries the header kai writes (a folder kai did not write is
-never touched). `remove_stale_trees` removes them, each atomically (renamed away, then
-deleted), and returns their repo-relative paths for the commit to stage.
+never touched). `kai render` and the state commands remove them in the same change set
+as the new tree (renderer.changeset), so the same commit deletes them.
 
 deploy/ is the user's to edit, so kai does not rewrite it: `deploy_references` names
 each Argo CD Application (`spec.source.path`, `spec.sources[].path`) and Flux
@@ -15,10 +15,7 @@ Kustomization (`spec.path`) under deploy/ that points at another project's
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -64,26 +61,6 @@ def stale_trees(root: Path, project: str) -> list[Path]:
 def stale_paths(root: Path, project: str) -> list[str]:
     """`stale_trees` as repo-relative posix paths (`rendered/old`)."""
     return [f"{RENDERED_DIR}/{p.name}" for p in stale_trees(root, project)]
-
-
-def remove_trees(trees: Iterable[Path]) -> None:
-    """Remove each tree atomically: renamed to a hidden name beside it, then deleted.
-
-    A reader sees the whole tree or none of it; a failed delete leaves only the hidden
-    folder behind (skipped by `stale_trees`, ignored by kustomize's `resources` list).
-    """
-    for tree in trees:
-        hidden = Path(tempfile.mkdtemp(prefix=f".{tree.name}.removed-", dir=tree.parent))
-        os.rmdir(hidden)
-        os.rename(tree, hidden)
-        shutil.rmtree(hidden, ignore_errors=True)
-
-
-def remove_stale_trees(root: Path, project: str) -> list[str]:
-    """Remove every stale tree; their repo-relative paths (to stage as deletions)."""
-    trees = stale_trees(root, project)
-    remove_trees(trees)
-    return [f"{RENDERED_DIR}/{p.name}" for p in trees]
 
 
 # --- deploy/ ------------------------------------------------------------------------------

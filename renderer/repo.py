@@ -166,6 +166,49 @@ def render(repo: Repo, project: Project | None = None,
                           dict(versions if versions is not None else repo.versions))
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What `kai render` found (and, unless checking, wrote)."""
+
+    repo: Repo
+    tree: Tree
+    diffs: list[tuple[str, str]]  # (path under rendered/<project>, added|removed|changed)
+    stale: list[str]  # rendered/<old> trees of an earlier project name (removed unless check)
+
+
+def render_repo(root: Path, check: bool = False, notify: Notify | None = None) -> Rendered:
+    """`kai render [--check]`: render the whole repo and compare it with rendered/.
+
+    Unless `check`, write the new tree and remove stale trees, all or nothing, holding
+    the repo lock; with `check`, hold it shared and write nothing.
+    """
+    from .diff import compare_tree
+    from .rename import stale_paths
+
+    tell = notify or _quiet
+    command = "kai render --check" if check else "kai render"
+    with repo_lock(root, command, shared=check, on_wait=tell):
+        if not check:
+            _recover(root, tell)
+        loaded = load(root)
+        tree = render(loaded)
+        found = Rendered(loaded, tree, compare_tree(loaded.rendered_dir, tree),
+                         stale_paths(root, loaded.project.name))
+        if check:
+            return found
+        changes = Changeset(root, command, in_git=False)
+        try:
+            if found.diffs:
+                changes.put_tree(loaded.rendered_rel, tree)
+            for rel in found.stale:
+                changes.remove_tree(rel)
+        except BaseException:
+            changes.discard()
+            raise
+        changes.apply(None)
+        return found
+
+
 # --- changing state --------------------------------------------------------------------
 
 
@@ -198,7 +241,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
     command = f"kai {action} {version}"
     with repo_lock(root, command, on_wait=notify):
-        recover_interrupted(root, _watched(root), notify)
+        _recover(root, notify)
         if not branch:
             return _state_change(root, version, action, commit, command)
         if not git.is_repo(root):
@@ -213,6 +256,7 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
                   command: str) -> Result:
     from .incremental import render_change
     from .projectfile import edit_project, read_project_text
+    from .rename import stale_paths
 
     project, text = read_project_text(root)
     # Fail fast on an illegal transition, before loading (and validating) any version.
@@ -223,7 +267,8 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
     t = transition(repo.project, version, action,
                    config=version_obj.config if version_obj else None)
     new_project = t.apply(repo.project)
-    touched = [PROJECT_FILE, repo.rendered_rel]
+    stale = stale_paths(root, new_project.name)  # `project:` renamed since the last render
+    touched = [PROJECT_FILE, repo.rendered_rel, *stale]
     running = {c.version for c in t.changes} | {
         n for n, s in t.states.items() if s != STOPPED
     }
@@ -242,6 +287,8 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
     try:
         changes.put_file(PROJECT_FILE, edit_project(text, new_project))
         changes.put_tree(repo.rendered_rel, tree, reuse=kept)
+        for rel in stale:
+            changes.remove_tree(rel)
     except BaseException:
         changes.discard()
         raise
@@ -249,6 +296,41 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
     sha = _apply(changes, message if commit else None)
     return Result(t.summary, message, tuple(touched), sha,
                   git.current_branch(root) if commit else None, t)
+
+
+def _recover(root: Path, notify: Notify) -> None:
+    """Before a writing command reads anything: undo what killed commands left behind."""
+    recover_interrupted(root, _watched(root), notify)
+    if git.is_repo(root):
+        _recover_worktrees(root, notify)
+
+
+def _recover_worktrees(root: Path, notify: Notify) -> None:
+    """Remove the temporary worktrees of --branch commands that were killed."""
+    base = git.common_dir(root) / WORKTREES
+    if not base.is_dir():
+        return
+    for path in sorted(base.iterdir()):
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        branch = git.worktree_branch(root, path)
+        git.remove_worktree(root, path)
+        kept = (f"; its branch {branch} was kept: delete it with `git branch -D {branch}` "
+                "unless it holds a commit you want") if branch else ""
+        notify(f"removed the temporary worktree of an interrupted --branch command{kept}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process makes its worktrees after recovering
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _watched(root: Path) -> list[str]:
@@ -350,16 +432,27 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
 
 def init_repo(directory: Path, project: str, namespace: str, repo_url: str | None = None,
               branch: str = "main", commit: bool = True, ci: bool = True,
-              secret_ref: str = "") -> Result:
+              secret_ref: str = "", notify: Notify = _quiet) -> Result:
     """Scaffold a GitOps repo in `directory` (created when missing) and commit it.
 
     `ci`: also write the pull-request check's CI workflow (see `_ci_workflow`).
     `secret_ref`: the Secret with Flux's git credentials (deploy/flux's `spec.secretRef`).
+    Into an existing git repo, it holds that repo's lock while it writes and commits.
     """
+    root = directory.resolve()
+    existing = next((p for p in (root, *root.parents) if p.is_dir()), root)
+    args = (root, directory, project, namespace, repo_url, branch, commit, ci, secret_ref)
+    if git.is_repo(existing):
+        with repo_lock(existing, f"kai init {directory}", on_wait=notify):
+            return _init(*args)
+    return _init(*args)
+
+
+def _init(root: Path, directory: Path, project: str, namespace: str, repo_url: str | None,
+          branch: str, commit: bool, ci: bool, secret_ref: str) -> Result:
     from .projectfile import dump_project, load_project
     from .render import render_deploy, render_project
 
-    root = directory.resolve()
     kai_yaml = root / PROJECT_FILE
     if kai_yaml.is_file() and kai_yaml.read_text(encoding="utf-8", errors="replace").strip():
         raise RepoError(f"{directory}/{PROJECT_FILE} already exists; refusing to overwrite it")
@@ -456,13 +549,14 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
     version that is already there with the same files raises lifecycle.NothingToDo.
     """
     from .projectfile import edit_project, read_project_text
+    from .rename import stale_paths
     from .validate import load_version
 
     source = source.resolve()
     if not source.exists():
         raise RepoError(f"{source}: no such file or directory")
     with repo_lock(root, f"kai add {source.name}", on_wait=notify):
-        recover_interrupted(root, _watched(root), notify)
+        _recover(root, notify)
         scratch_dir = root / VERSIONS_DIR if (root / VERSIONS_DIR).is_dir() else root
         with tempfile.TemporaryDirectory(prefix=f"{ADD_SCRATCH}{os.getpid()}-",
                                          dir=scratch_dir) as tmp:
@@ -486,9 +580,10 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
                     "bump `version:` in krt.yml to add a new version"
                 )
             repo = load(root, skip=[name], project=project)
-            touched = [PROJECT_FILE, rel, repo.rendered_rel]
-            _prepare_git(root, touched if not in_place else [PROJECT_FILE, repo.rendered_rel],
-                         commit)
+            stale = stale_paths(root, project.name)
+            touched = [PROJECT_FILE, rel, repo.rendered_rel, *stale]
+            _prepare_git(root, touched if not in_place else [PROJECT_FILE, repo.rendered_rel,
+                                                             *stale], commit)
             if not in_place:
                 version = load_version(staging, display_root=Path(tmp))
             state = repo.project.versions.get(name, VersionState(STOPPED))
@@ -504,6 +599,8 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
                 if not in_place:
                     changes.put_dir(rel, staging)
                 changes.put_tree(repo.rendered_rel, tree)
+                for stale_rel in stale:
+                    changes.remove_tree(stale_rel)
                 changes.put_file(PROJECT_FILE, edit_project(text, new_project))
             except BaseException:
                 changes.discard()

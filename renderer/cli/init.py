@@ -9,7 +9,7 @@ import click
 from renderer.checks import is_dns_subdomain
 from renderer.repo import init_repo
 
-from .repoopts import fail, guarded
+from .repoopts import fail, guarded, notify
 
 
 @click.command()
@@ -66,7 +66,7 @@ def init(directory: Path, project: str, namespace: str, repo_url: str | None,
         )
     with guarded():
         result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch,
-                           secret_ref=secret_ref, ci=not no_ci)
+                           secret_ref=secret_ref, ci=not no_ci, notify=notify)
     click.echo(f"created GitOps repo {directory} (project {project}, namespace {namespace})")
     for path in result.paths:
         click.echo(f"  {path}")

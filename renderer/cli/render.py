@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
-from renderer.diff import FileChange, compare_tree, diff_stat, name_status, patch, tree_changes
-from renderer.output import read_tree, write_tree
-from renderer.rename import deploy_references, remove_trees, stale_trees
-from renderer.repo import Repo, load
+from renderer.diff import FileChange, diff_stat, name_status, patch, tree_changes
+from renderer.lock import repo_lock
+from renderer.output import read_tree
+from renderer.rename import deploy_references, stale_trees
+from renderer.repo import Repo, load, render_repo
 from renderer.repo import render as render_tree
 
-from .repoopts import fail, guarded, repo_option, root_of
+from .repoopts import fail, guarded, notify, repo_option, root_of
 
 
 def warn_deploy(loaded: Repo) -> None:
@@ -45,14 +46,9 @@ def render(check: bool, repo: Path | None) -> None:
     and a warning names each deploy/ file that still syncs rendered/OLD.
     """
     with guarded():
-        loaded = load(root_of(repo))
-        tree = render_tree(loaded)
-        diffs = compare_tree(loaded.rendered_dir, tree)
-        stale = stale_trees(loaded.root, loaded.project.name)
-        if not check:
-            if diffs:
-                write_tree(loaded.rendered_dir, tree)
-            remove_trees(stale)
+        found = render_repo(root_of(repo), check=check, notify=notify)
+    loaded, tree, diffs = found.repo, found.tree, found.diffs
+    stale = [loaded.root / rel for rel in found.stale]
     where = loaded.rendered_rel
     warn_deploy(loaded)
     if check:
@@ -118,8 +114,10 @@ def diff(stat: bool, names: bool, repo: Path | None) -> None:
     if stat and names:
         raise click.UsageError("--stat and --name-status do not go together; pick one")
     with guarded():
-        loaded = load(root_of(repo))
-        changes = render_changes(loaded, render_tree(loaded))
+        root = root_of(repo)
+        with repo_lock(root, "kai diff", shared=True, on_wait=notify):
+            loaded = load(root)
+            changes = render_changes(loaded, render_tree(loaded))
     if not changes:
         click.echo(f"{loaded.rendered_rel} is up to date; a render changes nothing", err=True)
         return

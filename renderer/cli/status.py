@@ -11,12 +11,13 @@ import click
 import yaml
 
 from renderer.diff import compare_tree
+from renderer.lock import repo_lock
 from renderer.problems import InputError
 from renderer.project import KUSTOMIZATION, PUBLISHED, VERSIONS_DIR, Project
 from renderer.rename import deploy_references, stale_paths
 from renderer.repo import Repo, load
 
-from .repoopts import guarded, repo_option, root_of
+from .repoopts import guarded, notify, repo_option, root_of
 
 
 @click.command(short_help="Show versions, states, rpc → chain, rendered objects.")
@@ -32,7 +33,9 @@ def status(as_json: bool, repo: Path | None) -> None:
     is null when the repo cannot be rendered, and problems says why).
     """
     with guarded():
-        data = collect(root_of(repo))
+        root = root_of(repo)
+        with repo_lock(root, "kai status", shared=True, on_wait=notify):
+            data = collect(root)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
     else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from renderer.output import header, write_tree
 from renderer.project import Project
-from renderer.rename import deploy_references, remove_stale_trees, stale_paths, stale_trees
+from renderer.rename import deploy_references, stale_paths, stale_trees
 from tests.conftest import git
 
 KAI_KUSTOMIZATION = (header("kai.yaml") + "kind: Kustomization\n").encode()
@@ -30,11 +30,6 @@ def test_stale_trees_are_only_the_trees_kai_wrote(tmp_path: Path) -> None:
     assert stale_trees(tmp_path, "demo") == [old]
     assert stale_paths(tmp_path, "demo") == ["rendered/old"]
     assert stale_trees(tmp_path / "nowhere", "demo") == []
-    (rendered / "link").unlink()
-    assert remove_stale_trees(tmp_path, "demo") == ["rendered/old"]
-    assert sorted(p.name for p in rendered.iterdir()) == [
-        ".old.new-123", "demo", "empty", "file.yaml", "mine"]
-    assert stale_trees(tmp_path, "demo") == []
 
 
 APPLICATION = """\
