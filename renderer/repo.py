@@ -169,7 +169,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
     kai.yaml gives, everything is loaded and rendered.
     """
     from .incremental import render_change
-    from .projectfile import dump_project, load_project
+    from .projectfile import edit_project, load_project
 
     if branch and not commit:
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
@@ -197,7 +197,7 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         tree, kept = render(repo, new_project), ()
     else:
         tree, kept = change.tree, change.kept
-    text = dump_project(new_project)
+    text = edit_project((root / PROJECT_FILE).read_bytes().decode("utf-8"), new_project)
     if branch:
         git.create_branch(root, branch)
     write_tree(repo.rendered_dir, tree, reuse=kept)
@@ -319,7 +319,7 @@ def _check_label(option: str, value: str) -> None:
 def add_version(root: Path, source: Path, force: bool = False, commit: bool = True) -> Result:
     """Validate a version (directory, krt.yml or .krt file), copy it to versions/<name>/,
     register it stopped in kai.yaml (an existing entry keeps its state) and commit."""
-    from .projectfile import dump_project
+    from .projectfile import edit_project
 
     source = source.resolve()
     if not source.exists():
@@ -350,7 +350,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
         state = repo.project.versions.get(name, VersionState(STOPPED))
         new_project = replace(repo.project, versions={**repo.project.versions, name: state})
         tree = render(repo, new_project, {**repo.versions, name: version})
-        text = dump_project(new_project)
+        text = edit_project((root / PROJECT_FILE).read_bytes().decode("utf-8"), new_project)
         if not in_place:
             _swap_dir(staging, target)
     write_tree(repo.rendered_dir, tree)
