@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from renderer import projectfile, yamledit
+from renderer import yamledit
 from renderer.lifecycle import ACTIONS, LifecycleError, transition
 from renderer.problems import InputError
 from renderer.project import (
@@ -502,14 +502,27 @@ def test_state_changes_keep_every_comment(tmp_path_factory: pytest.TempPathFacto
         text, project = out, new
 
 
-def test_edit_reads_no_further_than_the_safe_loader(tmp_path: Path) -> None:
+def test_edit_reads_no_further_than_the_safe_loader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Text the safe loader refuses never reaches ruamel.yaml: the result is a fresh file."""
     hand = load_project(write(tmp_path, HAND))
     new = with_states(hand, greeter_v1="published")
-    for bad in (HAND + "extra: &a [x]\nmore: *a\n", HAND.replace("project: demo",
-                                                                    "project: !!python/none x")):
+
+    seen: list[str] = []
+
+    def spy(text: str, old: object, new: object) -> object:
+        seen.append(text)
+        return iter(())
+
+    monkeypatch.setattr(yamledit, "edits", spy)
+    assert edit_project(HAND, new) == dump_project(new) and seen == [HAND]  # the spy works
+    for bad in (HAND + "extra: &a [x]\nmore: *a\n",
+                HAND.replace("project: demo", "project: !!python/none x"),
+                HAND + "project: twice\n",
+                HAND + "\tbad: tab\n",
+                HAND + "# padding\n" * 110_000):
         assert edit_project(bad, new) == dump_project(new)
-    assert projectfile.dump_project(new) == dump_project(new)
+    assert seen == [HAND]
 
 
 @st.composite
