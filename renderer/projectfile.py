@@ -2,7 +2,9 @@
 
 `load_project` validates the file (safe YAML, `schemas/kai.schema.json`, then the
 rules a schema cannot say) and maps it onto the model in renderer.project;
-`dump_project` writes it back deterministically, so `load(dump(p)) == p`.
+`dump_project` writes a fresh file deterministically, so `load(dump(p)) == p`, and
+`edit_project` changes an existing file to say a new model while keeping the user's
+comments, key order and style (a round-trip edit with ruamel.yaml).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .project import (
     VersionState,
 )
 from .schemacheck import schema_problems
-from .yamlsafe import Document, load_yaml, shown_path
+from .yamlsafe import Document, load_yaml, parse_yaml, shown_path
 
 SCHEMA = "kai.schema.json"
 SCHEMA_URL = (
@@ -49,6 +51,12 @@ HEADER = f"""\
 def load_project(root: Path, display_root: Path | None = None) -> Project:
     """Read and validate `root/kai.yaml`; raise InputError with every problem."""
     return read_project(root, display_root)[0]
+
+
+def read_project_text(root: Path) -> tuple[Project, str]:
+    """kai.yaml as the model and as its exact text (line ends kept), for `edit_project`."""
+    text = (Path(root) / PROJECT_FILE).read_bytes().decode("utf-8", errors="replace")
+    return load_project(root), text
 
 
 def read_project(root: Path, display_root: Path | None = None) -> tuple[Project, Document]:
@@ -260,3 +268,60 @@ def save_project(project: Project, root: Path | None = None) -> Path:
     """Write kai.yaml atomically into `root` (default: project.root); return its path."""
     folder = Path(root if root is not None else project.root)
     return write_file(folder / PROJECT_FILE, dump_project(project))
+
+
+def edit_project(text: str, project: Project) -> str:
+    """kai.yaml `text` changed to say `project`, as a minimal edit.
+
+    Only the values that differ from what `text` says change; version entries are
+    added in sorted position when the file keeps them sorted (else at the end) and
+    removed ones deleted; a key the file leaves out stays out while its value is the
+    default. Every comment, blank line, key order, flow or block style and quoting of
+    the lines the edit does not touch is kept byte for byte (renderer.yamledit).
+    The result always loads back to `project` (its root aside): should no edit do
+    that, or should `text` not be a valid kai.yaml, it is `dump_project(project)`.
+    A file exactly as `dump_project` writes it becomes `dump_project(project)`.
+    Deterministic: the same text and model give the same bytes.
+
+    The file's line ends (`\n` or `\r\n`) and byte order mark are kept.
+
+    Call it with text `load_project` accepted: renderer.yamlsafe has refused aliases,
+    tags, duplicate keys, tabs and files over 1 MiB before ruamel.yaml reads it.
+    """
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    body = text.removeprefix(bom)
+    newline = "\r\n" if "\r\n" in body else "\n"
+    edited = _edit(body.replace("\r\n", "\n"), project)
+    return text if edited is None else bom + edited.replace("\n", newline)
+
+
+def _edit(text: str, project: Project) -> str | None:
+    """edit_project on text with `\n` line ends; None when `text` already says `project`."""
+    old = _text_project(text, project.root)
+    if old is None:
+        return dump_project(project)
+    if old == project:
+        return None
+    if text == dump_project(old):
+        return dump_project(project)
+    from .yamledit import edits
+
+    try:
+        for candidate in edits(text, project_data(old), project_data(project)):
+            if _text_project(candidate, project.root) == project:
+                return candidate
+    except Exception:  # ruamel.yaml cannot make this edit: write the file afresh
+        pass
+    return dump_project(project)
+
+
+def _text_project(text: str, root: Path) -> Project | None:
+    """The model kai.yaml `text` loads to (checked like load_project bar the files it
+    names), or None when it is not a valid kai.yaml."""
+    try:
+        doc = parse_yaml(text.encode("utf-8"), PROJECT_FILE)
+    except InputError:
+        return None
+    if schema_problems(doc, SCHEMA):
+        return None
+    return _project(doc.data, root)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from click.testing import CliRunner, Result
 
 from renderer import git as gitlib
 from renderer.cli import COMMANDS, main
+from renderer.project import VersionState
+from renderer.projectfile import load_project
 from tests.conftest import EXAMPLES, git
 
 pytestmark = pytest.mark.integration
@@ -244,6 +248,80 @@ def test_lifecycle_one_commit_each(populated: Path) -> None:
             assert (repo / "rendered/demo/greeter-v2/service-active-entrypoint.yaml").is_file()
             assert (repo / "rendered/demo/greeter-v1/service-greeter-v1.yaml").is_file()
     assert not (repo / "rendered/demo/greeter-v2").exists()
+
+
+HAND_KAI = """\
+# The demo project, edited by hand.
+# kai keeps these comments.
+
+namespace: kai-demo        # where the versions run
+project: demo
+
+images:   # our runner runs the KRE images
+  - {name: konstellation/kre-py, newName: ghcr.io/kai-server/runner, newTag: "0.1.0"}
+  - {name: konstellation/kre-entrypoint, newName: ghcr.io/kai-server/runner, newTag: '0.1.0'}
+resources: {requests: {cpu: 100m}}   # limits as kai's defaults
+
+versions:
+  # oldest first
+  greeter-v1:
+    state: 'stopped'     # quoted on purpose
+
+  greeter-v2: {}         # nothing yet
+# end of versions
+
+kubernetesVersion: "1.35"
+"""
+
+
+def test_lifecycle_keeps_a_hand_edited_kai_yaml(populated: Path, sources: Path) -> None:
+    """Comments, key order, flow mappings, quotes and blank lines survive every command:
+    each changes only the lines of the states it changes."""
+    repo = populated
+    (repo / "kai.yaml").write_text(HAND_KAI)
+    kai("render", "--repo", str(repo))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "kai.yaml by hand")
+    model = load_project(repo)
+    comments = [line[line.index("#"):] for line in HAND_KAI.splitlines() if "#" in line]
+    make_version(sources / "greeter-v3", "greeter-v3")
+    steps = [
+        (("start", "greeter-v1"), {"greeter-v1": "started"},
+         ["-     state: 'stopped'     # quoted on purpose",
+          "+     state: 'started'     # quoted on purpose"]),
+        (("publish", "greeter-v1"), {"greeter-v1": "published"},
+         ["-     state: 'started'     # quoted on purpose",
+          "+     state: 'published'   # quoted on purpose"]),
+        (("start", "greeter-v2"), {"greeter-v2": "started"},
+         ["-   greeter-v2: {}         # nothing yet", "+   greeter-v2:            # nothing yet",
+          "+     state: started"]),
+        (("publish", "greeter-v2"), {"greeter-v1": "started", "greeter-v2": "published"},
+         ["-     state: 'published'   # quoted on purpose",
+          "+     state: 'started'     # quoted on purpose",
+          "-     state: started", "+     state: published"]),
+        (("unpublish", "greeter-v2"), {"greeter-v2": "started"},
+         ["-     state: published", "+     state: started"]),
+        (("stop", "greeter-v2"), {"greeter-v2": "stopped"},
+         ["-     state: started", "+     state: stopped"]),
+        (("add", str(sources / "greeter-v3")), {"greeter-v3": "stopped"},
+         ["+   greeter-v3:", "+     state: stopped"]),
+    ]
+    expected = {"greeter-v1": "stopped", "greeter-v2": "stopped"}
+    for args, after, lines in steps:
+        before = (repo / "kai.yaml").read_text()
+        kai(*args, "--repo", str(repo))
+        text = (repo / "kai.yaml").read_text()
+        changed = [line for line in difflib.ndiff(before.splitlines(), text.splitlines())
+                   if line.startswith(("- ", "+ "))]
+        assert changed == lines, args
+        assert [line[line.index("#"):] for line in text.splitlines() if "#" in line] == comments
+        expected.update(after)
+        assert load_project(repo) == replace(model, versions={
+            name: VersionState(state) for name, state in expected.items()})
+        assert clean(repo)
+        assert kai("render", "--check", "--repo", str(repo)).exit_code == 0
+    assert text.endswith("    state: stopped\n  greeter-v3:\n    state: stopped\n"
+                         "# end of versions\n\nkubernetesVersion: \"1.35\"\n")
 
 
 def test_illegal_transitions_are_refused_without_commit(populated: Path) -> None:

@@ -30,10 +30,11 @@ def test_runner_never_imports_renderer() -> None:
 
 
 def test_runner_imports_without_renderer_dependencies() -> None:
-    """The runner image has no jinja2, jsonschema, kubernetes-validate or click."""
+    """The runner image has no jinja2, jsonschema, kubernetes-validate, ruamel.yaml or click."""
     code = (
         "import sys\n"
-        "for name in ('jinja2', 'jsonschema', 'kubernetes_validate', 'click', 'renderer'):\n"
+        "for name in ('jinja2', 'jsonschema', 'kubernetes_validate', 'click', 'ruamel',\n"
+        "             'renderer'):\n"
         "    sys.modules[name] = None\n"
         "import runner.__main__, runner.node, runner.entrypoint, runner.supervisor\n"
     )
@@ -57,5 +58,6 @@ def test_runner_image_requirements_match_pyproject() -> None:
     assert lines, "runner/requirements.txt lists nothing"
     missing = [line for line in lines if line not in deps]
     assert missing == []
-    for renderer_only in ("click", "jinja2", "jsonschema", "kubernetes-validate", "pyyaml"):
+    for renderer_only in ("click", "jinja2", "jsonschema", "kubernetes-validate", "pyyaml",
+                          "ruamel.yaml"):
         assert not any(line.startswith(renderer_only) for line in lines)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from renderer import yamledit
+from renderer.lifecycle import ACTIONS, LifecycleError, transition
 from renderer.problems import InputError
 from renderer.project import (
     DEFAULT_KUBERNETES_VERSION,
@@ -23,7 +27,9 @@ from renderer.project import (
 from renderer.projectfile import (
     bundled_kubernetes_versions,
     dump_project,
+    edit_project,
     load_project,
+    project_data,
     save_project,
 )
 
@@ -244,3 +250,368 @@ def test_malformed_files(tmp_path: Path, text: bytes, line: str) -> None:
         load_project(tmp_path, tmp_path)
     assert len(info.value.problems) == 1
     assert str(info.value.problems[0]).startswith(line)
+
+
+# --- editing kai.yaml in place ----------------------------------------------------------------
+
+HAND = """\
+# Demo project, edited by hand.
+# Every comment here must survive the kai commands.
+
+namespace: kai-demo        # where the versions run
+project: demo
+
+# the image map
+images:
+  - {name: konstellation/kre-py, newName: ghcr.io/kai-server/runner, newTag: "0.1.0"}  # runner
+resources: {requests: {cpu: 100m}}
+nats: { url: "nats://nats.kai-system.svc:4222" }   # odd spacing, kept
+
+versions:
+  # oldest first
+  greeter-v1:
+    state: started       # serving soon
+  greeter-v2:
+    state: 'stopped'     # quoted on purpose
+
+  room-v1: {}            # nothing yet
+# end of versions
+
+kubernetesVersion: "1.34"
+"""
+
+
+def edited(tmp_path: Path, text: str, project: Project) -> str:
+    """edit_project's output, checked to load back to `project` and to be deterministic."""
+    out = edit_project(text, project)
+    assert edit_project(text, project) == out
+    assert load_project(write(tmp_path, out)) == replace(project, root=tmp_path)
+    return out
+
+
+def changes(old: str, new: str) -> list[str]:
+    """The removed (-) and added (+) lines from `old` to `new`."""
+    return [line for line in difflib.ndiff(old.splitlines(), new.splitlines())
+            if line.startswith(("- ", "+ "))]
+
+
+def comments(text: str) -> list[str]:
+    return [line[line.index("#"):] for line in text.splitlines() if "#" in line]
+
+
+def with_states(project: Project, **states: str) -> Project:
+    versions = dict(project.versions)
+    for name, state in states.items():
+        versions[name.replace("_", "-")] = replace(versions.get(name.replace("_", "-"),
+                                                                VersionState()), state=state)
+    return replace(project, versions=versions)
+
+
+def test_edit_changes_only_the_state_line(tmp_path: Path) -> None:
+    hand = load_project(write(tmp_path, HAND))
+    out = edited(tmp_path, HAND, with_states(hand, greeter_v1="published"))
+    assert changes(HAND, out) == [
+        "-     state: started       # serving soon",
+        "+     state: published     # serving soon",
+    ]
+    assert edited(tmp_path, out, hand) == HAND  # and back: the same bytes as before
+    out = edited(tmp_path, HAND, with_states(hand, greeter_v2="started"))
+    assert changes(HAND, out) == [
+        "-     state: 'stopped'     # quoted on purpose",
+        "+     state: 'started'     # quoted on purpose",
+    ]
+    # a state the file left out is written; `{}` gaining a key turns block like its siblings
+    out = edited(tmp_path, HAND, with_states(hand, room_v1="started"))
+    assert changes(HAND, out) == [
+        "-   room-v1: {}            # nothing yet",
+        "+   room-v1:               # nothing yet",
+        "+     state: started",
+    ]
+    assert out.index("state: started\n# end of versions\n") > 0
+
+
+def test_edit_adds_versions_in_sorted_place_else_at_the_end(tmp_path: Path) -> None:
+    hand = load_project(write(tmp_path, HAND))
+    out = edited(tmp_path, HAND, with_states(hand, greeter_v3="stopped"))
+    assert changes(HAND, out) == ["+   greeter-v3:", "+     state: stopped"]
+    lines = out.splitlines()
+    at = lines.index("  greeter-v3:")
+    assert lines[at - 1] == "    state: 'stopped'     # quoted on purpose"
+    assert lines[at + 2] == ""  # the blank line before room-v1 stays before room-v1
+    out = edited(tmp_path, HAND, with_states(hand, zoo_v1="stopped"))
+    assert out.endswith("  room-v1: {}            # nothing yet\n  zoo-v1:\n    state: stopped\n"
+                        "# end of versions\n\nkubernetesVersion: \"1.34\"\n")
+    out = edited(tmp_path, HAND, with_states(hand, alpha_v1="stopped"))
+    assert "  # oldest first\n  alpha-v1:\n    state: stopped\n  greeter-v1:\n" in out
+    unsorted = HAND.replace("  greeter-v1:\n    state: started       # serving soon\n", "") \
+        .replace("# end of versions", "  greeter-v1: {state: started}\n# end of versions")
+    project = load_project(write(tmp_path, unsorted))
+    out = edited(tmp_path, unsorted, with_states(project, alpha_v1="stopped"))
+    assert changes(unsorted, out) == ["+   alpha-v1:", "+     state: stopped"]
+    assert out.index("greeter-v1: {state: started}\n  alpha-v1:") > 0
+
+
+def test_edit_removes_versions_and_keeps_the_comments_around(tmp_path: Path) -> None:
+    hand = load_project(write(tmp_path, HAND))
+    for name, gone in [
+        ("room-v1", ["-   room-v1: {}            # nothing yet"]),
+        ("greeter-v1", ["-   greeter-v1:", "-     state: started       # serving soon"]),
+        ("greeter-v2", ["-   greeter-v2:", "-     state: 'stopped'     # quoted on purpose"]),
+    ]:
+        versions = {k: v for k, v in hand.versions.items() if k != name}
+        out = edited(tmp_path, HAND, replace(hand, versions=versions))
+        assert changes(HAND, out) == gone, name
+        assert "# end of versions" in out and "# oldest first" in out
+
+
+def test_edit_keeps_left_out_defaults_left_out(tmp_path: Path) -> None:
+    text = "# minimal\nproject: demo\nnamespace: kai-demo\nversions:\n  a-v1: {}\n"
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, with_states(project, a_v1="started"))
+    assert out == "# minimal\nproject: demo\nnamespace: kai-demo\nversions:\n  a-v1:\n" \
+        "    state: started\n"
+    out = edited(tmp_path, out, with_states(project, a_v1="stopped"))
+    assert out.endswith("  a-v1:\n    state: stopped\n")
+    # a new version into a file without `versions:`
+    text = "project: demo  # p\nnamespace: kai-demo\n"
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, with_states(project, a_v1="stopped"))
+    assert out == text + "versions:\n  a-v1:\n    state: stopped\n"
+    # a mapping whose default is replaced as a whole is written out in full
+    out = edited(tmp_path, text, replace(project, resources=Resources(
+        requests={"cpu": "200m", "memory": "128Mi"})))
+    assert changes(text, out) == ["+ resources:", "+   requests:", "+     cpu: 200m",
+                                  "+     memory: 128Mi"]
+    # a nested setting the file leaves out: only it is added
+    out = edited(tmp_path, text, replace(project, nats=Nats(storage="memory")))
+    assert changes(text, out) == ["+ nats:", "+   storage: memory"]
+
+
+def test_edit_follows_the_siblings_style(tmp_path: Path) -> None:
+    text = ("project: demo\nnamespace: kai-demo\n"
+            "versions:\n  a-v1: {state: started}   # a\n  c-v1: {state: stopped}\n")
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, replace(with_states(project, b_v1="started"), versions={
+        **with_states(project, b_v1="started").versions,
+        "b-v1": VersionState("started", ConfigSource("secret", "b-config"))}))
+    assert changes(text, out) == ["+   b-v1: {state: started, config: {secret: b-config}}"]
+    text = "project: demo\nnamespace: kai-demo\nversions: {a-v1: {state: started}}\n"
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, with_states(project, b_v1="stopped"))
+    assert out.endswith("versions: {a-v1: {state: started}, b-v1: {state: stopped}}\n")
+
+
+def test_edit_keeps_indentation_quotes_line_ends_and_bom(tmp_path: Path) -> None:
+    text = ("project: demo\nnamespace: kai-demo\ningress:\n    className: nginx\n"
+            "images:\n    -   name: a\n        newName: b\n"
+            "versions:\n    a-v1:\n        state: \"started\"\n")
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, with_states(project, a_v1="stopped", b_v1="stopped"))
+    assert changes(text, out) == [
+        '-         state: "started"', '+         state: "stopped"',
+        "+     b-v1:", "+         state: stopped",
+    ]
+    crlf = "\ufeff" + text.replace("\n", "\r\n")
+    out = edit_project(crlf, with_states(project, a_v1="stopped"))
+    assert out == "\ufeff" + text.replace("\n", "\r\n").replace('"started"', '"stopped"')
+
+
+def test_edit_quotes_what_pyyaml_would_misread(tmp_path: Path) -> None:
+    text = "project: demo\nnamespace: kai-demo\nimages:\n- {name: a, newName: b}\n"
+    project = load_project(write(tmp_path, text))
+    for tag in ("on", "yes", "1.0", "010", "null", "2026-01-01"):
+        new = replace(project, images=(ImageMapping("a", "b", tag),))
+        out = edited(tmp_path, text, new)
+        assert changes(text, out) == [
+            "- - {name: a, newName: b}", f"+ - {{name: a, newName: b, newTag: '{tag}'}}"]
+
+
+def test_edit_unchanged_model_keeps_the_text(tmp_path: Path) -> None:
+    hand = load_project(write(tmp_path, HAND))
+    assert edit_project(HAND, hand) == HAND
+    assert edit_project(HAND.replace("\n", "\r\n"), hand) == HAND.replace("\n", "\r\n")
+
+
+def test_edit_falls_back_to_a_fresh_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hand = load_project(write(tmp_path, HAND))
+    new = with_states(hand, greeter_v1="published")
+    assert edit_project("project: [not valid\n", new) == dump_project(new)
+    assert edit_project("project: Bad\n", new) == dump_project(new)
+
+    def broken(text: str, old: object, new: object) -> object:
+        raise ValueError("cannot")
+
+    monkeypatch.setattr(yamledit, "edits", broken)
+    assert edit_project(HAND, new) == dump_project(new)
+
+    def wrong(text: str, old: object, new: object) -> object:
+        yield HAND  # loads, but to the old model
+        yield "project: demo\n"  # does not load
+
+    monkeypatch.setattr(yamledit, "edits", wrong)
+    assert edit_project(HAND, new) == dump_project(new)
+
+
+_STATES = st.sampled_from(["stopped", "started", "published"])
+_PROJECTS = st.builds(
+    lambda versions, host, tag: Project(
+        "demo", "kai-demo", ingress=Ingress(host=host), versions=versions,
+        images=(*default_images(), ImageMapping("x/y", "runner", tag))),
+    st.dictionaries(_NAMES, st.builds(VersionState, st.sampled_from(["stopped", "started"]),
+                                      _CONFIG), max_size=4),
+    st.sampled_from(["", "a.example.com"]),
+    st.sampled_from(["", "1.0", "yes"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_PROJECTS, after=_PROJECTS)
+def test_edit_of_a_fresh_file_is_the_fresh_file(before: Project, after: Project) -> None:
+    assert edit_project(dump_project(before), after) == dump_project(after)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_PROJECTS, versions=st.dictionaries(_NAMES, st.builds(VersionState, _STATES),
+                                                  max_size=4))
+def test_round_trip_edit_of_a_fresh_file_matches_it(before: Project,
+                                                    versions: dict[str, VersionState]) -> None:
+    """Also without edit_project's shortcut, ruamel.yaml writes what dump_project writes."""
+    after = replace(before, versions=versions)
+    first = next(yamledit.edits(dump_project(before), project_data(before), project_data(after)))
+    assert first == dump_project(after)
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["greeter-v1", "greeter-v2", "room-v1"]),
+                                st.sampled_from(ACTIONS)), max_size=12))
+def test_state_changes_keep_every_comment(tmp_path_factory: pytest.TempPathFactory,
+                                          steps: list[tuple[str, str]]) -> None:
+    root = tmp_path_factory.mktemp("edit")
+    text = HAND
+    project = load_project(write(root, text))
+    for version, action in steps:
+        try:
+            new = transition(project, version, action).apply(project)
+        except LifecycleError:
+            continue
+        out = edit_project(text, new)
+        assert load_project(write(root, out)) == new
+        assert comments(out) == comments(HAND)
+        for line in changes(text, out):
+            assert "state:" in line or line.strip("-+ ").startswith("room-v1:"), line
+        text, project = out, new
+
+
+def test_edit_reads_no_further_than_the_safe_loader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text the safe loader refuses never reaches ruamel.yaml: the result is a fresh file."""
+    hand = load_project(write(tmp_path, HAND))
+    new = with_states(hand, greeter_v1="published")
+
+    seen: list[str] = []
+
+    def spy(text: str, old: object, new: object) -> object:
+        seen.append(text)
+        return iter(())
+
+    monkeypatch.setattr(yamledit, "edits", spy)
+    assert edit_project(HAND, new) == dump_project(new) and seen == [HAND]  # the spy works
+    for bad in (HAND + "extra: &a [x]\nmore: *a\n",
+                HAND.replace("project: demo", "project: !!python/none x"),
+                HAND + "project: twice\n",
+                HAND + "\tbad: tab\n",
+                HAND + "# padding\n" * 110_000):
+        assert edit_project(bad, new) == dump_project(new)
+    assert seen == [HAND]
+
+
+@st.composite
+def _hand_files(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
+    """A hand-written kai.yaml with a random key order, indentation, styles and comments,
+    and each version entry's text (its comments are tagged `# v:<name>:`)."""
+    names = draw(st.lists(_NAMES, unique=True, max_size=5))
+    if draw(st.booleans()):
+        names.sort()
+    width = draw(st.sampled_from([2, 4]))
+    one, two, three = (" " * width * n for n in (1, 2, 3))
+    entries: dict[str, str] = {}
+    for name in names:
+        state = draw(st.sampled_from(["", "stopped", "started", "'started'", '"stopped"']))
+        style = draw(st.sampled_from(["block", "flow", "config"]))
+        if style == "flow" or (style == "block" and not state):
+            body = f" {{state: {state}}}" if state else " {}"
+            entries[name] = f"{one}{name}:{body}   # v:{name}:eol\n"
+        elif style == "block":
+            entries[name] = (f"{one}{name}:     # v:{name}:key\n"
+                             f"{two}state: {state}  # v:{name}:eol\n")
+        else:
+            entries[name] = (f"{one}{name}:\n" + (f"{two}state: {state}\n" if state else "")
+                             + f"{two}config:\n{three}secret: {name}-config   # v:{name}:cfg\n")
+    versions = "versions:   # c-versions\n"
+    for n, text in enumerate(entries.values()):
+        between = draw(st.sampled_from(["", "\n", f"{one}# c-between-{n}\n", f"\n# c-col0-{n}\n"]))
+        versions += text + between
+    if not entries:
+        versions = "versions: {}   # c-versions\n"
+    dash = draw(st.sampled_from(["- ", one + "- "]))
+    sections = {
+        "project": "project: demo   # c-project\n",
+        "namespace": "namespace: kai-demo\n",
+        "nats": draw(st.sampled_from([
+            "nats: { url: 'nats://nats:4222' }   # c-nats\n",
+            f"nats:\n{one}url: nats://nats:4222   # c-nats\n",
+        ])),
+        "images": f"images:\n{dash}name: a   # c-image\n{' ' * len(dash)}newName: b\n",
+        "resources": "resources: {requests: {cpu: 100m}}\n",
+        "versions": versions,
+    }
+    order = draw(st.permutations(list(sections)))
+    text = "# c-head\n\n" + "".join(
+        sections[key] + draw(st.sampled_from(["", "\n", f"# c-after-{key}\n"])) for key in order)
+    return text, entries
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), hand=_hand_files())
+def test_random_edits_of_hand_files_keep_comments_and_untouched_entries(
+        tmp_path_factory: pytest.TempPathFactory, data: st.DataObject,
+        hand: tuple[str, dict[str, str]]) -> None:
+    text, entries = hand
+    root = tmp_path_factory.mktemp("hand")
+    project = load_project(write(root, text))
+    versions: dict[str, VersionState] = {}
+    for name, vs in project.versions.items():
+        change = data.draw(st.sampled_from(["keep", "drop", "flip", "config"]))
+        if change == "keep":
+            versions[name] = vs
+        elif change == "flip":
+            versions[name] = replace(vs, state="started" if vs.state == "stopped" else "stopped")
+        elif change == "config":
+            versions[name] = replace(vs, config=ConfigSource("secret", f"{name}-other"))
+    for name in data.draw(st.lists(_NAMES, max_size=2)):
+        versions.setdefault(name, VersionState(data.draw(st.sampled_from(["stopped", "started"]))))
+    storage = data.draw(st.sampled_from(["file", "memory"]))
+    new = replace(project, versions=versions, nats=replace(project.nats, storage=storage))
+    out = edit_project(text, new)
+    assert load_project(write(root, out)) == new
+    changed = {n for n in project.versions if project.versions[n] != versions.get(n)}
+    # only the comments on removed lines go: a dropped version's, a dropped config's
+    gone = [f"# v:{n}:" for n in changed if n not in versions]
+    gone += [f"# v:{n}:cfg" for n in changed if n in versions and versions[n].config is None]
+    assert comments(out) == [c for c in comments(text) if not c.startswith(tuple(gone))]
+    for name, entry in entries.items():
+        if name not in changed:
+            assert entry in out, name
+    images = text[text.index("images:"):text.index("newName: b\n") + 11]
+    assert images in out
+    nats = text[text.index("nats:"):text.index("# c-nats\n") + 9]
+    assert nats in out or storage == "memory"
+
+
+def test_edit_writes_new_lines_with_the_indentation_most_of_the_file_uses(
+        tmp_path: Path) -> None:
+    text = ("project: demo\nnamespace: kai-demo\ningress:\n        className: nginx\n"
+            "versions:\n    a-v1:\n        state: started\n    b-v1:\n        state: stopped\n")
+    project = load_project(write(tmp_path, text))
+    out = edited(tmp_path, text, with_states(project, c_v1="stopped"))
+    assert changes(text, out) == ["+     c-v1:", "+         state: stopped"]
