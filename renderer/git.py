@@ -45,10 +45,22 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
         ["git", *_CONFIG, *args], cwd=repo, capture_output=True, text=True, env=env, check=False
     )
     if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = detail[-1] if detail else f"exit code {proc.returncode}"
+        reason = _reason(proc)
         raise GitError(f"`git {' '.join(args)}` failed in {repo}: {reason}")
     return proc
+
+
+def _reason(proc: subprocess.CompletedProcess[str]) -> str:
+    """git's own reason for a failure: its `fatal:`/`error:` line, else its last line."""
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    if lines:
+        return lines[-1]
+    if proc.returncode < 0:
+        return f"killed by signal {-proc.returncode}"
+    return f"exit code {proc.returncode}"
 
 
 def is_repo(path: Path) -> bool:
@@ -259,8 +271,7 @@ def commit(repo: Path, message: str, paths: Sequence[str | Path]) -> str:
         if hooks:
             raise HookRefused(
                 f"the repo's git hook ({', '.join(hooks)}) refused the commit", output)
-        reason = output.splitlines()[-1] if output else f"exit code {proc.returncode}"
-        raise GitError(f"`git commit` failed in {repo}: {reason}")
+        raise GitError(f"`git commit` failed in {repo}: {_reason(proc)}")
     return head(repo)
 
 

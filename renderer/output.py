@@ -35,7 +35,7 @@ import yaml
 _Dumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class _CanonicalDumper(_Dumper):  # type: ignore[misc, valid-type]
+class _CanonicalDumper(_Dumper):  # type: ignore[misc]
     """Safe dumper that writes multi-line strings as `|` blocks."""
 
 
@@ -94,7 +94,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _slow_scalar(kind: type, value: Any) -> str:
+def _slow_scalar(kind: str, value: Any) -> str:
+    """`kind` (the value's type name) keeps 1, 1.0 and True apart in the cache."""
     text = pyyaml_dump({"k": value})
     if not text.startswith("k: ") or not text.endswith("\n"):
         raise _Fallback
@@ -106,7 +107,7 @@ def _str_scalar(value: str) -> str:
     if (len(value) < 1024 and _PLAIN.fullmatch(value) and not value.endswith(":")
             and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG):
         return value
-    text = _slow_scalar(str, value)
+    text = _slow_scalar("str", value)
     if "\n" in text:
         raise _Fallback
     return text
@@ -125,7 +126,7 @@ def _scalar(value: Any) -> str:
         return "null"
     if kind is int:
         return str(value)
-    text = _slow_scalar(kind, value)
+    text = _slow_scalar(kind.__qualname__, value)
     if "\n" in text:
         raise _Fallback
     return text

@@ -55,8 +55,8 @@ def load_project(root: Path, display_root: Path | None = None) -> Project:
 
 def read_project_text(root: Path) -> tuple[Project, str]:
     """kai.yaml as the model and as its exact text (line ends kept), for `edit_project`."""
-    text = (Path(root) / PROJECT_FILE).read_bytes().decode("utf-8", errors="replace")
-    return load_project(root), text
+    project = load_project(root)
+    return project, (Path(root) / PROJECT_FILE).read_bytes().decode("utf-8", errors="replace")
 
 
 def read_project(root: Path, display_root: Path | None = None) -> tuple[Project, Document]:

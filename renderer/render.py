@@ -245,7 +245,8 @@ def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> 
         obj: dict[str, Any] = load_yaml(Path(project.root) / source.file, where).data
     except InputError as exc:
         raise RenderError(exc.problems) from None
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_meta = obj.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     errors = []
     if obj.get("kind") != "SealedSecret" or not str(obj.get("apiVersion", "")).startswith(
         "bitnami.com/"

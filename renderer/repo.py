@@ -277,10 +277,11 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
     # raises before anything is written
     change = render_change(repo.project, new_project, repo.versions, changed,
                            repo.rendered_dir) if partial else None
+    kept: tuple[str, ...] = ()
     if change is None:
         if partial:
             repo = load(root, project=project)
-        tree, kept = render(repo, new_project), ()
+        tree = render(repo, new_project)
     else:
         tree, kept = change.tree, change.kept
     changes = Changeset(root, command, in_git=partial, journal=True)

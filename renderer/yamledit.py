@@ -279,7 +279,7 @@ def _take_rest(at: Parent) -> str:
     token = entry[2] if entry and len(entry) > 2 else None
     if token is None:
         return ""
-    value = token.value
+    value: str = token.value
     end = value.find("\n")
     if end < 0 or end == len(value) - 1:
         return ""

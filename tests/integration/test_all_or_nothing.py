@@ -79,6 +79,24 @@ def test_kai_yaml_failing_after_the_tree_swap_puts_the_tree_back(
     _unchanged(repo, before, files)
 
 
+def test_the_tree_swap_failing_after_kai_yaml_puts_kai_yaml_back(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kai.yaml is made visible first; the tree's swap then fails: kai.yaml goes back."""
+    from renderer import output
+
+    before, files = head(repo), snapshot(repo)
+
+    def failing_exchange(a: Path, b: Path) -> bool:
+        raise OSError(errno.EIO, "Input/output error", os.fspath(b))
+
+    monkeypatch.setattr(output, "exchange", failing_exchange)
+    result = kai("start", "greeter-v1", "--repo", str(repo), ok=False)
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    assert "Input/output error" in result.stderr and "Traceback" not in result.output
+    _unchanged(repo, before, files)
+
+
 @pytest.mark.parametrize("limit", [512, 2048, 8192, 32768])
 def test_a_full_disk_at_any_point_leaves_all_or_nothing(repo: Path, limit: int) -> None:
     """Writes beyond `limit` bytes per file fail (EFBIG), as on a full disk."""

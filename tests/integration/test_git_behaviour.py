@@ -34,6 +34,11 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+def worktrees(repo: Path) -> int:
+    out = git(repo, "worktree", "list", "--porcelain")
+    return sum(line.startswith("worktree ") for line in out.splitlines())
+
+
 def _hook(repo: Path, body: str) -> Path:
     hooks = Path(git(repo, "rev-parse", "--git-path", "hooks").strip())
     hooks = hooks if hooks.is_absolute() else repo / hooks
@@ -60,7 +65,7 @@ def test_a_refusing_hook_leaves_the_work_tree_as_it_was(repo: Path) -> None:
     before, files = head(repo), snapshot(repo)
     result = kai("start", "greeter-v1", "--repo", str(repo), ok=False)
     assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.rstrip().splitlines()
     assert "  hook: secret scanner: found a credential in kai.yaml" in lines
     assert lines[-1].startswith("error: the repo's git hook (pre-commit) refused the commit")
     assert "nothing was changed" in lines[-1] and "Traceback" not in result.output
@@ -123,7 +128,7 @@ def test_branch_commits_without_moving_the_checkout(repo: Path, tmp_path: Path) 
     assert git(repo, "rev-parse", "start-v1^").strip() == before
     assert render_check_at(repo, git(repo, "rev-parse", "start-v1").strip(), tmp_path) == []
     # no temporary worktree is left, and the next command lands on the user's branch
-    assert len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
+    assert worktrees(repo) == 1
     kai("start", "greeter-v2", "--repo", str(repo))
     assert log(repo)[0] == "kai: start greeter-v2" and states(repo)["greeter-v1"] == "stopped"
 
@@ -162,7 +167,7 @@ def test_branch_with_a_refusing_hook_deletes_the_branch(repo: Path) -> None:
     assert result.exit_code == 1 and "refused the commit" in result.stderr
     assert git(repo, "branch", "--list", "pr").strip() == ""
     assert clean(repo)
-    assert len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
+    assert worktrees(repo) == 1
 
 
 # --- retry-safe commands ---------------------------------------------------------------------

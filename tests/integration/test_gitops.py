@@ -181,11 +181,13 @@ def test_add_copies_registers_stopped_and_commits(repo: Path, sources: Path) -> 
 
 
 def test_add_refuses_existing_unless_force(populated: Path, sources: Path) -> None:
-    again = kai("add", str(sources / "greeter-v1"), "--repo", str(populated), ok=False)
-    assert again.exit_code == 1
-    assert "versions/greeter-v1 already exists; pass --force" in again.stderr
+    same = kai("add", str(sources / "greeter-v1"), "--repo", str(populated))
+    assert same.output.startswith("nothing to do: ")  # the same files: retry-safe
     kai("start", "greeter-v1", "--repo", str(populated))
     (sources / "greeter-v1" / "src" / "etl" / "main.py").write_text("# changed\n", "utf-8")
+    again = kai("add", str(sources / "greeter-v1"), "--repo", str(populated), ok=False)
+    assert again.exit_code == 1
+    assert "versions/greeter-v1 already exists with other files; pass --force" in again.stderr
     kai("add", str(sources / "greeter-v1"), "--force", "--repo", str(populated))
     assert log(populated)[0] == "kai: add greeter-v1 (replaced, started)"
     assert states(populated)["greeter-v1"] == "started"  # keeps its state
@@ -366,14 +368,14 @@ def test_branch_commits_for_a_pull_request(populated: Path) -> None:
     main_sha = head(repo)
     result = kai("publish", "greeter-v1", "--branch", "publish-v1", "--repo", str(repo))
     assert "git push -u origin publish-v1" in result.output
-    assert gitlib.current_branch(repo) == "publish-v1"
+    assert gitlib.current_branch(repo) == "main"  # the checkout stays where it was
     assert git(repo, "rev-parse", "main").strip() == main_sha
     assert git(repo, "log", "-1", "--format=%s", "publish-v1").strip() == "kai: publish greeter-v1"
     assert git(repo, "rev-parse", "publish-v1~1").strip() == main_sha
     assert clean(repo)
     again = kai("unpublish", "greeter-v1", "--branch", "publish-v1", "--repo", str(repo), ok=False)
     assert again.exit_code == 1 and "branch 'publish-v1' already exists" in again.stderr
-    assert states(repo)["greeter-v1"] == "published"  # nothing written
+    assert states(repo)["greeter-v1"] == "started"  # nothing written on main
 
 
 def test_no_commit_leaves_changes_uncommitted(populated: Path) -> None:
@@ -532,11 +534,14 @@ def test_git_wrapper_in_a_nested_repo_without_commits(tmp_path: Path) -> None:
     with pytest.raises(gitlib.GitError, match=r"nothing to commit in kai\.yaml"):
         gitlib.commit(sub, "third", ["kai.yaml"])
     with pytest.raises(gitlib.GitError, match="not a valid git branch name"):
-        gitlib.create_branch(sub, "a..b")
-    gitlib.create_branch(sub, "pr")
-    assert gitlib.current_branch(outer) == "pr"
+        gitlib.add_worktree(sub, tmp_path / "wt", "a..b")
+    gitlib.add_worktree(sub, tmp_path / "wt", "pr")
+    assert gitlib.current_branch(outer) == "main"  # the new worktree is on pr
+    assert gitlib.worktree_branch(outer, tmp_path / "wt") == "pr"
     with pytest.raises(gitlib.GitError, match="already exists"):
-        gitlib.create_branch(sub, "pr")
+        gitlib.add_worktree(sub, tmp_path / "wt2", "pr")
+    gitlib.remove_worktree(outer, tmp_path / "wt")
+    assert not (tmp_path / "wt").exists() and gitlib.worktree_branch(outer, tmp_path / "wt") is None
     assert gitlib.remote_url(outer) is None
     assert not gitlib.is_repo(tmp_path / "missing")
 
