@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,50 +12,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
 from renderer import git as gitlib
-from renderer.cli import COMMANDS, main
+from renderer.cli import COMMANDS
 from renderer.project import VersionState
 from renderer.projectfile import load_project
-from tests.conftest import EXAMPLES, git
+from tests.conftest import git
+from tests.integration.gitops_helpers import (
+    GREETER,
+    clean,
+    head,
+    kai,
+    log,
+    make_version,
+    states,
+)
 
 pytestmark = pytest.mark.integration
-
-GREETER = EXAMPLES / "greeter"
-
-
-def kai(*args: str, ok: bool = True) -> Result:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output + result.stderr
-    return result
-
-
-def head(repo: Path) -> str:
-    return git(repo, "rev-parse", "HEAD").strip()
-
-
-def log(repo: Path) -> list[str]:
-    return git(repo, "log", "--format=%s").splitlines()
 
 
 def changed_in_head(repo: Path) -> set[str]:
     out = git(repo, "show", "--name-only", "--format=", "HEAD")
     return {line.split("/")[0] for line in out.splitlines() if line}
-
-
-def clean(repo: Path) -> bool:
-    return git(repo, "status", "--porcelain", "--untracked-files=all") == ""
-
-
-def make_version(dst: Path, name: str, extra: str = "") -> Path:
-    """A copy of examples/greeter under another version name."""
-    shutil.copytree(GREETER, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    manifest = dst / "krt.yml"
-    text = manifest.read_text().replace("version: greeter-v1", f"version: {name}", 1)
-    manifest.write_text(text + extra)
-    return dst
 
 
 @pytest.fixture
@@ -79,11 +56,6 @@ def populated(repo: Path, sources: Path) -> Path:
     kai("add", str(sources / "greeter-v1"), "--repo", str(repo))
     kai("add", str(sources / "greeter-v2"), "--repo", str(repo))
     return repo
-
-
-def states(repo: Path) -> dict[str, str]:
-    doc = yaml.safe_load((repo / "kai.yaml").read_text())
-    return {name: (v or {}).get("state", "stopped") for name, v in doc["versions"].items()}
 
 
 # --- init ---------------------------------------------------------------------------------

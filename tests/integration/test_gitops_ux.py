@@ -13,7 +13,7 @@ import yaml
 from renderer import checks
 from renderer.cli.dev import DevError, resolve_version
 from tests.conftest import EXAMPLES, git
-from tests.integration.test_gitops import clean, head, kai, log, make_version
+from tests.integration.gitops_helpers import clean, head, kai, log, make_version
 
 pytestmark = pytest.mark.integration
 

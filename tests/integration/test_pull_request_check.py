@@ -17,7 +17,7 @@ import yaml
 from renderer import __version__
 from renderer import git as gitlib
 from tests.conftest import EXAMPLES, ROOT, git
-from tests.integration.test_gitops import kai
+from tests.integration.gitops_helpers import kai
 
 pytestmark = pytest.mark.integration
 
