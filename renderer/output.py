@@ -701,21 +701,26 @@ class _Leftover:
     why: str  # who left it, for the report
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (someone else's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
 def _owner_gone(pid: int, path: Path) -> bool:
     """Whether the process that made `path` is gone. A live pid is left alone, unless it
     is this process and the path is not one this process uses (a pid reused, as happens
     in containers)."""
     if pid == os.getpid():
         return os.path.abspath(path) not in _IN_USE
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
+    return not pid_alive(pid)
 
 
 def _leftovers(folder: Path, name: str, entries: Iterable[str]) -> list[_Leftover]:

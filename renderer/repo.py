@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .project import (
     VersionState,
     default_images,
 )
+from .worktree import branch_worktree, recover_worktrees
 
 Tree = dict[str, bytes]
 GITKEEP = ".gitkeep"
@@ -44,7 +45,6 @@ PLACEHOLDER_NOTE = (
 GITIGNORE = "__pycache__/\n*.py[cod]\n.venv/\n.kai/\n.DS_Store\n"
 SKIP_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
 ADD_SCRATCH = ".kai-add-"  # kai add's scratch folder in versions/: `.kai-add-<pid>-…`
-WORKTREES = "kai-worktrees"  # in the git directory: the temporary worktrees of --branch
 
 
 class RepoError(Exception):
@@ -303,35 +303,7 @@ def _recover(root: Path, notify: Notify) -> None:
     """Before a writing command reads anything: undo what killed commands left behind."""
     recover_interrupted(root, _watched(root), notify)
     if git.is_repo(root):
-        _recover_worktrees(root, notify)
-
-
-def _recover_worktrees(root: Path, notify: Notify) -> None:
-    """Remove the temporary worktrees of --branch commands that were killed."""
-    base = git.common_dir(root) / WORKTREES
-    if not base.is_dir():
-        return
-    for path in sorted(base.iterdir()):
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        branch = git.worktree_branch(root, path)
-        git.remove_worktree(root, path)
-        kept = (f"; its branch {branch} was kept: delete it with `git branch -D {branch}` "
-                "unless it holds a commit you want") if branch else ""
-        notify(f"removed the temporary worktree of an interrupted --branch command{kept}")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process makes its worktrees after recovering
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        recover_worktrees(root, notify)
 
 
 def _watched(root: Path) -> list[str]:
@@ -349,41 +321,14 @@ def load_project_name(root: Path) -> str:
     return load_project(root).rendered_rel
 
 
-@contextlib.contextmanager
-def branch_worktree(root: Path, branch: str) -> Iterator[Path]:
-    """A temporary worktree of HEAD on the new `branch`; yields the GitOps repo inside it.
-
-    The worktree lives in the git directory and is removed afterwards; the branch is
-    deleted again when the block fails.
-    """
-    top = git.toplevel(root).resolve()
-    base = git.common_dir(root) / WORKTREES
-    base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
-    path.rmdir()
-    created = False
-    try:
-        git.add_worktree(root, path, branch)
-        created = True
-        yield path / root.resolve().relative_to(top)
-    except BaseException:
-        if created:
-            git.remove_worktree(root, path)
-            git.delete_branch(root, branch)
-        raise
-    finally:
-        if path.exists():
-            git.remove_worktree(root, path)
-
-
 def _apply(changes: Changeset, message: str | None) -> str | None:
     """Make the staged changes visible and commit them; explain a refusing hook."""
     try:
         return changes.apply(message)
     except git.HookRefused as exc:
         raise HookRefusedError(
-            f"{exc}; nothing was changed: kai.yaml and rendered/ are as they were. Fix what "
-            "the hook reports, or run the command with --no-commit and commit by hand",
+            f"{exc}; nothing was changed (the work tree is as it was). Fix what the hook "
+            "reports, or run the command with --no-commit and commit by hand",
             exc.output,
         ) from exc
     except git.GitError as exc:

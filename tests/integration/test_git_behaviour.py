@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tests.integration.gitops_helpers import (
     clean,
     head,
     kai,
+    kai_process,
     log,
     make_version,
     render_check_at,
@@ -208,3 +210,26 @@ def test_add_of_unchanged_content_is_nothing_to_do(repo: Path, tmp_path: Path) -
     assert log(repo)[0] == "kai: add greeter-v1 (replaced, stopped)"
     assert (repo / "versions/greeter-v1/src/etl/main.py").read_text().endswith("# changed\n")
     assert clean(repo)
+
+
+def test_a_killed_branch_command_leaves_nothing_the_next_one_does_not_clean(repo: Path) -> None:
+    prelude = (
+        "import os, signal\n"
+        "from renderer import changeset\n"
+        "def _die(self, message):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "changeset.Changeset.apply = _die\n"
+    )
+    proc = kai_process("start", "greeter-v1", "--branch", "pr", "--repo", str(repo),
+                       prelude=prelude)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert worktrees(repo) == 2  # the temporary one is left behind
+    before, files = head(repo), snapshot(repo)
+    result = kai("start", "greeter-v2", "--repo", str(repo))
+    assert "removed the temporary worktree of an interrupted --branch command" in result.stderr
+    assert "its branch pr was kept" in result.stderr
+    assert worktrees(repo) == 1 and clean(repo)
+    assert log(repo)[0] == "kai: start greeter-v2" and head(repo) != before
+    assert snapshot(repo).keys() - files.keys() <= {
+        p for p in snapshot(repo) if p.startswith("rendered/demo/greeter-v2/")}
