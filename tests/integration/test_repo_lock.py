@@ -29,7 +29,7 @@ from tests.integration.gitops_helpers import (
 pytestmark = pytest.mark.integration
 
 NAMES = ("alpha-v1", "beta-v1", "gamma-v1", "delta-v1")
-TRIALS = 3
+TRIALS = 8
 DEADLINE = 120.0  # seconds for one trial's processes, far above what they need
 
 
@@ -152,3 +152,28 @@ def test_readers_do_not_block_each_other(four: Path) -> None:
     with repo_lock(repo, "reader one", shared=True):
         result = kai("render", "--check", "--repo", str(repo))
     assert "up to date" in result.output
+
+
+def test_adds_starts_and_renders_at_once(four: Path, tmp_path: Path) -> None:
+    """Different writing commands at once: each lands, and every commit renders clean."""
+    repo = four
+    sources = [make_version(tmp_path / "more" / name, name) for name in ("eps-v1", "zeta-v1")]
+    before = head(repo)
+    procs = [
+        kai_process("add", str(sources[0]), "--repo", str(repo)),
+        kai_process("start", "alpha-v1", "--repo", str(repo)),
+        kai_process("add", str(sources[1]), "--repo", str(repo)),
+        kai_process("render", "--repo", str(repo)),
+        kai_process("stop", "gamma-v1", "--repo", str(repo)),
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, stderr
+    final = states(repo)
+    assert final["eps-v1"] == final["zeta-v1"] == "stopped"
+    assert final["alpha-v1"] == "started" and final["gamma-v1"] == "stopped"
+    commits = git(repo, "rev-list", f"{before}..HEAD").split()
+    assert len(commits) == 4  # `kai render` had nothing to change and commits nothing
+    for sha in commits:
+        assert render_check_at(repo, sha, tmp_path / "check") == []
+    assert clean(repo)
