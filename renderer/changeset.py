@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import git
-from .output import StagedFile, StagedRemoval, recover, stage_dir, stage_file, stage_tree
+from .atomic import StagedFile, StagedRemoval, recover, stage_dir, stage_file, stage_tree
 
 JOURNAL = "kai-journal"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .output import read_tree
+from .atomic import read_tree
 from .plan import HASH_LEN
 
 ADDED = "added"

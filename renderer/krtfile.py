@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from .atomic import write_file
 from .krt import MANIFEST_NAMES
-from .output import write_file
 from .problems import InputError, Problem
 from .yamlsafe import shown_path
 

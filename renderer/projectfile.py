@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .output import write_file
+from .atomic import write_file
 from .problems import InputError, Problem
 from .project import (
     PROJECT_FILE,

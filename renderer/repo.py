@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import git
+from .atomic import write_file, write_tree
 from .changeset import Changeset, recover_interrupted
 from .krt import MANIFEST_NAMES, Version
 from .lifecycle import NothingToDo, Transition, transition
 from .lock import repo_lock
-from .output import write_file, write_tree
 from .problems import InputError, Problem
 from .project import (
     DEFAULT_KUBERNETES_VERSION,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import git
-from .output import pid_alive
+from .atomic import pid_alive
 
 WORKTREES = "kai-worktrees"  # in the git directory
 

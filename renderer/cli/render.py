@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from renderer.atomic import read_tree
 from renderer.diff import FileChange, diff_stat, name_status, patch, tree_changes
 from renderer.lock import repo_lock
-from renderer.output import read_tree
 from renderer.rename import deploy_references, stale_trees
 from renderer.repo import Repo, load, render_repo
 from renderer.repo import render as render_tree

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner, Result
 
+from renderer.atomic import read_tree
 from renderer.cli import main
-from renderer.output import read_tree
 from renderer.repo import load
 from renderer.repo import render as render_tree
 from tests.conftest import EXAMPLES, ROOT, git

@@ -82,14 +82,14 @@ def test_kai_yaml_failing_after_the_tree_swap_puts_the_tree_back(
 def test_the_tree_swap_failing_after_kai_yaml_puts_kai_yaml_back(
         repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """kai.yaml is made visible first; the tree's swap then fails: kai.yaml goes back."""
-    from renderer import output
+    from renderer import atomic
 
     before, files = head(repo), snapshot(repo)
 
     def failing_exchange(a: Path, b: Path) -> bool:
         raise OSError(errno.EIO, "Input/output error", os.fspath(b))
 
-    monkeypatch.setattr(output, "exchange", failing_exchange)
+    monkeypatch.setattr(atomic, "exchange", failing_exchange)
     result = kai("start", "greeter-v1", "--repo", str(repo), ok=False)
     monkeypatch.undo()
     assert result.exit_code == 1
@@ -120,10 +120,10 @@ def test_kill_after_the_tree_swap_is_recovered_by_the_next_command(repo: Path) -
     before = head(repo)
     prelude = (
         "import os, signal\n"
-        "from renderer import output\n"
+        "from renderer import atomic\n"
         "def _die(self):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "output.StagedFile.commit = _die\n"
+        "atomic.StagedFile.commit = _die\n"
     )
     proc = kai_process("start", "greeter-v1", "--repo", str(repo), prelude=prelude)
     proc.communicate(timeout=DEADLINE)

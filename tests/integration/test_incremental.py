@@ -12,9 +12,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from renderer import output, render, validate
+from renderer import atomic, render, validate
+from renderer.atomic import read_tree
 from renderer.cli import main
-from renderer.output import read_tree
 from renderer.project import PUBLISHED, STARTED, STOPPED, VersionState
 from renderer.projectfile import dump_project, load_project
 from renderer.repo import apply_state_change, init_repo, load
@@ -165,13 +165,13 @@ def test_a_failed_write_leaves_tree_and_kai_yaml_as_they_were(
 
 def test_write_tree_reuses_files_from_the_current_tree(tmp_path: Path) -> None:
     target = tmp_path / "t"
-    output.write_tree(target, {"a/x.yaml": b"x\n", "b/y.yaml": b"y\n", "k.yaml": b"k\n"})
+    atomic.write_tree(target, {"a/x.yaml": b"x\n", "b/y.yaml": b"y\n", "k.yaml": b"k\n"})
     inode = (target / "a/x.yaml").stat().st_ino
-    output.write_tree(target, {"k.yaml": b"k2\n", "c/z.yaml": b"z\n"}, reuse=["a/x.yaml"])
+    atomic.write_tree(target, {"k.yaml": b"k2\n", "c/z.yaml": b"z\n"}, reuse=["a/x.yaml"])
     assert read_tree(target) == {"a/x.yaml": b"x\n", "c/z.yaml": b"z\n", "k.yaml": b"k2\n"}
     assert (target / "a/x.yaml").stat().st_ino == inode
     with pytest.raises(FileNotFoundError):
-        output.write_tree(target, {"k.yaml": b"k3\n"}, reuse=["missing.yaml"])
+        atomic.write_tree(target, {"k.yaml": b"k3\n"}, reuse=["missing.yaml"])
     assert read_tree(target)["k.yaml"] == b"k2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from renderer import checks
+from renderer.atomic import read_tree, write_tree
 from renderer.krt import Config, Node, Version, Workflow
-from renderer.output import read_tree, write_tree
 from renderer.project import ConfigSource, Ingress, Project, VersionState, default_images
 from renderer.render import RenderError, render_deploy, render_project
 

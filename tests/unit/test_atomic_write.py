@@ -1,4 +1,4 @@
-"""renderer.output: all-or-nothing writes (stage, swap/commit, undo, discard) and `recover`.
+"""renderer.atomic: all-or-nothing writes (stage, swap/commit, undo, discard) and `recover`.
 
 Faults are injected by making an os call raise at its Nth call; crashes are real
 SIGKILLs of a writer subprocess.
@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import renderer
-from renderer import output
-from renderer.output import (
+from renderer import atomic
+from renderer.atomic import (
     read_tree,
     recover,
     stage_file,
@@ -68,7 +68,7 @@ def snapshot(target: Path) -> dict[str, tuple[bytes, int]]:
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every guarantee holds with the exchange and with the two-rename fallback."""
     if request.param == "renames":
-        monkeypatch.setattr(output, "_renameat2", lambda: None)
+        monkeypatch.setattr(atomic, "_renameat2", lambda: None)
     return str(request.param)
 
 
@@ -84,7 +84,7 @@ def live(tmp_path: Path) -> Path:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
 def test_the_exchange_is_found_and_used_here(live: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert output._renameat2() is not None
+    assert atomic._renameat2() is not None
     staged = stage_tree(live, NEW_TREE)
     new_inode, old_inode = staged.staging.stat().st_ino, live.stat().st_ino
 
@@ -105,13 +105,13 @@ def test_the_exchange_is_found_and_used_here(live: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
 def test_the_syscall_route_exchanges_too(tmp_path: Path) -> None:
-    libc = output._libc()
+    libc = atomic._libc()
     assert libc is not None
-    call = output._syscall_renameat2(libc)
+    call = atomic._syscall_renameat2(libc)
     assert call is not None
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").mkdir()
-    assert call(bytes(tmp_path / "a"), bytes(tmp_path / "b"), output.RENAME_EXCHANGE) == 0
+    assert call(bytes(tmp_path / "a"), bytes(tmp_path / "b"), atomic.RENAME_EXCHANGE) == 0
     assert (tmp_path / "a").is_dir() and (tmp_path / "b").read_bytes() == b"a"
 
 
@@ -152,7 +152,7 @@ def test_a_file_system_without_the_exchange_falls_back(live: Path, err: int,
         ctypes.set_errno(err)
         return -1
 
-    monkeypatch.setattr(output, "_renameat2", lambda: refuse)
+    monkeypatch.setattr(atomic, "_renameat2", lambda: refuse)
     write_tree(live, NEW_TREE)
     assert read_tree(live) == NEW_TREE and entries(live.parent) == ["demo"]
 
@@ -164,7 +164,7 @@ def test_a_failed_exchange_leaves_the_old_tree(live: Path, monkeypatch: pytest.M
         ctypes.set_errno(errno.EIO)
         return -1
 
-    monkeypatch.setattr(output, "_renameat2", lambda: broken)
+    monkeypatch.setattr(atomic, "_renameat2", lambda: broken)
     with pytest.raises(OSError) as caught:
         write_tree(live, NEW_TREE)
     assert caught.value.errno == errno.EIO
@@ -190,7 +190,7 @@ def test_enospc_on_the_nth_file_leaves_the_old_tree(live: Path, mode: str, nth: 
 def test_a_failed_rename_leaves_the_old_tree(live: Path, nth: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The fallback's two renames: either failing puts the old tree back."""
-    monkeypatch.setattr(output, "_renameat2", lambda: None)
+    monkeypatch.setattr(atomic, "_renameat2", lambda: None)
     before = snapshot(live)
     fail_at(monkeypatch, "rename", nth, errno.EIO)
     with pytest.raises(OSError):
@@ -434,17 +434,17 @@ def test_recover_refuses_paths(tmp_path: Path) -> None:
 WRITER = """
 import os, sys
 from pathlib import Path
-from renderer import output
+from renderer import atomic
 if sys.argv[3] == "renames":
-    output._renameat2 = lambda: None
+    atomic._renameat2 = lambda: None
 folder = Path(sys.argv[1])
 trees = [{f"d{i % 7}/f{i}.yaml": (f"{n}:{i}\\n" * 50).encode() for i in range(int(sys.argv[2]))}
          for n in ("a", "b")]
 print("ready", flush=True)
 for turn in range(100_000):
     n = turn % 2
-    with output.stage_tree(folder / "demo", trees[n]) as tree, \\
-            output.stage_file(folder / "kai.yaml", f"tree: {n}\\n") as kai:
+    with atomic.stage_tree(folder / "demo", trees[n]) as tree, \\
+            atomic.stage_file(folder / "kai.yaml", f"tree: {n}\\n") as kai:
         tree.swap()
         kai.commit()
 """
@@ -502,8 +502,8 @@ def test_sigkill_at_random_points_leaves_old_or_new(tmp_path: Path, mode: str) -
 CRASH_BETWEEN_RENAMES = """
 import os, signal, sys
 from pathlib import Path
-from renderer import output
-output._renameat2 = lambda: None
+from renderer import atomic
+atomic._renameat2 = lambda: None
 target = Path(sys.argv[1])
 real = os.rename
 def rename(src, dst):
@@ -511,7 +511,7 @@ def rename(src, dst):
     if Path(src) == target:  # the old tree is aside, the new one not in yet
         os.kill(os.getpid(), signal.SIGKILL)
 os.rename = rename
-output.write_tree(target, {"new.yaml": b"new"})
+atomic.write_tree(target, {"new.yaml": b"new"})
 """
 
 
@@ -532,9 +532,9 @@ def test_a_crash_between_the_fallback_renames_is_recovered(tmp_path: Path) -> No
 CRASH_AT_CALL = """
 import os, signal, sys
 from pathlib import Path
-from renderer import output
+from renderer import atomic
 if sys.argv[3] == "renames":
-    output._renameat2 = lambda: None
+    atomic._renameat2 = lambda: None
 folder, nth, calls = Path(sys.argv[1]), int(sys.argv[2]), [0]
 def hook(real):
     def call(*args, **kwargs):
@@ -546,9 +546,9 @@ def hook(real):
 for name in ("mkdir", "open", "write", "close", "fsync", "fchmod", "chmod", "rename", "replace",
              "link", "unlink", "rmdir"):
     setattr(os, name, hook(getattr(os, name)))
-output.exchange = hook(output.exchange)
-with output.stage_tree(folder / "demo", {"v2/a.yaml": b"new a", "v2/b.yaml": b"new b"}) as tree, \\
-        output.stage_file(folder / "kai.yaml", b"new\\n") as kai:
+atomic.exchange = hook(atomic.exchange)
+with atomic.stage_tree(folder / "demo", {"v2/a.yaml": b"new a", "v2/b.yaml": b"new b"}) as tree, \\
+        atomic.stage_file(folder / "kai.yaml", b"new\\n") as kai:
     tree.swap()
     kai.commit()
 print(calls[0])

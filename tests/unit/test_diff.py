@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from renderer.atomic import read_tree, write_tree
 from renderer.diff import (
     ADDED,
     CHANGED,
@@ -17,7 +18,6 @@ from renderer.diff import (
     tree_changes,
     unified_diff,
 )
-from renderer.output import read_tree, write_tree
 from tests.conftest import git
 
 TREE = {

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from renderer import checks
+from renderer.atomic import read_tree
 from renderer.fastschema import compile_schema
-from renderer.output import read_tree
 from renderer.project import DEFAULT_KUBERNETES_VERSION
 from renderer.render import parse
 from tests.conftest import EXAMPLES

@@ -1,4 +1,4 @@
-"""renderer.output: canonical YAML and atomic tree writes."""
+"""renderer.output (canonical YAML) and renderer.atomic.write_tree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.output import dump, pyyaml_dump, read_tree, write_tree
+from renderer.atomic import read_tree, write_tree
+from renderer.output import dump, pyyaml_dump
 
 TREE = {
     "kustomization.yaml": b"resources: []\n",

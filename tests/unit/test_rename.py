@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from renderer.output import header, write_tree
+from renderer.atomic import write_tree
+from renderer.output import header
 from renderer.project import Project
 from renderer.rename import deploy_references, stale_paths, stale_trees
 from tests.conftest import git
