@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from runner import contract
@@ -233,6 +233,7 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         config_files=version.config.files,
         config_dir=contract.CONFIG_MOUNT,
         storage=project.nats.storage,
+        **asdict(project.runtime_of(v).settings()),
     )
     ep_name = entrypoint_name(v)
     ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, ep_name)

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from runner.contract import DEFAULT_NATS_URL
+from runner.contract import (
+    DEFAULT_ACK_WAIT,
+    DEFAULT_DATA_MAX_AGE,
+    DEFAULT_DATA_MAX_BYTES,
+    DEFAULT_MAX_DELIVER,
+    DEFAULT_NATS_URL,
+    DEFAULT_REQUEST_TIMEOUT,
+)
 
 STOPPED = "stopped"
 STARTED = "started"
@@ -74,9 +82,70 @@ class ConfigSource:
 
 
 @dataclass(frozen=True)
+class DataStream:
+    """The project's data stream (predictions, measurements, db records): its limits."""
+
+    max_age: float | None = None  # seconds a record is kept; 0: forever
+    max_bytes: int | None = None  # bytes kept at most, oldest dropped first; 0: unbounded
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Runner settings: kai.yaml `runtime:`, project-wide or per version.
+
+    A setting left out is None: a version then takes the project's value, and the
+    project the runner's default (runner.contract), see :meth:`settings`.
+    """
+
+    ack_wait: float | None = None  # seconds a node holds a message before redelivery
+    max_deliver: int | None = None  # deliveries of one step before the request fails
+    request_timeout: float | None = None  # seconds, when the client sets no deadline
+    data_stream: DataStream = field(default_factory=DataStream)  # project-wide only
+
+    def over(self, base: Runtime) -> Runtime:
+        """These settings where they are set, `base`'s elsewhere; the data stream is
+        `base`'s (there is one per project)."""
+        return Runtime(
+            ack_wait=_first(self.ack_wait, base.ack_wait),
+            max_deliver=_first(self.max_deliver, base.max_deliver),
+            request_timeout=_first(self.request_timeout, base.request_timeout),
+            data_stream=base.data_stream,
+        )
+
+    def settings(self) -> RunnerSettings:
+        """Every setting decided: the runner's defaults where none is set."""
+        return RunnerSettings(
+            ack_wait=_first(self.ack_wait, DEFAULT_ACK_WAIT),
+            max_deliver=_first(self.max_deliver, DEFAULT_MAX_DELIVER),
+            request_timeout=_first(self.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+            data_max_age=_first(self.data_stream.max_age, DEFAULT_DATA_MAX_AGE),
+            data_max_bytes=_first(self.data_stream.max_bytes, DEFAULT_DATA_MAX_BYTES),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """The runtime settings a runner process gets; the names of runner.contract.RunnerEnv."""
+
+    ack_wait: float
+    max_deliver: int
+    request_timeout: float
+    data_max_age: float
+    data_max_bytes: int
+
+
+_T = TypeVar("_T")
+
+
+def _first(value: _T | None, fallback: _T) -> _T:
+    return fallback if value is None else value
+
+
+@dataclass(frozen=True)
 class VersionState:
     state: str = STOPPED
     config: ConfigSource | None = None
+    runtime: Runtime = field(default_factory=Runtime)  # overrides the project's, field by field
 
 
 @dataclass(frozen=True)
@@ -95,12 +164,18 @@ class Project:
     ingress: Ingress = field(default_factory=Ingress)
     images: tuple[ImageMapping, ...] = ()
     resources: Resources = field(default_factory=Resources)
+    runtime: Runtime = field(default_factory=Runtime)
     versions: dict[str, VersionState] = field(default_factory=dict)
     root: Path = Path(".")
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)
         return vs.state if vs else STOPPED
+
+    def runtime_of(self, version: str) -> Runtime:
+        """The version's runtime settings over the project's."""
+        vs = self.versions.get(version)
+        return vs.runtime.over(self.runtime) if vs else self.runtime
 
     @property
     def published(self) -> str | None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from runner import contract
+
 from .atomic import write_file
 from .problems import InputError, Problem
 from .project import (
@@ -22,14 +24,24 @@ from .project import (
     PUBLISHED,
     STOPPED,
     ConfigSource,
+    DataStream,
     ImageMapping,
     Ingress,
     Nats,
     Project,
     Resources,
+    Runtime,
     VersionState,
 )
 from .schemacheck import schema_problems
+from .units import (
+    MAX_DURATION,
+    MAX_SIZE,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 from .yamlsafe import Document, load_yaml, parse_yaml, shown_path
 
 SCHEMA = "kai.schema.json"
@@ -125,7 +137,96 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
             if message:
                 out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
                                        message))
+    out += _runtime_problems(doc)
     return out
+
+
+# The smallest ackWait: a node renews its hold on a message every ackWait/3 while its
+# handler runs (runner.node), so a shorter wait redelivers work that is still running.
+MIN_ACK_WAIT = 1.0
+_LONGEST = f"{format_duration(MAX_DURATION)} (the longest duration NATS holds)"
+
+
+def _runtime_problems(doc: Document) -> list[Problem]:
+    """The bounds of the `runtime:` settings, project-wide and per version."""
+    data = doc.data
+    out: list[Problem] = []
+    top = data.get("runtime", {})
+    out += _runtime_section(doc, ("runtime",), top, {})
+    stream = top.get("dataStream", {})
+    at = ("runtime", "dataStream")
+    if "maxAge" in stream:
+        age = parse_duration(stream["maxAge"])
+        window = contract.DUPLICATE_WINDOW
+        if age != 0 and not window <= age <= MAX_DURATION:
+            out.append(doc.problem((*at, "maxAge"), (
+                f"must be 0 (keep forever) or from {format_duration(window)} (the stream's "
+                f"de-duplication window) to {_LONGEST}, "
+                f"got {_show(stream['maxAge'])}")))
+    if "maxBytes" in stream:
+        size = parse_size(stream["maxBytes"])
+        if size.denominator != 1:
+            out.append(doc.problem((*at, "maxBytes"), (
+                f"must be a whole number of bytes, got {_show(stream['maxBytes'])}")))
+        elif size > MAX_SIZE:
+            out.append(doc.problem((*at, "maxBytes"), (
+                f"must be at most {MAX_SIZE} bytes (8Ei less one byte), "
+                f"got {_show(stream['maxBytes'])}")))
+    for name, entry in data.get("versions", {}).items():
+        section = entry.get("runtime", {})
+        path = ("versions", name, "runtime")
+        out += _runtime_section(doc, path, section, top)
+        if "dataStream" in section:
+            out.append(doc.problem((*path, "dataStream"), (
+                "the data stream is project-wide (one per project), so a version cannot set "
+                "it; set runtime.dataStream at the top level"), key=True))
+    return out
+
+
+def _runtime_section(doc: Document, path: tuple[str, ...], section: dict[str, Any],
+                     base: dict[str, Any]) -> list[Problem]:
+    """ackWait, requestTimeout (and that the second is longer) of one runtime section;
+    `base` is the section it overrides (the project's, for a version)."""
+    out: list[Problem] = []
+    valid: dict[str, float] = {}
+    for key in ("ackWait", "requestTimeout"):
+        if key not in section:
+            continue
+        seconds = parse_duration(section[key])
+        if key == "ackWait" and not MIN_ACK_WAIT <= seconds <= MAX_DURATION:
+            allowed = f"from {format_duration(MIN_ACK_WAIT)} to {_LONGEST}"
+        elif key == "requestTimeout" and not 0 < seconds <= MAX_DURATION:
+            allowed = f"more than 0s and at most {_LONGEST}"
+        else:
+            valid[key] = seconds
+            continue
+        out.append(doc.problem((*path, key), f"must be {allowed}, got {_show(section[key])}"))
+    if out or not valid:
+        return out  # nothing set here, or already wrong: no comparison to make
+
+    def value(key: str) -> tuple[float, str]:
+        """A setting's seconds in effect here, and where it comes from."""
+        if key in section:
+            return valid[key], ""
+        if key in base:
+            return parse_duration(base[key]), f", from runtime.{key}"
+        default = Runtime().settings()
+        return (default.ack_wait if key == "ackWait" else default.request_timeout), ", the default"
+
+    (ack, ack_from), (timeout, timeout_from) = value("ackWait"), value("requestTimeout")
+    if timeout <= ack:
+        key = "requestTimeout" if "requestTimeout" in section else "ackWait"
+        out.append(doc.problem((*path, key), (
+            f"requestTimeout ({format_duration(timeout)}{timeout_from}) must be greater than "
+            f"ackWait ({format_duration(ack)}{ack_from}): a message whose node dies is "
+            "redelivered only after ackWait, so a shorter deadline ends the request before "
+            "any retry can answer")))
+    return out
+
+
+def _show(value: object) -> str:
+    """A value as a message quotes it: text in quotes, numbers as they are."""
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def _repo_file_problem(root: Path, rel: str) -> str | None:
@@ -171,11 +272,31 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             requests=dict(resources.get("requests", defaults.requests)),
             limits=dict(resources.get("limits", defaults.limits)),
         ),
+        runtime=_runtime(data.get("runtime", {})),
         versions={
-            name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")))
+            name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")),
+                               _runtime(entry.get("runtime", {}), project_wide=False))
             for name, entry in data.get("versions", {}).items()
         },
         root=root,
+    )
+
+
+def _runtime(raw: dict[str, Any], project_wide: bool = True) -> Runtime:
+    """A `runtime:` section; a version's never sets the data stream (a semantic check)."""
+    stream = raw.get("dataStream", {}) if project_wide else {}
+
+    def duration(mapping: dict[str, Any], key: str) -> float | None:
+        return parse_duration(mapping[key]) if key in mapping else None
+
+    return Runtime(
+        ack_wait=duration(raw, "ackWait"),
+        max_deliver=int(raw["maxDeliver"]) if "maxDeliver" in raw else None,
+        request_timeout=duration(raw, "requestTimeout"),
+        data_stream=DataStream(
+            max_age=duration(stream, "maxAge"),
+            max_bytes=int(parse_size(stream["maxBytes"])) if "maxBytes" in stream else None,
+        ),
     )
 
 
@@ -228,8 +349,10 @@ def project_data(project: Project) -> dict[str, Any]:
         entry: dict[str, Any] = {"state": vs.state}
         if vs.config is not None:
             entry["config"] = _config_data(vs.config)
+        if vs.runtime != Runtime():
+            entry["runtime"] = _runtime_data(vs.runtime)
         versions[name] = entry
-    return {
+    data: dict[str, Any] = {
         "project": project.name,
         "namespace": project.namespace,
         "kubernetesVersion": project.kubernetes_version,
@@ -240,8 +363,30 @@ def project_data(project: Project) -> dict[str, Any]:
             "requests": dict(sorted(project.resources.requests.items())),
             "limits": dict(sorted(project.resources.limits.items())),
         },
-        "versions": versions,
     }
+    if project.runtime != Runtime():  # left out, the runner's defaults apply
+        data["runtime"] = _runtime_data(project.runtime)
+    data["versions"] = versions
+    return data
+
+
+def _runtime_data(runtime: Runtime) -> dict[str, Any]:
+    """A `runtime:` section with the settings `runtime` sets, in their documented order."""
+    out: dict[str, Any] = {}
+    if runtime.ack_wait is not None:
+        out["ackWait"] = format_duration(runtime.ack_wait)
+    if runtime.max_deliver is not None:
+        out["maxDeliver"] = runtime.max_deliver
+    if runtime.request_timeout is not None:
+        out["requestTimeout"] = format_duration(runtime.request_timeout)
+    stream: dict[str, Any] = {}
+    if runtime.data_stream.max_age is not None:
+        stream["maxAge"] = format_duration(runtime.data_stream.max_age)
+    if runtime.data_stream.max_bytes is not None:
+        stream["maxBytes"] = format_size(runtime.data_stream.max_bytes)
+    if stream:
+        out["dataStream"] = stream
+    return out
 
 
 def _config_data(config: ConfigSource) -> dict[str, Any]:

@@ -37,6 +37,8 @@ ENV_REQUEST_TIMEOUT = "KAI_REQUEST_TIMEOUT"  # seconds, used when the client set
 ENV_STORAGE = "KAI_STORAGE"  # "file" or "memory": JetStream storage of the streams
 ENV_MAX_DELIVER = "KAI_MAX_DELIVER"
 ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
+ENV_DATA_MAX_AGE = "KAI_DATA_MAX_AGE"  # seconds the data stream keeps a record; 0: forever
+ENV_DATA_MAX_BYTES = "KAI_DATA_MAX_BYTES"  # bytes the data stream keeps at most; 0: unbounded
 ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
 ENV_BIND_HOST = "KAI_BIND_HOST"  # optional: address the gRPC and web servers listen on
 ENV_CONCURRENCY = "KAI_CONCURRENCY"  # optional: messages a node process handles at once
@@ -56,6 +58,13 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STORAGE = "file"
 DEFAULT_MAX_DELIVER = 5
 DEFAULT_ACK_WAIT = 30.0
+# The data stream keeps everything by default, as it always did: it holds the db
+# documents too, which a node expects back however old they are. A size is no default
+# either: JetStream reserves a stream's max_bytes of the server's storage when it creates
+# the stream, so every project would take that much, and a server with less room (memory
+# storage, say) would refuse the stream. kai.yaml sets both (runtime.dataStream).
+DEFAULT_DATA_MAX_AGE = 0.0
+DEFAULT_DATA_MAX_BYTES = 0
 DEFAULT_BIND_HOST = "0.0.0.0"
 DEFAULT_CONCURRENCY = 32
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers Nats-Msg-Id values
@@ -177,6 +186,8 @@ class RunnerEnv:
     storage: str = DEFAULT_STORAGE
     max_deliver: int = DEFAULT_MAX_DELIVER
     ack_wait: float = DEFAULT_ACK_WAIT
+    data_max_age: float = DEFAULT_DATA_MAX_AGE
+    data_max_bytes: int = DEFAULT_DATA_MAX_BYTES
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -198,6 +209,8 @@ class RunnerEnv:
             ENV_STORAGE: self.storage,
             ENV_MAX_DELIVER: str(self.max_deliver),
             ENV_ACK_WAIT: _num(self.ack_wait),
+            ENV_DATA_MAX_AGE: _num(self.data_max_age),
+            ENV_DATA_MAX_BYTES: str(self.data_max_bytes),
             ENV_LOG_LEVEL: self.log_level,
         }
         if self.node is not None:
@@ -240,6 +253,8 @@ class RunnerEnv:
                 storage=e.get(ENV_STORAGE) or DEFAULT_STORAGE,
                 max_deliver=int(e.get(ENV_MAX_DELIVER) or DEFAULT_MAX_DELIVER),
                 ack_wait=float(e.get(ENV_ACK_WAIT) or DEFAULT_ACK_WAIT),
+                data_max_age=float(e.get(ENV_DATA_MAX_AGE) or DEFAULT_DATA_MAX_AGE),
+                data_max_bytes=int(e.get(ENV_DATA_MAX_BYTES) or DEFAULT_DATA_MAX_BYTES),
                 log_level=e.get(ENV_LOG_LEVEL) or "INFO",
             )
         except ValueError as exc:

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats
 import nats.errors
@@ -113,18 +113,22 @@ def _storage(storage: str) -> api.StorageType:
     return api.StorageType.MEMORY if storage == "memory" else api.StorageType.FILE
 
 
-async def _ensure_stream(jsm: JetStreamManager, config: api.StreamConfig) -> None:
+async def _ensure_stream(jsm: JetStreamManager, config: api.StreamConfig) -> bool:
+    """Create the stream, or update an existing one to `config`; False when the existing
+    stream differs in what JetStream cannot change (it is then used as it is)."""
     try:
         await jsm.add_stream(config)
-        return
+        return True
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # stream name already in use with a different configuration
             raise
     try:
         await jsm.update_stream(config)
+        return True
     except nats.js.errors.APIError as exc:
         log.warning("stream %s exists with another configuration (%s); using it", config.name,
                     exc.description)
+        return False
 
 
 async def ensure_work_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv,
@@ -149,16 +153,30 @@ async def ensure_work_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv,
 async def ensure_data_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv) -> str:
     """The project's stream of predictions, measurements and db documents (kept, not consumed)."""
     name = contract.data_stream_name(env.project)
-    await _ensure_stream(
-        js_mgr,
-        api.StreamConfig(
-            name=name,
-            subjects=[contract.data_subjects(env.project)],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=_storage(env.storage),
-            duplicate_window=contract.DUPLICATE_WINDOW,
-        ),
+    # Its limits come from kai.yaml (runtime.dataStream); 0 means none. The de-duplication
+    # window may not be longer than the records are kept.
+    max_age = max(env.data_max_age, 0.0)
+    max_bytes = env.data_max_bytes if env.data_max_bytes > 0 else -1
+    window = min(contract.DUPLICATE_WINDOW, max_age) if max_age else contract.DUPLICATE_WINDOW
+    config = api.StreamConfig(
+        name=name,
+        subjects=[contract.data_subjects(env.project)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=_storage(env.storage),
+        duplicate_window=window,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        discard=api.DiscardPolicy.OLD,
     )
+    if not await _ensure_stream(js_mgr, config):
+        # Kept with its other settings (another storage, say), the stream still gets
+        # the limits: they bound the disk it takes.
+        existing = (await js_mgr.stream_info(name)).config
+        try:
+            await js_mgr.update_stream(replace(existing, max_age=max_age, max_bytes=max_bytes,
+                                               duplicate_window=window))
+        except nats.js.errors.APIError as exc:
+            log.warning("stream %s: cannot set its limits (%s)", name, exc.description)
     return name
 
 
