@@ -290,8 +290,7 @@ def test_workflow_rpc_must_be_unary(tmp_path: Path) -> None:
     ]
 
 
-def test_proto_imports_outside_its_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "greeter-v1"
+def _proto_importing_common(folder: Path) -> str:
     (folder / "api").mkdir(parents=True)
     (folder / "common").mkdir()
     (folder / "common" / "types.proto").write_text(
@@ -300,10 +299,22 @@ def test_proto_imports_outside_its_folder(tmp_path: Path) -> None:
     (folder / "api" / "main.proto").write_text(
         PROTO.replace('package main;', 'package main;\nimport "common/types.proto";')
     )
-    krt = KRT.replace("proto: public_input.proto", "proto: api/main.proto")
+    return KRT.replace("proto: public_input.proto", "proto: api/main.proto")
+
+
+def test_proto_imports_outside_its_folder_ship_with_it(tmp_path: Path) -> None:
+    krt = _proto_importing_common(tmp_path / "greeter-v1")
+    write_version(tmp_path / "greeter-v1", krt)
+    load_version(tmp_path / "greeter-v1", tmp_path)  # every file of the version ships
+
+
+def test_proto_import_that_does_not_ship(tmp_path: Path) -> None:
+    folder = tmp_path / "greeter-v1"
+    krt = _proto_importing_common(folder)
+    (folder / ".kaiignore").write_text("# not for the pods\ncommon/\n")
     assert problems(tmp_path, krt) == [
-        f'{F}:4:10: entrypoint.proto: api/main.proto imports "common/types.proto", outside '
-        "its folder api/; only .proto files in that folder are shipped with the version"
+        f'{F}:4:10: entrypoint.proto: api/main.proto imports "common/types.proto" would not '
+        "reach the pods: .kaiignore line 2 excludes it ('common/')"
     ]
 
 
