@@ -60,6 +60,8 @@ def check_source(data: bytes, filename: str = "<node>") -> list[SourceProblem]:
                  f"syntax error: {exc.msg}")]
     except ValueError as exc:  # null bytes, on some Python releases
         return [(0, 0, f"syntax error: {exc}")]
+    except (RecursionError, MemoryError):
+        return [(0, 0, "does not compile: it nests too deeply for Python's compiler")]
     bindings = _top_level_bindings(tree)
     out: list[SourceProblem] = []
     handler = bindings.get("handler")
@@ -68,7 +70,8 @@ def check_source(data: bytes, filename: str = "<node>") -> list[SourceProblem]:
                           "`def handler(ctx, data)` (or `async def`)"))
     else:
         out += _callable_problem("handler", handler)
-        if isinstance(handler, ast.FunctionDef | ast.AsyncFunctionDef) and _arity(handler) < 2:
+        if isinstance(handler, ast.FunctionDef | ast.AsyncFunctionDef) \
+                and not handler.decorator_list and _arity(handler) < 2:  # a decorator may wrap it
             out.append((handler.lineno, handler.col_offset + 1,
                         "handler must take two arguments (ctx, data)"))
     init = bindings.get("init")
