@@ -106,60 +106,76 @@ def left_out(root: Path, rel: str) -> str | None:
     """Why the file `rel` of the version at `root` does not ship, or None when it does."""
     root = Path(root)
     ignore = Ignore.load(root)
-    real_root = root.resolve()
     parts = rel.split("/")
     for i, name in enumerate(parts[:-1]):
-        reason = _dir_reason(root, "/".join(parts[: i + 1]), name, ignore, ship=True)
+        sub = "/".join(parts[: i + 1])
+        reason = _dir_reason(sub, name, os.path.islink(os.path.join(root, sub)), ignore, True)
         if reason:
             return reason
-    return _file_reason(root, rel, parts[-1], ignore, real_root, ship=True)
+    path = os.path.join(root, rel)
+    return _file_reason(rel, parts[-1], _kind(path, os.path.realpath(root)), ignore, True)
 
 
 def _select(root: Path, ship: bool) -> Selected:
     ignore = Ignore.load(root)
-    real_root = root.resolve()
+    real_root = os.path.realpath(root)
     out: Selected = []
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        base = here.relative_to(root).as_posix()
-        prefix = "" if base == "." else base + "/"
-        dirs[:] = sorted(d for d in dirs
-                         if not _dir_reason(root, prefix + d, d, ignore, ship))
-        for name in sorted(files):
-            rel = prefix + name
-            if _file_reason(root, rel, name, ignore, real_root, ship):
-                continue
-            if ship:
-                _check_name(rel)
-            out.append((rel, here / name))
+    pending = [("", os.fspath(root))]
+    while pending:  # depth-first; every folder once (symlinked folders are not entered)
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if not _dir_reason(rel, entry.name, False, ignore, ship):
+                        pending.append((rel + "/", entry.path))
+                    continue
+                if entry.is_symlink():
+                    kind = _kind(entry.path, real_root)
+                else:
+                    kind = _FILE if entry.is_file(follow_symlinks=False) else _OTHER
+                if _file_reason(rel, entry.name, kind, ignore, ship):
+                    continue
+                if ship:
+                    _check_name(rel)
+                out.append((rel, root / rel))
     return sorted(out)
 
 
-def _dir_reason(root: Path, rel: str, name: str, ignore: Ignore, ship: bool) -> str | None:
+_FILE, _LINK_IN, _LINK_OUT, _OTHER = "file", "link to a file inside", "other link", "other"
+
+
+def _kind(path: str, real_root: str) -> str:
+    """What `path` is, for the rules: a regular file, a symlink to a file inside the version
+    (`real_root`, resolved), any other symlink, or something else (a folder, a FIFO...)."""
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        inside = real.startswith(real_root.rstrip("/") + "/")
+        return _LINK_IN if inside and os.path.isfile(real) else _LINK_OUT
+    return _FILE if os.path.isfile(path) else _OTHER
+
+
+def _dir_reason(rel: str, name: str, is_link: bool, ignore: Ignore, ship: bool) -> str | None:
     if name in CACHE_DIRS:
         return f"generated caches ({name}/) are left out"
     if name in VCS_DIRS:
         return f"version-control folders ({name}/) are left out"
-    if (root / rel).is_symlink():
+    if is_link:
         return f"{rel}/ is a symlink, and folders are not followed through symlinks"
     if ship and rel == DOCS_DIR:
         return "docs/ is left out (the version's documentation stays in git)"
     return ignore.excluded_by(rel, is_dir=True)
 
 
-def _file_reason(root: Path, rel: str, name: str, ignore: Ignore, real_root: Path,
-                 ship: bool) -> str | None:
-    path = root / rel
+def _file_reason(rel: str, name: str, kind: str, ignore: Ignore, ship: bool) -> str | None:
+    if kind == _OTHER:
+        return "it is not a regular file"
+    if kind == _LINK_OUT:
+        return "it is a symlink that does not lead to a file inside the version"
     if name in JUNK_FILES:
         return f"{name} files are left out"
     if name.endswith(CACHE_SUFFIXES):
         return "compiled Python (*.pyc, *.pyo) is left out"
-    if path.is_symlink():
-        real = path.resolve()
-        if not real.is_file() or not real.is_relative_to(real_root):
-            return "it is a symlink that does not lead to a file inside the version"
-    elif not path.is_file():
-        return "it is not a regular file"
     if not ship and rel in IGNORE_FILES:
         return None  # the copy keeps them, so it ships what the original ships
     return ignore.excluded_by(rel, is_dir=False)
