@@ -9,7 +9,8 @@ One rule, used by `kai add` (renderer.repo), the plan's ConfigMap and its size c
 * not what the version's ignore files exclude: `.krtignore` (KRE's) and then `.kaiignore`,
   at the top of the version, in gitignore syntax (a later line wins, so `.kaiignore` can
   re-include with `!`; nothing inside an excluded folder comes back). `kai add` always
-  copies the two files themselves, so the copy ships what the original ships;
+  copies the two files themselves and the manifest, so the copy is a version that ships
+  what the original ships;
 * to the pods only: not `docs/` (the version's documentation, kept in git).
 """
 
@@ -21,12 +22,15 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
+from .krt import MANIFEST_NAMES
+
 IGNORE_FILES = (".krtignore", ".kaiignore")  # in this order: the later one wins
 CACHE_DIRS = frozenset({"__pycache__"})
 CACHE_SUFFIXES = (".pyc", ".pyo")
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 JUNK_FILES = frozenset({".DS_Store"})
 DOCS_DIR = "docs"
+ALWAYS_COPIED = frozenset({*IGNORE_FILES, *MANIFEST_NAMES})  # at the top, whatever they say
 MAX_IGNORE_FILE = 256 * 1024
 
 Selected = list[tuple[str, Path]]  # (version-relative posix path, path on disk), sorted
@@ -176,8 +180,8 @@ def _file_reason(rel: str, name: str, kind: str, ignore: Ignore, ship: bool) -> 
         return f"{name} files are left out"
     if name.endswith(CACHE_SUFFIXES):
         return "compiled Python (*.pyc, *.pyo) is left out"
-    if not ship and rel in IGNORE_FILES:
-        return None  # the copy keeps them, so it ships what the original ships
+    if not ship and rel in ALWAYS_COPIED:
+        return None  # the copy is a version, and ships what the original ships
     return ignore.excluded_by(rel, is_dir=False)
 
 

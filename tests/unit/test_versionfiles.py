@@ -102,10 +102,12 @@ def test_krtignore_first_then_kaiignore_which_can_re_include(tmp_path: Path) -> 
     assert left_out(root, "data/needed.csv") is None
 
 
-def test_the_copy_keeps_ignore_files_that_exclude_themselves(tmp_path: Path) -> None:
-    root = tree(tmp_path, {**BASE, ".kaiignore": ".kaiignore\n.krtignore\n", ".krtignore": ""})
-    assert ".kaiignore" not in shipped(root)
-    assert {".kaiignore", ".krtignore"} <= set(copied(root))
+def test_the_copy_keeps_ignore_files_and_manifest_whatever_they_say(tmp_path: Path) -> None:
+    root = tree(tmp_path, {**BASE, ".kaiignore": ".kaiignore\n.krtignore\nkrt.yml\n",
+                           ".krtignore": "", "sub/krt.yml": "only the top one is kept"})
+    assert {".kaiignore", "krt.yml", "sub/krt.yml"}.isdisjoint(shipped(root))
+    assert {".kaiignore", ".krtignore", "krt.yml"} <= set(copied(root))
+    assert "sub/krt.yml" not in copied(root)
 
 
 def test_left_out_names_each_reason(tmp_path: Path) -> None:
