@@ -86,8 +86,8 @@ class Ignore:
 
 def _read_ignore(root: Path, name: str) -> list[str]:
     path = root / name
-    if not path.is_file():
-        return []
+    if _kind(os.fspath(path), os.path.realpath(root)) not in (_FILE, _LINK_IN):
+        return []  # missing, or a symlink out of the version: not the version's patterns
     if path.stat().st_size > MAX_IGNORE_FILE:
         raise VersionFilesError(name, 0, f"is larger than {MAX_IGNORE_FILE // 1024} KiB")
     try:

@@ -178,3 +178,14 @@ def test_sockets_and_fifos_are_left_out(tmp_path: Path) -> None:
     os.mkfifo(root / "data" / "pipe")
     assert "data/pipe" not in shipped(root)
     assert left_out(root, "data/pipe") == "it is not a regular file"
+
+
+def test_an_ignore_file_linked_from_outside_is_not_read(tmp_path: Path) -> None:
+    outside = tree(tmp_path / "outside", {"patterns": "data/\n\\\n"})
+    root = tree(tmp_path / "v", BASE)
+    os.symlink(outside / "patterns", root / ".kaiignore")
+    assert "data/lookup.json" in shipped(root)
+    os.unlink(root / ".kaiignore")
+    os.symlink(root / "data" / "rules", root / ".kaiignore")
+    (root / "data" / "rules").write_text("data/\n")
+    assert "data/lookup.json" not in shipped(root)
