@@ -66,8 +66,9 @@ def check_source(data: bytes, filename: str = "<node>") -> list[SourceProblem]:
     out: list[SourceProblem] = []
     handler = bindings.get("handler")
     if handler is None:
-        out.append((0, 0, "defines no handler; a node module needs a top-level "
-                          "`def handler(ctx, data)` (or `async def`)"))
+        if not _may_bind_elsewhere(tree, "handler"):
+            out.append((0, 0, "defines no handler; a node module needs a top-level "
+                              "`def handler(ctx, data)` (or `async def`)"))
     else:
         out += _callable_problem("handler", handler)
         if isinstance(handler, ast.FunctionDef | ast.AsyncFunctionDef) \
@@ -93,6 +94,10 @@ def _top_level_bindings(tree: ast.Module) -> dict[str, ast.AST]:
                 for target in stmt.targets:
                     if isinstance(target, ast.Name):
                         found[target.id] = _at(stmt.value, stmt)
+                    else:  # `a, handler = ...`: bound, to a value this cannot see
+                        for name in ast.walk(target):
+                            if isinstance(name, ast.Name):
+                                found[name.id] = stmt
             elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
                 if isinstance(stmt.target, ast.Name):
                     found[stmt.target.id] = _at(stmt.value, stmt)
@@ -111,6 +116,17 @@ def _top_level_bindings(tree: ast.Module) -> dict[str, ast.AST]:
 
     visit(tree.body)
     return found
+
+
+def _may_bind_elsewhere(tree: ast.Module, name: str) -> bool:
+    """Could `name` be bound where this cannot follow: `from x import *`, or a function
+    that declares it `global`?"""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            return True
+        if isinstance(node, ast.Global) and name in node.names:
+            return True
+    return False
 
 
 def _at(value: ast.expr, stmt: ast.stmt) -> ast.expr:

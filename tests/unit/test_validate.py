@@ -407,6 +407,10 @@ def test_a_module_without_handler(tmp_path: Path) -> None:
     "    def handler(ctx, data):\n        return data\n",
     "if True:\n    def handler(ctx, *rest):\n        return rest[0]\n",
     "def handler(ctx, data=None, /):\n    return data\n",
+    # bound where a parser cannot follow: not reported
+    "from impl import *\n",
+    "def setup():\n    global handler\n    handler = make()\nsetup()\n",
+    "handler, init = make()\n",
     # a decorator may give the function another signature: only the runner can tell
     "from helpers import takes_ctx\n@takes_ctx\ndef handler(data):\n    return data\n",
     # init is optional, and None says there is none (the runner accepts both)
