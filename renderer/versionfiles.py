@@ -17,6 +17,7 @@ One rule, used by `kai add` (renderer.repo), the plan's ConfigMap and its size c
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +63,10 @@ class Ignore:
             for n, line in enumerate(_read_ignore(root, name), start=1):
                 try:
                     GitIgnoreSpec.from_lines([line])
-                except Exception as exc:  # pathspec raises ValueError or re.error
-                    raise VersionFilesError(name, n, f"invalid pattern {line.strip()!r}: "
-                                                     f"{exc}") from None
+                except (ValueError, re.error) as exc:  # what pathspec raises for them
+                    why = f" ({exc.msg})" if isinstance(exc, re.error) else ""
+                    raise VersionFilesError(name, n, f"invalid pattern {line.strip()!r}{why}; "
+                                                     "see gitignore's pattern format") from None
                 lines.append(line)
                 origins.append((name, n, line.strip()))
         return cls(GitIgnoreSpec.from_lines(lines), tuple(origins))

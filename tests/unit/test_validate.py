@@ -495,7 +495,7 @@ def test_an_ignore_file_error_points_at_its_line(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         load_version(folder, tmp_path)
     assert [str(p) for p in info.value.problems] == [
-        "greeter-v1/.krtignore:2:1: invalid pattern '\\\\': Invalid git pattern: '\\\\'"
+        "greeter-v1/.krtignore:2:1: invalid pattern '\\\\'; see gitignore's pattern format"
     ]
 
 

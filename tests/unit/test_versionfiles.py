@@ -151,7 +151,12 @@ def test_an_invalid_pattern_names_its_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(VersionFilesError) as info:
         shipped_files(root)
     assert (info.value.file, info.value.line) == (".kaiignore", 2)
-    assert info.value.message.startswith("invalid pattern '!': ")
+    assert info.value.message == "invalid pattern '!'; see gitignore's pattern format"
+    (root / ".kaiignore").write_text("[z-a]\n")
+    with pytest.raises(VersionFilesError) as info:
+        shipped_files(root)
+    assert str(info.value) == (".kaiignore:1: invalid pattern '[z-a]' (bad character range "
+                               "z-a); see gitignore's pattern format")
 
 
 def test_an_ignore_file_that_is_not_text(tmp_path: Path) -> None:
