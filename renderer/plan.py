@@ -11,14 +11,15 @@ Environment names come from runner.contract, the one definition both sides share
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from runner import contract
 
 from .krt import Version
 from .project import PUBLISHED, STARTED, ConfigSource, Project, Resources
+from .versionfiles import VersionFilesError, shipped_files
 
 MANAGED_BY = "kai"
 ENTRYPOINT = "entrypoint"
@@ -76,7 +77,7 @@ class VersionPlan:
     state: str
     service_name: str  # the version's name, or ACTIVE_SERVICE when published
     processes: tuple[Process, ...]
-    files: dict[str, bytes]  # version-relative posix path -> content (proto + node sources)
+    files: dict[str, bytes]  # version-relative posix path -> content (what ships)
     configmap_name: str
     config_variables: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()
@@ -152,47 +153,63 @@ def derived_names(version: Version) -> list[tuple[str, str]]:
 
 
 def version_files(version: Version) -> dict[str, bytes]:
-    """The files a version's pods need: its proto(s) and each node's source folder."""
-    root = version.directory
-    files: dict[str, bytes] = {}
-    proto_dir = PurePosixPath(version.proto).parent.as_posix()
-    for rel, path in _walk(root, proto_dir):
-        if rel.endswith(".proto"):
-            files[rel] = _read(path)
-    for node in version.nodes:
-        folder = PurePosixPath(node.src).parent.as_posix()
-        for rel, path in _walk(root, folder):
-            if folder == "." and not rel.endswith((".py", ".proto")):
-                continue  # a node at the version root: take only code, not the whole tree
-            files[rel] = _read(path)
+    """The files that ship to the version's pods (renderer.versionfiles), read.
+
+    Raises PlanError when they do not fit in a ConfigMap (FilesTooLarge) or cannot be
+    selected (a bad ignore file).
+    """
+    try:
+        return read_files(shipped_files(version.directory))
+    except FilesTooLarge as exc:
+        raise FilesTooLarge(exc.size, f"version {version.name}: {exc}") from None
+    except VersionFilesError as exc:
+        raise PlanError(f"version {version.name}: {exc}") from None
+
+
+class FilesTooLarge(PlanError):
+    """The files to ship take more than a ConfigMap holds; `size` in bytes."""
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        self.size = size
+        super().__init__(message or (
+            f"its files take {_amount(size)} in a ConfigMap, more than the "
+            f"{_amount(CONFIGMAP_LIMIT)} one holds; give it a requirements.txt or build an "
+            "image; see docs/runner-image.md"))
+
+
+def read_files(selected: Iterable[tuple[str, Path]]) -> dict[str, bytes]:
+    """Read the selected files; raises FilesTooLarge when they do not fit in a ConfigMap
+    (before reading anything when their sizes on disk already say so)."""
+    selected = list(selected)
+    on_disk = sum(path.stat().st_size for _, path in selected)
+    if on_disk > CONFIGMAP_LIMIT:
+        raise FilesTooLarge(on_disk)
+    files = {rel: path.read_bytes() for rel, path in selected}
+    size = configmap_size(files)
+    if size > CONFIGMAP_LIMIT:
+        raise FilesTooLarge(size)
     return dict(sorted(files.items()))
 
 
-def _walk(root: Path, folder: str) -> list[tuple[str, str]]:
-    """(path relative to `root`, full path) of the regular files under `root/folder`:
-    no symlinks (nor folders through them), nothing hidden, no __pycache__ or .pyc."""
-    top = os.path.join(root, folder)
-    if not os.path.isdir(top):
-        return []
-    out = []
-    for here, dirs, names in os.walk(top):
-        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
-        sub = os.path.relpath(here, top).replace(os.sep, "/")
-        prefix = "" if folder == "." else f"{folder}/"
-        prefix += "" if sub == "." else f"{sub}/"
-        for name in names:
-            if name.startswith(".") or name.endswith(".pyc") or name == "__pycache__":
-                continue
-            path = os.path.join(here, name)
-            if os.path.islink(path) or not os.path.isfile(path):
-                continue
-            out.append((prefix + name, path))
-    return out
+def configmap_size(files: Mapping[str, bytes]) -> int:
+    """The bytes the files take in a ConfigMap: UTF-8 text as it is, anything else in
+    base64 (`binaryData`), plus each file's path (its key)."""
+    total = 0
+    for rel, content in files.items():
+        total += len(rel.encode("utf-8", "surrogateescape"))
+        try:
+            content.decode("utf-8")
+            total += len(content)
+        except UnicodeDecodeError:
+            total += 4 * ((len(content) + 2) // 3)
+    return total
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+def _amount(size: int) -> str:
+    """`1.5 MiB (1572864 bytes)`."""
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MiB ({size} bytes)"
+    return f"{size / 1024:.0f} KiB ({size} bytes)"
 
 
 def labels(project: str, version: str, component: str, name: str, instance: str) -> dict[str, str]:
@@ -215,13 +232,6 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
     )
     files = version_files(version)
-    size = sum(len(b) for b in files.values())
-    if size > CONFIGMAP_LIMIT:
-        raise PlanError(
-            f"version {v}: its proto and node sources total {size} bytes, more than a "
-            f"ConfigMap holds ({CONFIGMAP_LIMIT}); build an image with the code baked in "
-            "and point the nodes' `image` at it"
-        )
     base = contract.RunnerEnv(
         project=project.name,
         version=v,

@@ -33,6 +33,7 @@ from .project import (
     VersionState,
     default_images,
 )
+from .versionfiles import copied_files
 from .worktree import branch_worktree, recover_worktrees
 
 Tree = dict[str, bytes]
@@ -43,7 +44,6 @@ PLACEHOLDER_NOTE = (
     "# URL below with your GitOps repo's URL.\n"
 )
 GITIGNORE = "__pycache__/\n*.py[cod]\n.venv/\n.kai/\n.DS_Store\n"
-SKIP_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
 ADD_SCRATCH = ".kai-add-"  # kai add's scratch folder in versions/: `.kai-add-<pid>-…`
 
 
@@ -585,26 +585,9 @@ def _unpack_source(source: Path, scratch: Path) -> Path:
 
 
 def version_files(src: Path) -> list[tuple[str, Path]]:
-    """A version's files as (relative posix path, path), sorted: regular files only, no
-    __pycache__ / .git / compiled Python; a symlink to a file inside the version counts
-    as that file, any other symlink is left out."""
-    src_real = src.resolve()
-    out: list[tuple[str, Path]] = []
-    for folder, dirs, files in os.walk(src):
-        here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_NAMES and not (here / d).is_symlink())
-        for fname in sorted(files):
-            path = here / fname
-            if fname in SKIP_NAMES or fname.endswith((".pyc", ".pyo")):
-                continue
-            if path.is_symlink():
-                real = path.resolve()
-                if not real.is_file() or not real.is_relative_to(src_real):
-                    continue
-            elif not path.is_file():
-                continue  # sockets, fifos
-            out.append((path.relative_to(src).as_posix(), path))
-    return sorted(out)
+    """A version's files as (relative posix path, path), sorted: what `kai add` copies
+    (renderer.versionfiles.copied_files, the same rule as what ships to the pods)."""
+    return copied_files(src)
 
 
 def copy_version(src: Path, dst: Path) -> list[str]:

@@ -22,11 +22,13 @@ from runner.proto import CompiledProto, ProtoError, compile_proto
 
 from .krt import MANIFEST_NAMES, Config, Node, Version, Workflow
 from .krtfile import extract_krt
-from .plan import MAX_NAME, derived_names
+from .nodesource import source_problems
+from .plan import MAX_NAME, FilesTooLarge, derived_names, read_files
 from .problems import InputError, Problem
 from .project import PROJECT_FILE, PUBLISHED, STARTED, VERSIONS_DIR, Project
 from .projectfile import read_project
 from .schemacheck import schema_problems
+from .versionfiles import VersionFilesError, left_out, shipped_files
 from .yamlsafe import Document, FieldPath, load_yaml, shown_path
 
 SCHEMA = "krt.schema.json"
@@ -181,15 +183,39 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
         real_root: Path | None = directory.resolve()
     except (OSError, RuntimeError):
         real_root = None
+    shipped: set[str] | None = None
+    try:
+        selected = shipped_files(directory)
+        shipped = {rel for rel, _ in selected}
+        read_files(selected)
+    except VersionFilesError as exc:
+        out.append(Problem(shown(exc.file), exc.line, 1 if exc.line else 0, "", exc.message))
+    except FilesTooLarge as exc:
+        out.append(Problem(shown.prefix or ".", message=str(exc)))
     for i, node in enumerate(nodes):
         src = _dict(node).get("src")
         if isinstance(src, str) and src:
-            message = _file_problem(directory, src, real_root)
+            message = _file_problem(directory, src, real_root) \
+                or _shipped_problem(directory, src, shipped)
             if message:
                 out.append(doc.problem(("nodes", i, "src"), message))
-    out += _proto_problems(doc, version, directory, shown)
+            elif not src.endswith(".py"):
+                out.append(doc.problem(("nodes", i, "src"),
+                                       f'"{src}" must be a Python file (.py)'))
+            else:
+                out += [Problem(shown(src), line, col, f"nodes[{i}].src", message)
+                        for line, col, message in source_problems(directory / src)]
+    out += _proto_problems(doc, version, directory, shown, shipped)
     out += _name_length_problems(doc, version)
     return out
+
+
+def _shipped_problem(directory: Path, rel: str, shipped: set[str] | None) -> str | None:
+    """Why the file `rel` (inside the version) would not reach the pods, or None."""
+    if shipped is None or rel in shipped:
+        return None
+    reason = left_out(directory, rel) or "it is not among the files that ship"
+    return f'"{rel}" would not reach the pods: {reason}'
 
 
 def _name_of(items: list[Any], index: int) -> str:
@@ -250,12 +276,12 @@ _STREAMING = {
 
 
 def _proto_problems(doc: Document, version: Version, directory: Path,
-                    shown: Shown) -> list[Problem]:
+                    shown: Shown, shipped: set[str] | None = None) -> list[Problem]:
     rel = version.proto
     if not rel.endswith(".proto"):
         return []  # missing or wrong: the schema said so
     where = ("entrypoint", "proto")
-    message = _file_problem(directory, rel)
+    message = _file_problem(directory, rel) or _shipped_problem(directory, rel, shipped)
     if message:
         return [doc.problem(where, message)]
     try:
@@ -266,7 +292,7 @@ def _proto_problems(doc: Document, version: Version, directory: Path,
             if p.line else doc.problem(where, f"{rel} does not compile: {p.message}")
             for p in exc.problems
         ]
-    out = _import_problems(doc, compiled, rel)
+    out = _import_problems(doc, compiled, rel, directory, shipped)
     if not compiled.services:
         example = "service Entrypoint { rpc PyGreet (Request) returns (Response); }"
         return [*out, doc.problem(where, f"{rel} defines no service; add one, e.g. {example}")]
@@ -325,17 +351,16 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
-def _import_problems(doc: Document, compiled: CompiledProto, rel: str) -> list[Problem]:
-    """Imports outside the proto's folder would not reach the pods (only that folder ships)."""
-    folder = PurePosixPath(rel).parent
+def _import_problems(doc: Document, compiled: CompiledProto, rel: str, directory: Path,
+                     shipped: set[str] | None) -> list[Problem]:
+    """The runner compiles the proto again in the pod: every file it imports must ship."""
     out = []
     for name in compiled.files:
-        if folder != PurePosixPath(".") and not PurePosixPath(name).is_relative_to(folder):
-            out.append(doc.problem(
-                ("entrypoint", "proto"),
-                f'{rel} imports "{name}", outside its folder {folder}/; only .proto files in '
-                "that folder are shipped with the version",
-            ))
+        if name == rel or not (directory / name).is_file():
+            continue  # not from the version (an include path of protoc's own)
+        message = _shipped_problem(directory, name, shipped)
+        if message:
+            out.append(doc.problem(("entrypoint", "proto"), f"{rel} imports {message}"))
     return out
 
 

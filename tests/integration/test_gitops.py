@@ -156,7 +156,8 @@ def test_add_refuses_existing_unless_force(populated: Path, sources: Path) -> No
     same = kai("add", str(sources / "greeter-v1"), "--repo", str(populated))
     assert same.output.startswith("nothing to do: ")  # the same files: retry-safe
     kai("start", "greeter-v1", "--repo", str(populated))
-    (sources / "greeter-v1" / "src" / "etl" / "main.py").write_text("# changed\n", "utf-8")
+    changed = sources / "greeter-v1" / "src" / "etl" / "main.py"
+    changed.write_text(changed.read_text("utf-8") + "# changed\n", "utf-8")
     again = kai("add", str(sources / "greeter-v1"), "--repo", str(populated), ok=False)
     assert again.exit_code == 1
     assert "versions/greeter-v1 already exists with other files; pass --force" in again.stderr
@@ -530,8 +531,12 @@ def test_add_refuses_a_broken_krt(repo: Path, tmp_path: Path) -> None:
 
 def test_failed_render_leaves_kai_yaml_unchanged(repo: Path, tmp_path: Path) -> None:
     big = make_version(tmp_path / "big", "big-v1")
-    (big / "src" / "etl" / "weights.bin").write_bytes(os.urandom(1100 * 1024))
     kai("add", str(big), "--repo", str(repo))
+    # grown by hand past what kai add accepts (it refuses such a version itself)
+    weights = repo / "versions" / "big-v1" / "src" / "etl" / "weights.bin"
+    weights.write_bytes(os.urandom(1100 * 1024))
+    git(repo, "add", "-A", ".")
+    git(repo, "commit", "-qm", "grow big-v1")
     before, kai_yaml = head(repo), (repo / "kai.yaml").read_bytes()
     result = kai("start", "big-v1", "--repo", str(repo), ok=False)
     assert result.exit_code == 1

@@ -335,9 +335,14 @@ def test_version_too_large_is_refused(tmp_path: Path) -> None:
     (version.directory / "src" / "etl" / "weights.py").write_bytes(
         b"#" * (planmod.CONFIGMAP_LIMIT + 1))
     project = make_project(tmp_path, {"greeter-v1": "started"})
-    with pytest.raises(RenderError, match="image with the code baked in") as info:
+    with pytest.raises(RenderError) as info:
         render_project(project, {"greeter-v1": version})
-    assert info.value.problems[0].file == "versions/greeter-v1"
+    (problem,) = info.value.problems
+    assert problem.file == "versions/greeter-v1"
+    assert problem.message.startswith("version greeter-v1: its files take 1008 KiB (")
+    assert problem.message.endswith(
+        "more than the 1008 KiB (1032192 bytes) one holds; give it a requirements.txt or "
+        "build an image; see docs/runner-image.md")
 
 
 # --- config -----------------------------------------------------------------------------------

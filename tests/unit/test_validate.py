@@ -290,8 +290,7 @@ def test_workflow_rpc_must_be_unary(tmp_path: Path) -> None:
     ]
 
 
-def test_proto_imports_outside_its_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "greeter-v1"
+def _proto_importing_common(folder: Path) -> str:
     (folder / "api").mkdir(parents=True)
     (folder / "common").mkdir()
     (folder / "common" / "types.proto").write_text(
@@ -300,11 +299,245 @@ def test_proto_imports_outside_its_folder(tmp_path: Path) -> None:
     (folder / "api" / "main.proto").write_text(
         PROTO.replace('package main;', 'package main;\nimport "common/types.proto";')
     )
-    krt = KRT.replace("proto: public_input.proto", "proto: api/main.proto")
+    return KRT.replace("proto: public_input.proto", "proto: api/main.proto")
+
+
+def test_proto_imports_outside_its_folder_ship_with_it(tmp_path: Path) -> None:
+    krt = _proto_importing_common(tmp_path / "greeter-v1")
+    write_version(tmp_path / "greeter-v1", krt)
+    load_version(tmp_path / "greeter-v1", tmp_path)  # every file of the version ships
+
+
+def test_proto_import_that_does_not_ship(tmp_path: Path) -> None:
+    folder = tmp_path / "greeter-v1"
+    krt = _proto_importing_common(folder)
+    (folder / ".kaiignore").write_text("# not for the pods\ncommon/\n")
     assert problems(tmp_path, krt) == [
-        f'{F}:4:10: entrypoint.proto: api/main.proto imports "common/types.proto", outside '
-        "its folder api/; only .proto files in that folder are shipped with the version"
+        f'{F}:4:10: entrypoint.proto: api/main.proto imports "common/types.proto" would not '
+        "reach the pods: .kaiignore line 2 excludes it ('common/')"
     ]
+
+
+# --- node sources, checked without running them -------------------------------------------------
+
+S = "greeter-v1/src/etl/main.py"
+
+
+def source_problems(tmp_path: Path, code: str | bytes, krt: str = KRT) -> list[str]:
+    """The problems of a version whose etl node holds `code`."""
+    folder = write_version(tmp_path / "greeter-v1", krt)
+    src = folder / "src" / "etl" / "main.py"
+    src.write_bytes(code if isinstance(code, bytes) else code.encode())
+    try:
+        load_version(folder, tmp_path)
+    except InputError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_src_must_be_a_python_file(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1", KRT.replace("src/etl/main.py",
+                                                                "src/etl/main.sh"))
+    (folder / "src" / "etl" / "main.sh").write_text("echo hi\n")
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        f'{F}:9:10: nodes[0].src: "src/etl/main.sh" must be a Python file (.py)'
+    ]
+
+
+def test_a_syntax_error_points_into_the_source(tmp_path: Path) -> None:
+    code = "def handler(ctx, data):\n    return data\nvalue = (1,\n"
+    assert source_problems(tmp_path, code) == [
+        f"{S}:3:9: nodes[0].src: syntax error: '(' was never closed"
+    ]
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    ("def handler(ctx, data)\n    return data\n", "1:23: nodes[0].src: syntax error: expected ':'"),
+    ("def handler(ctx, data):\nreturn data\n",
+     "2:1: nodes[0].src: syntax error: expected an indented block after function definition "
+     "on line 1"),
+    # what the parser lets through but the compiler refuses, as importing the module would
+    ("def handler(ctx, data):\n    return data\nawait setup()\n",
+     "3:1: nodes[0].src: syntax error: 'await' outside function"),
+    ("return 1\ndef handler(ctx, data):\n    return data\n",
+     "1:1: nodes[0].src: syntax error: 'return' outside function"),
+    # the runner image's Python (3.11) decides the grammar, not the one validating
+    ("type Alias = int\ndef handler(ctx, data):\n    return data\n",
+     "1:6: nodes[0].src: syntax error: invalid syntax"),
+    (b"def handler(ctx, data):\n    return '\xff'\n",
+     "2:15: nodes[0].src: syntax error: (unicode error) 'utf-8' codec can't decode byte 0xff "
+     "in position 0: invalid start byte"),
+])
+def test_what_does_not_compile(tmp_path: Path, code: str | bytes, message: str) -> None:
+    assert source_problems(tmp_path, code) == [f"{S}:{message}"]
+
+
+def test_null_bytes_and_deep_nesting_are_one_line_each(tmp_path: Path) -> None:
+    assert source_problems(tmp_path, b"def handler(ctx, data):\n    return 1\0\n") == [
+        f"{S}: nodes[0].src: syntax error: source code string cannot contain null bytes"
+    ]
+    deep = "def handler(ctx, data):\n    return data\nx = " + "1+" * 200_000 + "1\n"
+    assert source_problems(tmp_path / "deep", deep) == [
+        f"{S}: nodes[0].src: does not compile: it nests too deeply for Python's compiler"
+    ]
+
+
+def test_a_module_without_handler(tmp_path: Path) -> None:
+    for code in ("def handle(ctx, data):\n    return data\n",
+                 "def outer():\n    def handler(ctx, data):\n        return data\n",
+                 "class Node:\n    def handler(self, ctx, data):\n        return data\n",
+                 "handler = None\n", ""):
+        assert source_problems(tmp_path / str(len(code)), code) == [
+            f"{S}: nodes[0].src: defines no handler; a node module needs a top-level "
+            "`def handler(ctx, data)` (or `async def`)"
+        ] if code != "handler = None\n" else [
+            f"{S}:1:1: nodes[0].src: handler must be a function, but here it is None"
+        ], code
+
+
+@pytest.mark.parametrize("code", [
+    "def handler(ctx, data):\n    return data\n",
+    "async def handler(ctx, data):\n    return data\n",
+    "def make():\n    return lambda ctx, data: data\nhandler = make()\n",
+    "handler: object = lambda ctx, data: data\n",
+    "from json import loads as handler\n",
+    "try:\n    import fast\n    handler = fast.handler\nexcept ImportError:\n"
+    "    def handler(ctx, data):\n        return data\n",
+    "if True:\n    def handler(ctx, *rest):\n        return rest[0]\n",
+    "def handler(ctx, data=None, /):\n    return data\n",
+    # bound where a parser cannot follow: not reported
+    "from impl import *\n",
+    "def setup():\n    global handler\n    handler = make()\nsetup()\n",
+    "handler, init = make()\n",
+    # a decorator may give the function another signature: only the runner can tell
+    "from helpers import takes_ctx\n@takes_ctx\ndef handler(data):\n    return data\n",
+    # init is optional, and None says there is none (the runner accepts both)
+    "def handler(ctx, data):\n    return data\ninit = None\n",
+    "def handler(ctx, data):\n    return data\nasync def init(ctx):\n    pass\n",
+    "def handler(ctx, data):\n    return data\ninit = handler\n",
+])
+def test_modules_the_runner_accepts(tmp_path: Path, code: str) -> None:
+    assert source_problems(tmp_path, code) == []
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    ("handler = 'main'\n", "1:1: nodes[0].src: handler must be a function, but here it is a "
+                           "constant"),
+    ("class handler:\n    pass\n", "1:1: nodes[0].src: handler must be a function, but here "
+                                    "it is a class"),
+    ("def handler(ctx):\n    return ctx\n",
+     "1:1: nodes[0].src: handler must take two arguments (ctx, data)"),
+    ("import x\n\n\ndef handler(*args):\n    return args[1]\n",
+     "4:1: nodes[0].src: handler must take two arguments (ctx, data)"),
+    ("def handler(ctx, data):\n    return data\n\ninit = {'table': 1}\n",
+     "4:1: nodes[0].src: init must be a function, but here it is a dict"),
+    ("def handler(ctx, data):\n    return data\nclass init:\n    pass\n",
+     "3:1: nodes[0].src: init must be a function, but here it is a class"),
+    ("def handler(ctx, data):\n    return data\nhandler = [1]\n",
+     "3:1: nodes[0].src: handler must be a function, but here it is a list"),
+])
+def test_handler_and_init_must_be_functions(tmp_path: Path, code: str, message: str) -> None:
+    assert source_problems(tmp_path, code) == [f"{S}:{message}"]
+
+
+def test_each_node_is_named_and_a_shared_file_parsed_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from renderer import nodesource
+
+    calls: list[str] = []
+    real = nodesource.check_source
+
+    def counting(data: bytes, filename: str = "<node>") -> list[tuple[int, int, str]]:
+        calls.append(filename)
+        return real(data, filename)
+
+    monkeypatch.setattr(nodesource, "check_source", counting)
+    monkeypatch.setattr(nodesource, "_CACHE", {})
+    krt = KRT.replace("src/output/main.py", "src/etl/main.py")
+    assert source_problems(tmp_path / "a", "x = 1\n", krt) == [
+        f"{S}: nodes[0].src: defines no handler; a node module needs a top-level "
+        "`def handler(ctx, data)` (or `async def`)",
+        f"{S}: nodes[1].src: defines no handler; a node module needs a top-level "
+        "`def handler(ctx, data)` (or `async def`)",
+    ]
+    assert len(calls) == 1
+    source_problems(tmp_path / "b", "x = 1\n", krt)  # validated again: the same bytes
+    assert len(calls) == 1
+    source_problems(tmp_path / "c", "x = 2\n", krt)
+    assert len(calls) == 2
+
+
+# --- what ships to the pods ----------------------------------------------------------------
+
+
+def test_a_node_source_that_would_not_ship(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / ".kaiignore").write_text("src/etl/\n")
+    docs = KRT.replace("src/output/main.py", "docs/main.py")
+    (folder / "docs").mkdir()
+    (folder / "docs" / "main.py").write_text("def handler(ctx, data):\n    return data\n")
+    (folder / "krt.yml").write_text(docs)
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{F}:9:10: nodes[0].src: \"src/etl/main.py\" would not reach the pods: .kaiignore "
+        "line 1 excludes it ('src/etl/')",
+        f"{F}:12:10: nodes[1].src: \"docs/main.py\" would not reach the pods: docs/ is left "
+        "out (the version's documentation stays in git)",
+    ]
+
+
+def test_an_ignore_file_error_points_at_its_line(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / ".krtignore").write_text("# ok\n\\\n")
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        "greeter-v1/.krtignore:2:1: invalid pattern '\\\\'; see gitignore's pattern format"
+    ]
+
+
+def test_a_version_too_large_for_a_configmap(tmp_path: Path) -> None:
+    from renderer.plan import CONFIGMAP_LIMIT
+
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "data").mkdir()
+    (folder / "data" / "weights.bin").write_bytes(b"\xff" * (CONFIGMAP_LIMIT * 3 // 4))
+    with pytest.raises(InputError) as info:
+        load_version(folder, tmp_path)
+    (line,) = [str(p) for p in info.value.problems]
+    # binary files travel base64-encoded: 3/4 of the limit on disk is too much
+    assert line.startswith("greeter-v1: its files take 1009 KiB (1032969 bytes)")
+    assert line.endswith(" in a ConfigMap, more than the 1008 KiB (1032192 bytes) one holds; "
+                         "give it a requirements.txt or build an image; see "
+                         "docs/runner-image.md")
+    # the selection decides: what does not ship does not count
+    for ignored in ("data/\n", "*.bin\n"):
+        (folder / ".kaiignore").write_text(ignored)
+        load_version(folder, tmp_path)
+    (folder / ".kaiignore").unlink()
+    (folder / "docs").mkdir()
+    (folder / "data" / "weights.bin").rename(folder / "docs" / "weights.bin")
+    load_version(folder, tmp_path)
+    # far too large: refused from the sizes on disk, with the number of bytes found there
+    (folder / "data" / "huge.txt").write_bytes(b"x" * (3 * 1024 * 1024))
+    with pytest.raises(InputError, match=r"^greeter-v1: its files take 3\.0 MiB \(3146431 bytes\)"):
+        load_version(folder, tmp_path)
+
+
+def test_cli_refuses_a_version_too_large(tmp_path: Path) -> None:
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "data").mkdir()
+    (folder / "data" / "big.json").write_text("1" * (2 * 1024 * 1024))
+    result = run("greeter-v1", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "greeter-v1: its files take 2.0 MiB (2097855 bytes) in a ConfigMap, more than the "
+        "1008 KiB (1032192 bytes) one holds; give it a requirements.txt or build an image; see "
+        "docs/runner-image.md\n"
+    )
 
 
 def test_derived_names_fit_63_characters(tmp_path: Path) -> None:
