@@ -38,8 +38,8 @@ ENV_STORAGE = "KAI_STORAGE"  # "file" or "memory": JetStream storage of the stre
 ENV_MAX_DELIVER = "KAI_MAX_DELIVER"
 ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
 ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
-ENV_BIND_HOST = "KAI_BIND_HOST"  # optional: address the gRPC and web servers listen on
-ENV_CONCURRENCY = "KAI_CONCURRENCY"  # optional: messages a node process handles at once
+ENV_BIND_HOST = "KAI_BIND_HOST"  # address the gRPC and web servers listen on
+ENV_CONCURRENCY = "KAI_CONCURRENCY"  # messages a node process handles at once
 ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
 
 # --- defaults ----------------------------------------------------------------
@@ -55,7 +55,10 @@ DEFAULT_NATS_URL = f"nats://nats.kai-system.svc:{NATS_PORT}"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STORAGE = "file"
 DEFAULT_MAX_DELIVER = 5
-DEFAULT_ACK_WAIT = 30.0
+# A short ack wait: a crashed replica's work is delivered again within about this many
+# seconds. A node keeps the messages it works on alive (in_progress every ack_wait / 4), so
+# a slow handler is not redelivered however long it takes.
+DEFAULT_ACK_WAIT = 5.0
 DEFAULT_BIND_HOST = "0.0.0.0"
 DEFAULT_CONCURRENCY = 32
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers Nats-Msg-Id values
@@ -67,7 +70,7 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport).
+# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats).
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<request id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
 HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<request id>"
@@ -178,6 +181,8 @@ class RunnerEnv:
     max_deliver: int = DEFAULT_MAX_DELIVER
     ack_wait: float = DEFAULT_ACK_WAIT
     log_level: str = "INFO"
+    bind_host: str = DEFAULT_BIND_HOST
+    concurrency: int = DEFAULT_CONCURRENCY
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
@@ -199,6 +204,8 @@ class RunnerEnv:
             ENV_MAX_DELIVER: str(self.max_deliver),
             ENV_ACK_WAIT: _num(self.ack_wait),
             ENV_LOG_LEVEL: self.log_level,
+            ENV_BIND_HOST: self.bind_host,
+            ENV_CONCURRENCY: str(self.concurrency),
         }
         if self.node is not None:
             env[ENV_NODE] = self.node
@@ -241,6 +248,8 @@ class RunnerEnv:
                 max_deliver=int(e.get(ENV_MAX_DELIVER) or DEFAULT_MAX_DELIVER),
                 ack_wait=float(e.get(ENV_ACK_WAIT) or DEFAULT_ACK_WAIT),
                 log_level=e.get(ENV_LOG_LEVEL) or "INFO",
+                bind_host=e.get(ENV_BIND_HOST) or DEFAULT_BIND_HOST,
+                concurrency=max(1, int(e.get(ENV_CONCURRENCY) or DEFAULT_CONCURRENCY)),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None
