@@ -18,6 +18,10 @@ answer the entrypoint inbox — and only then ack. While the handler runs, the m
 kept alive (``in_progress`` every ack wait / 4), so only a dead replica's work is delivered
 again. A handler that raises ``sdk.Abort`` answers its code and message; any other
 exception answers INTERNAL ``node <name>: <message>``. Sync handlers run in a thread pool.
+
+A node process does not import grpc (about 9 MB of memory): the status codes of its errors
+are looked up when an error happens (``StepError.of``), and a handler that raises ``Abort``
+has imported grpc itself.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
@@ -259,12 +262,11 @@ async def invoke(fn: Callable[..., Any], is_async: bool, pool: Executor | None, 
         SCOPE.reset(token)
 
 
+_OUTCOMES = {"INVALID_ARGUMENT": metrics.INVALID, "RESOURCE_EXHAUSTED": metrics.TOO_LARGE}
+
+
 def _outcome(error: StepError) -> str:
-    if error.code is grpc.StatusCode.INVALID_ARGUMENT:
-        return metrics.INVALID
-    if error.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return metrics.TOO_LARGE
-    return metrics.ERROR
+    return _OUTCOMES.get(error.code.name, metrics.ERROR)
 
 
 def _handler_error(name: str, exc: Exception) -> StepError:
@@ -272,10 +274,9 @@ def _handler_error(name: str, exc: Exception) -> StepError:
     if isinstance(exc, Abort):
         return StepError(exc.code, exc.message)
     if isinstance(exc, DecodeError):
-        return StepError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"node {name}: cannot decode its input: {exc}")
-    return StepError(grpc.StatusCode.INTERNAL,
-                     f"node {name}: {exc}" if str(exc) else f"node {name}: {type(exc).__name__}")
+        return StepError.of("INVALID_ARGUMENT", f"node {name}: cannot decode its input: {exc}")
+    return StepError.of("INTERNAL", f"node {name}: {exc}" if str(exc)
+                        else f"node {name}: {type(exc).__name__}")
 
 
 # --- the running node -------------------------------------------------------------------
@@ -405,16 +406,15 @@ class NodeProcess(RunnerProcess):
         try:
             data = AnyMsg.FromString(d.payload)
         except DecodeError as exc:
-            raise StepError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"node {name}: cannot decode its input: {exc}") from None
+            raise StepError.of("INVALID_ARGUMENT",
+                               f"node {name}: cannot decode its input: {exc}") from None
         arg: Any = data
         if self.mod.data_type is not None:
             arg = self.mod.data_type()
             if not data.Unpack(arg):
                 got = data.TypeName() or "nothing"
-                raise StepError(grpc.StatusCode.INTERNAL,
-                                f"node {name}: received {got}, but its handler's data is "
-                                f"annotated {arg.DESCRIPTOR.full_name}")
+                raise StepError.of("INTERNAL", f"node {name}: received {got}, but its handler's "
+                                   f"data is annotated {arg.DESCRIPTOR.full_name}")
         started = time.perf_counter()
         try:
             out = await invoke(self.mod.handler, self.mod.handler_async, self._pool,
@@ -430,8 +430,8 @@ class NodeProcess(RunnerProcess):
             self._count(route, metrics.EXPIRED)
             return
         if not isinstance(out, Message):
-            raise StepError(
-                grpc.StatusCode.INTERNAL,
+            raise StepError.of(
+                "INTERNAL",
                 f"node {name} returned {type(out).__name__}, expected a protobuf message"
                 + (f" of type {route.output_type}" if route.next_subject is None else ""))
         if route.next_subject is None:
@@ -446,15 +446,14 @@ class NodeProcess(RunnerProcess):
     async def _answer(self, d: Delivery, route: Route, out: Message) -> None:
         got = out.DESCRIPTOR.full_name
         if got != route.output_type:
-            raise StepError(grpc.StatusCode.INTERNAL,
-                            f"node {self.name} returned {got}, but rpc {route.rpc} returns "
-                            f"{route.output_type}")
+            raise StepError.of("INTERNAL", f"node {self.name} returned {got}, but rpc "
+                               f"{route.rpc} returns {route.output_type}")
         payload = out.SerializeToString()
         limit = self.transport.max_payload
         if len(payload) > limit:
-            raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"node {self.name}: the reply is {len(payload)} bytes, over the "
-                            f"NATS server's max payload of {limit} bytes")
+            raise StepError.of("RESOURCE_EXHAUSTED",
+                               f"node {self.name}: the reply is {len(payload)} bytes, over the "
+                               f"NATS server's max payload of {limit} bytes")
         reply = d.reply
         if reply:
             await self.transport.reply_ok(reply, payload)
@@ -470,9 +469,9 @@ class NodeProcess(RunnerProcess):
                                d.reply)
         size = self.transport.oversize(payload, headers)
         if size:
-            raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"node {self.name}: its output is {size} bytes, over the NATS "
-                            f"server's max payload of {self.transport.max_payload} bytes")
+            raise StepError.of("RESOURCE_EXHAUSTED",
+                               f"node {self.name}: its output is {size} bytes, over the NATS "
+                               f"server's max payload of {self.transport.max_payload} bytes")
         until = deadline or time.time() + self.env.request_timeout
         stored = await publish_until(self.transport, route.next_subject, payload, headers,
                                      until, self._is_stopping)

@@ -24,11 +24,12 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
-
-import grpc
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import contract
+
+if TYPE_CHECKING:
+    import grpc
 
 T = TypeVar("T")
 SAVE_TIMEOUT = 10.0
@@ -60,6 +61,8 @@ class Abort(Exception):
     """
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        import grpc  # loaded already by whoever has a grpc.StatusCode to pass
+
         if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
             raise SdkError(f"Abort needs a grpc.StatusCode other than OK, not {code!r}")
         super().__init__(message)

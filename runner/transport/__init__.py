@@ -29,7 +29,7 @@ from .base import (
     headers_size,
     publish_until,
     request_id_of,
-    status_of,
+    status_code,
     step_headers,
 )
 
@@ -63,6 +63,6 @@ __all__ = [
     "open_transport",
     "publish_until",
     "request_id_of",
-    "status_of",
+    "status_code",
     "step_headers",
 ]

@@ -37,11 +37,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from .. import contract
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("runner.transport")
 
@@ -59,12 +60,23 @@ class StepError(Exception):
         self.code = code
         self.message = message
 
+    @classmethod
+    def of(cls, name: str, message: str) -> StepError:
+        """The error of the status code named `name` (a ``grpc.StatusCode`` member's name)."""
+        return cls(status_code(name), message)
+
     def __repr__(self) -> str:
         return f"StepError({self.code.name}, {self.message!r})"
 
 
-def status_of(name: str) -> grpc.StatusCode:
-    """The gRPC status code of a code name on the wire (UNKNOWN for a name it does not know)."""
+def status_code(name: str) -> grpc.StatusCode:
+    """The gRPC status code named `name` (as on the wire); UNKNOWN for a name it does not know.
+
+    grpc is imported here, when a code is first needed, not with this module: a node process
+    that never fails never loads grpc's core (about 9 MB of memory per process).
+    """
+    import grpc
+
     try:
         return grpc.StatusCode[name]
     except KeyError:

@@ -20,7 +20,8 @@ event loop. What it keeps of JetStream:
 * the data sink: records in publish order per subject (the data stream must exist).
 
 :meth:`MemoryTransport.disconnect` and :meth:`MemoryTransport.reconnect` simulate an outage
-of one process's connection, with its connection events.
+of one process's connection, with its connection events; :meth:`MemoryTransport.crash` a
+killed process (nothing it has in flight is settled).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -50,6 +52,8 @@ from .base import (
     header_safe,
     headers_size,
 )
+
+log = logging.getLogger("runner.transport")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 
@@ -96,7 +100,7 @@ class _Durable:
                 continue
             count = self.deliveries.get(seq, 0) + 1
             self.deliveries[seq] = count
-            delivery = MemoryDelivery(self, seq, count, stored)
+            delivery = MemoryDelivery(self, seq, count, stored, target.transport)
             timer = asyncio.get_running_loop().call_later(self.ack_wait, self._expired, delivery)
             self.out[seq] = _InFlight(delivery, timer)
             target.dispatch(delivery)
@@ -219,12 +223,16 @@ class MemoryBroker:
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_count", "_durable", "seq")
+    """A delivery to one transport; settling it needs that transport to be connected."""
 
-    def __init__(self, durable: _Durable, seq: int, count: int, stored: _Stored) -> None:
+    __slots__ = ("_count", "_durable", "_owner", "seq")
+
+    def __init__(self, durable: _Durable, seq: int, count: int, stored: _Stored,
+                 owner: MemoryTransport) -> None:
         self.payload = stored.payload
         self.headers = stored.headers
         self._durable = durable
+        self._owner = owner
         self.seq = seq
         self._count = count
 
@@ -233,17 +241,21 @@ class MemoryDelivery(Delivery):
         return self._count
 
     async def ack(self) -> None:
+        self._owner._check()
         if self.seq in self._durable.stream.messages:
             self._durable.remove(self.seq)
 
     async def nak(self, delay: float | None = None) -> None:
+        self._owner._check()
         if self._durable.current(self):
             self._durable.again(self.seq, delay)
 
     async def in_progress(self) -> None:
+        self._owner._check()
         self._durable.touch(self)
 
     async def term(self) -> None:
+        self._owner._check()
         if self._durable.current(self):
             self._durable.remove(self.seq)
 
@@ -253,7 +265,7 @@ class MemoryConsumer(Consumer):
 
     def __init__(self, transport: MemoryTransport, durable: _Durable, handle: Handle,
                  max_inflight: int) -> None:
-        self._transport = transport
+        self.transport = transport
         self._durable = durable
         self._handle = handle
         self.max_inflight = max_inflight
@@ -262,7 +274,7 @@ class MemoryConsumer(Consumer):
         self._running = False
 
     def has_room(self) -> bool:
-        return self._running and self._transport.is_connected and \
+        return self._running and self.transport.is_connected and \
             self.inflight < self.max_inflight
 
     async def start(self) -> None:
@@ -282,6 +294,8 @@ class MemoryConsumer(Consumer):
     async def _run(self, delivery: MemoryDelivery) -> None:
         try:
             await self._handle(delivery)
+        except Exception:
+            log.exception("unexpected error handling a message of %s", self._durable.name)
         finally:
             self.inflight -= 1
             self._durable.pump()
@@ -331,6 +345,14 @@ class MemoryTransport(Transport):
         for c in self._consumers:
             if c in c._durable.subscribers:
                 c._durable.subscribers.remove(c)
+
+    async def crash(self) -> None:
+        """Simulate the process being killed: what it has in flight is never settled."""
+        await self.close()
+        tasks = [t for c in self._consumers for t in c.tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def disconnect(self) -> None:
         """Simulate a lost connection: nothing is delivered to or sent by this transport."""

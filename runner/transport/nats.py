@@ -60,7 +60,7 @@ from .base import (
     Unreachable,
     header_safe,
     request_id_of,
-    status_of,
+    status_code,
 )
 
 log = logging.getLogger("runner.transport")
@@ -617,7 +617,7 @@ class NatsTransport(Transport):
             if hdrs:
                 code = hdrs.get(contract.HDR_STATUS, ok)
                 if code != ok:
-                    on_reply(msg.subject[n:], StepError(status_of(code),
+                    on_reply(msg.subject[n:], StepError(status_code(code),
                                                         hdrs.get(contract.HDR_ERROR, "")))
                     return
             on_reply(msg.subject[n:], msg.data)
