@@ -94,3 +94,13 @@ def test_a_node_process_does_not_load_grpc() -> None:
         "assert StepError.of('NO_SUCH_CODE', 'x').code is grpc.StatusCode.UNKNOWN\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_every_runner_package_is_packaged() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "runner").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
