@@ -282,6 +282,14 @@ def _handler_error(name: str, exc: Exception) -> StepError:
 # --- the running node -------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Working:
+    """A delivery being worked on, and when it was last kept alive (monotonic seconds)."""
+
+    delivery: Delivery
+    alive_at: float
+
+
 class NodeProcess(RunnerProcess):
     """One node process: a consumer per route, the handler on each delivery."""
 
@@ -294,7 +302,7 @@ class NodeProcess(RunnerProcess):
         self.ctx: Context | None = None
         self.consumers: list[Consumer] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight: dict[int, list[Any]] = {}  # id -> [delivery, last kept alive (monotonic)]
+        self._inflight: dict[int, _Working] = {}  # by id(delivery)
         self._ticker: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
         self._latency: Any = None
@@ -363,15 +371,15 @@ class NodeProcess(RunnerProcess):
         Every ack_wait / 4, each message not kept alive for that long gets ``in_progress``:
         no message goes more than half the ack wait without a sign of life.
         """
-        period = self.env.ack_wait / 4
+        period = max(0.05, self.env.ack_wait / 4)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            for entry in list(self._inflight.values()):
-                if now - entry[1] >= period:
-                    entry[1] = now
+            for work in list(self._inflight.values()):
+                if now - work.alive_at >= period:
+                    work.alive_at = now
                     try:
-                        await entry[0].in_progress()
+                        await work.delivery.in_progress()
                     except Exception:
                         pass
 
@@ -388,7 +396,7 @@ class NodeProcess(RunnerProcess):
 
     async def _handle(self, d: Delivery, route: Route) -> None:
         key = id(d)
-        self._inflight[key] = [d, time.monotonic()]
+        self._inflight[key] = _Working(d, time.monotonic())
         try:
             await self._step(d, route)
         except StepError as error:
