@@ -12,6 +12,7 @@ import collections
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -75,9 +76,11 @@ def test_a_handler_slower_than_three_ack_waits_is_delivered_once(
         wait_ready(ep, node)
         req = compiled.message_class("redeliver.Req")(id="slow", sleep=3.5)
         with grpc.insecure_channel(f"127.0.0.1:{ep.grpc_port}") as channel:
-            raw = channel.unary_unary("/redeliver.Chain/Run")(req.SerializeToString(),
-                                                              timeout=15)
-        assert compiled.message_class("redeliver.Resp").FromString(raw).id == "slow"
+            stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/redeliver.Chain/Run")
+            raw = stub(req.SerializeToString(), timeout=15)
+        answer: Any = compiled.message_class("redeliver.Resp").FromString(raw)
+        assert answer.id == "slow"
         time.sleep(1.5)  # past another ack wait: nothing comes back
         handled = _lines(tmp_path / "last.log")
         assert [h[1] for h in handled] == ["slow"], handled
@@ -97,8 +100,8 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
     assert contract.DEFAULT_ACK_WAIT * 1.5 < DEADLINE
     version = _version(tmp_path, nats_server.url, ("first", "middle", "last"))
     compiled = compile_proto(version.dir, "proto/api.proto")
-    req_class = compiled.message_class("redeliver.Req")
-    resp_class = compiled.message_class("redeliver.Resp")
+    req_class: Any = compiled.message_class("redeliver.Req")
+    resp_class: Any = compiled.message_class("redeliver.Resp")
     victims: list[int] = []
     try:
         ep = version.entrypoint()
@@ -110,7 +113,8 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
             done: list[tuple[str, grpc.StatusCode, str]] = []
             ids = iter(range(CALLS))
             async with grpc.aio.insecure_channel(f"127.0.0.1:{ep.grpc_port}") as channel:
-                stub = channel.unary_unary("/redeliver.Chain/Run")
+                stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    "/redeliver.Chain/Run")
 
                 async def worker() -> None:
                     for i in ids:
