@@ -249,10 +249,18 @@ class RunnerEnv:
                 ack_wait=float(e.get(ENV_ACK_WAIT) or DEFAULT_ACK_WAIT),
                 log_level=e.get(ENV_LOG_LEVEL) or "INFO",
                 bind_host=e.get(ENV_BIND_HOST) or DEFAULT_BIND_HOST,
-                concurrency=max(1, int(e.get(ENV_CONCURRENCY) or DEFAULT_CONCURRENCY)),
+                concurrency=_at_least_one(e, ENV_CONCURRENCY, DEFAULT_CONCURRENCY),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None
+
+
+def _at_least_one(e: Mapping[str, str], name: str, default: int) -> int:
+    raw = e.get(name, "")
+    try:
+        return max(1, int(raw)) if raw else default
+    except ValueError:
+        raise ContractError(f"{name}={raw!r} is not a whole number") from None
 
 
 def _num(value: float) -> str:
