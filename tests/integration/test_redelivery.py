@@ -47,7 +47,7 @@ def _log(ctx, req):
 
 async def handler(ctx, data: Req):
     _log(ctx, data)
-    if data.sleep:
+    if data.sleep and ctx.node in ("last", "middle"):
         await asyncio.sleep(data.sleep)
     if ctx.node == "last":
         return Resp(id=data.id, request_id=ctx.request_id)
@@ -119,7 +119,7 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
                 async def worker() -> None:
                     for i in ids:
                         rid = f"r{i}"
-                        payload = req_class(id=rid, sleep=0.01).SerializeToString()
+                        payload = req_class(id=rid, sleep=0.04).SerializeToString()
                         try:
                             raw = await stub(payload, timeout=DEADLINE)
                             done.append((rid, grpc.StatusCode.OK,
@@ -127,9 +127,14 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
                         except grpc.aio.AioRpcError as exc:
                             done.append((rid, exc.code(), exc.details() or ""))
 
+                def holds_work(pid: int) -> bool:
+                    """The process has started a request that has not reached the last node."""
+                    started = {r for p, r, _ in _lines(tmp_path / "middle.log") if int(p) == pid}
+                    return bool(started - {r for _, r, _ in _lines(tmp_path / "last.log")})
+
                 async def kill_when(count: int, proc: Proc) -> None:
                     for _ in range(6000):  # bounded: 60 s
-                        if len(done) >= count:
+                        if len(done) >= count and holds_work(proc.popen.pid):
                             break
                         await asyncio.sleep(0.01)
                     victims.append(proc.popen.pid)
