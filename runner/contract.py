@@ -40,8 +40,8 @@ ENV_ACK_WAIT = "KAI_ACK_WAIT"  # seconds
 ENV_DATA_MAX_AGE = "KAI_DATA_MAX_AGE"  # seconds the data stream keeps a record; 0: forever
 ENV_DATA_MAX_BYTES = "KAI_DATA_MAX_BYTES"  # bytes the data stream keeps at most; 0: unbounded
 ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
-ENV_BIND_HOST = "KAI_BIND_HOST"  # optional: address the gRPC and web servers listen on
-ENV_CONCURRENCY = "KAI_CONCURRENCY"  # optional: messages a node process handles at once
+ENV_BIND_HOST = "KAI_BIND_HOST"  # address the gRPC and web servers listen on
+ENV_CONCURRENCY = "KAI_CONCURRENCY"  # messages a node process handles at once
 ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
 
 # --- defaults ----------------------------------------------------------------
@@ -57,7 +57,10 @@ DEFAULT_NATS_URL = f"nats://nats.kai-system.svc:{NATS_PORT}"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STORAGE = "file"
 DEFAULT_MAX_DELIVER = 5
-DEFAULT_ACK_WAIT = 30.0
+# A short ack wait: a crashed replica's work is delivered again within about this many
+# seconds. A node keeps the messages it works on alive (in_progress every ack_wait / 4), so
+# a slow handler is not redelivered however long it takes.
+DEFAULT_ACK_WAIT = 5.0
 # The data stream keeps everything by default, as it always did: it holds the db
 # documents too, which a node expects back however old they are. A size is no default
 # either: JetStream reserves a stream's max_bytes of the server's storage when it creates
@@ -76,7 +79,7 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport).
+# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats).
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<request id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
 HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<request id>"
@@ -189,6 +192,8 @@ class RunnerEnv:
     data_max_age: float = DEFAULT_DATA_MAX_AGE
     data_max_bytes: int = DEFAULT_DATA_MAX_BYTES
     log_level: str = "INFO"
+    bind_host: str = DEFAULT_BIND_HOST
+    concurrency: int = DEFAULT_CONCURRENCY
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
@@ -212,6 +217,8 @@ class RunnerEnv:
             ENV_DATA_MAX_AGE: _num(self.data_max_age),
             ENV_DATA_MAX_BYTES: str(self.data_max_bytes),
             ENV_LOG_LEVEL: self.log_level,
+            ENV_BIND_HOST: self.bind_host,
+            ENV_CONCURRENCY: str(self.concurrency),
         }
         if self.node is not None:
             env[ENV_NODE] = self.node
@@ -256,9 +263,19 @@ class RunnerEnv:
                 data_max_age=float(e.get(ENV_DATA_MAX_AGE) or DEFAULT_DATA_MAX_AGE),
                 data_max_bytes=int(e.get(ENV_DATA_MAX_BYTES) or DEFAULT_DATA_MAX_BYTES),
                 log_level=e.get(ENV_LOG_LEVEL) or "INFO",
+                bind_host=e.get(ENV_BIND_HOST) or DEFAULT_BIND_HOST,
+                concurrency=_at_least_one(e, ENV_CONCURRENCY, DEFAULT_CONCURRENCY),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None
+
+
+def _at_least_one(e: Mapping[str, str], name: str, default: int) -> int:
+    raw = e.get(name, "")
+    try:
+        return max(1, int(raw)) if raw else default
+    except ValueError:
+        raise ContractError(f"{name}={raw!r} is not a whole number") from None
 
 
 def _num(value: float) -> str:

@@ -16,37 +16,45 @@ A call to rpc R of workflow W:
 When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a node that
 crashes on it each time), the entrypoint answers that call INTERNAL naming the node, and
 deletes the message. Health checking and server reflection are served on the same port.
+The entrypoint speaks to the broker only through ``runner.transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import grpc
-import nats.errors
-import nats.js.errors
 from google.protobuf import any_pb2, descriptor_pb2
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.manager import JetStreamManager
 
-from . import contract, metrics, transport
+from . import contract, metrics
+from .process import RunnerProcess
 from .proto import CompiledProto, ProtoError, compile_proto
-from .web import Response, WebServer
+from .transport import (
+    STORE_TIMEOUT,
+    GaveUp,
+    NoStream,
+    NotStored,
+    StepError,
+    TooLarge,
+    Transport,
+    Unreachable,
+    open_transport,
+    request_id_of,
+    step_headers,
+)
+from .web import Response
 
 log = logging.getLogger("runner.entrypoint")
 
@@ -56,7 +64,6 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
-Answer = tuple[str, str, bytes]  # (status code name, error message, payload)
 # the rpcs are served generically: requests and replies stay serialized bytes
 RpcContext = grpc.aio.ServicerContext[bytes, bytes]
 
@@ -130,33 +137,23 @@ def _add_to_pool(compiled: CompiledProto, *file_descriptors: _FileDescriptor) ->
             pass
 
 
-@dataclass
-class Entrypoint:
-    env: contract.RunnerEnv
-    compiled: CompiledProto
-    bindings: list[Binding]
-    bind_host: str = contract.DEFAULT_BIND_HOST
-    nc: Client | None = None
-    publisher: transport.Publisher | None = None
-    jsm: JetStreamManager | None = None
-    inbox: str = ""
-    pending: dict[str, asyncio.Future[Answer]] = field(default_factory=dict)
-    connected: bool = False
-    streams_ok: bool = False
-    serving: bool = False
-    stopping: bool = False
-    grpc_port: int = 0
-    web: WebServer | None = None
-    _server: grpc.aio.Server | None = None
-    _health: HealthServicer | None = None
-    _token: str = field(default_factory=lambda: secrets.token_hex(6))
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-    _nodes: dict[tuple[str, str], str] = field(default_factory=dict)
-    _reensure: transport.Reensure | None = None
-    _reply_prefix: str = ""
+class Entrypoint(RunnerProcess):
+    """Serve each workflow's rpc over gRPC; pass calls on to step 0, await the last node."""
 
-    def ready(self) -> bool:
-        return self.connected and self.streams_ok and self.serving and not self.stopping
+    def __init__(self, env: contract.RunnerEnv, compiled: CompiledProto,
+                 bindings: list[Binding], transport: Transport) -> None:
+        super().__init__(env, transport)
+        self.compiled = compiled
+        self.bindings = bindings
+        self.inbox = ""
+        self.pending: dict[str, asyncio.Future[bytes]] = {}
+        self.grpc_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+        self._token = secrets.token_hex(6)
+        self._ids = itertools.count()
+        self._nodes: dict[tuple[str, str], str] = {}
+        self._reply_prefix = ""
 
     async def start(self) -> None:
         env = self.env
@@ -165,39 +162,25 @@ class Entrypoint:
             for step, node in enumerate(wf.chain):
                 self._nodes[(stream, contract.consumer_name(step, node))] = node
         body = proto_text(env, self.compiled)
-        self.web = WebServer.probes(self.bind_host, env.web_port, self.ready)
 
         async def proto() -> Response:
             return Response(200, body, "text/plain; charset=utf-8")
 
-        self.web.routes["/proto"] = proto
-        await self.web.start()
+        web = await self.start_web(env.web_port, {"/proto": proto})
         await self._start_grpc()
-        self.nc = await transport.connect(
-            env.nats_url, f"kai-entrypoint-{env.version}",
-            transport.ConnectionEvents(self._on_disconnect, self._on_reconnect))
-        self.connected = True
-        self.publisher = transport.Publisher(self.nc)
-        await self.publisher.start()
-        self.jsm = self.nc.jsm(timeout=transport.JS_TIMEOUT)
-        await self._ensure()
+        await self.connect(f"kai-entrypoint-{env.version}")
+        await self.ensure()
         self.inbox = f"{contract.reply_prefix(env.project, env.version)}.{self._token}"
         self._reply_prefix = self.inbox + "."
-        await self.nc.subscribe(self._reply_prefix + "*", cb=self._on_reply,
-                                pending_msgs_limit=1_000_000,
-                                pending_bytes_limit=512 * 1024 * 1024)
+        await self.transport.listen_replies(self._reply_prefix, self._on_reply)
         for wf in env.workflows:
-            stream = contract.stream_name(env.project, env.version, wf.name)
-            await self.nc.subscribe(
-                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
-                cb=self._on_max_deliveries)
-        # nats-py annotates flush's timeout as int, but hands it to asyncio.wait_for
-        await self.nc.flush(timeout=transport.JS_TIMEOUT)  # type: ignore[arg-type]
-        self.serving = True
-        await self._set_health()
+            await self.transport.on_gave_up(
+                contract.stream_name(env.project, env.version, wf.name), self._on_gave_up)
+        await self.transport.flush(STORE_TIMEOUT)
+        self.started = True
+        await self.state_changed()
         log.info("entrypoint ready: grpc %s:%d, web %s:%d", self.bind_host, self.grpc_port,
-                 self.bind_host, self.web.port)
-
+                 self.bind_host, web.port)
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
@@ -220,9 +203,9 @@ class Entrypoint:
                                   f"for gRPC: {exc}") from None
         await server.start()
         self._server = server
-        await self._set_health()
+        await self.state_changed()
 
-    async def _set_health(self) -> None:
+    async def state_changed(self) -> None:
         if self._health is None:
             return
         status = (health_pb2.HealthCheckResponse.SERVING if self.ready()
@@ -230,61 +213,26 @@ class Entrypoint:
         for name in ("", *sorted({b.service for b in self.bindings})):
             await self._health.set(name, status)
 
-    async def _ensure(self) -> None:
-        assert self.jsm is not None
-        try:
-            await transport.ensure_data_stream(self.jsm, self.env)
-            for wf in self.env.workflows:
-                await transport.ensure_work_stream(self.jsm, self.env, wf.name)
-            self.streams_ok = True
-        except Exception:
-            self.streams_ok = False
-            raise
-        finally:
-            await self._set_health()
-
-    def _ensure_soon(self) -> None:
-        if self._reensure is None:
-            self._reensure = transport.Reensure(
-                self._ensure,
-                lambda: not self.stopping and self.nc is not None and self.nc.is_connected)
-        self._reensure.soon()
-
-    async def _on_disconnect(self) -> None:
-        self.connected = False
-        await self._set_health()
-
-    async def _on_reconnect(self) -> None:
-        self.connected = True
-        await self._set_health()
-        self._ensure_soon()
+    async def ensure_streams(self) -> None:
+        await self.transport.ensure_data_stream()
+        for wf in self.env.workflows:
+            await self.transport.ensure_work_stream(wf.name)
 
     # --- answers -------------------------------------------------------------------------
 
-    async def _on_reply(self, msg: Msg) -> None:
-        fut = self.pending.get(msg.subject[len(self._reply_prefix):])
+    def _on_reply(self, request_id: str, reply: bytes | StepError) -> None:
+        fut = self.pending.get(request_id)
         if fut is None or fut.done():
             return
-        hdrs = msg.headers
-        if hdrs:
-            fut.set_result((hdrs.get(contract.HDR_STATUS, "OK"),
-                            hdrs.get(contract.HDR_ERROR, ""), msg.data))
+        if isinstance(reply, StepError):
+            fut.set_exception(reply)
         else:
-            fut.set_result(("OK", "", msg.data))
+            fut.set_result(reply)
 
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        assert self.jsm is not None
-        try:
-            event = json.loads(msg.data)
-            stream, consumer = event["stream"], event["consumer"]
-            seq, deliveries = int(event["stream_seq"]), event.get("deliveries", "?")
-            stored = await self.jsm.get_msg(stream, seq)
-        except Exception as exc:  # gone already, or not ours to read
-            log.debug("max-deliveries advisory not handled: %s", exc)
-            return
-        hdrs = stored.headers or {}
-        request_id = transport.request_id_of(hdrs)
-        node = self._nodes.get((stream, consumer), consumer)
+    async def _on_gave_up(self, event: GaveUp) -> None:
+        hdrs = event.headers
+        request_id = request_id_of(hdrs)
+        node = self._nodes.get((event.stream, event.consumer), event.consumer)
         try:
             expired = float(hdrs.get(contract.HDR_DEADLINE) or 0) < time.time()
         except ValueError:
@@ -292,15 +240,16 @@ class Entrypoint:
         mine = hdrs.get(contract.HDR_REPLY, "").startswith(self._reply_prefix)
         if mine:
             log.warning("request %s: node %s gave up after %s deliveries", request_id, node,
-                        deliveries)
+                        event.deliveries)
             fut = self.pending.get(request_id)
             if fut is not None and not fut.done():
-                fut.set_result(("INTERNAL", f"node {node}: gave up on this request after "
-                                f"{deliveries} attempts (the node crashed or did not finish "
-                                "in time on each)", b""))
+                fut.set_exception(StepError(
+                    grpc.StatusCode.INTERNAL,
+                    f"node {node}: gave up on this request after {event.deliveries} attempts "
+                    "(the node crashed or did not finish in time on each)"))
         if mine or expired:
             try:
-                await self.jsm.delete_msg(stream, seq)
+                await event.delete()
             except Exception:
                 pass
 
@@ -312,14 +261,14 @@ class Entrypoint:
 
         async def call(request: bytes, context: RpcContext) -> bytes:
             started = time.perf_counter()
-            code, details, payload = await self._call(b, request, context)
-            status = getattr(grpc.StatusCode, code, None)
-            if not isinstance(status, grpc.StatusCode):
-                status, details = grpc.StatusCode.UNKNOWN, f"{code}: {details}"
-            requests[status].inc()
+            try:
+                payload = await self._call(b, request, context)
+            except StepError as error:
+                requests[error.code].inc()
+                latency.observe(time.perf_counter() - started)
+                await context.abort(error.code, error.message)
+            requests[grpc.StatusCode.OK].inc()
             latency.observe(time.perf_counter() - started)
-            if status is not grpc.StatusCode.OK:
-                await context.abort(status, details)
             return payload
 
         return call
@@ -330,83 +279,77 @@ class Entrypoint:
             return self.env.request_timeout
         return max(remaining, 0.0)
 
-    async def _call(self, b: Binding, request: bytes, context: RpcContext) -> Answer:
-        nc = self.nc
-        if nc is None or not nc.is_connected or not self.streams_ok:
-            return ("UNAVAILABLE", "NATS is not reachable; try again shortly", b"")
+    async def _call(self, b: Binding, request: bytes, context: RpcContext) -> bytes:
+        """The rpc's serialized response; raises :class:`StepError` for any other status."""
+        t = self.transport
+        if not t.is_connected or not self.streams_ok:
+            raise StepError(grpc.StatusCode.UNAVAILABLE,
+                            "NATS is not reachable; try again shortly")
         if self.stopping:
-            return ("UNAVAILABLE", "the entrypoint is shutting down", b"")
+            raise StepError(grpc.StatusCode.UNAVAILABLE, "the entrypoint is shutting down")
         try:
             b.input_type.FromString(request)
         except DecodeError as exc:
-            return ("INVALID_ARGUMENT",
-                    f"the request is not a valid {b.input_type.DESCRIPTOR.full_name}: {exc}", b"")
+            raise StepError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid {b.input_type.DESCRIPTOR.full_name}: "
+                            f"{exc}") from None
         timeout = self._timeout(context)
         deadline = time.time() + timeout
         request_id = f"{self._token}-{next(self._ids)}"
         envelope = any_pb2.Any(type_url=b.type_url, value=request).SerializeToString()
-        headers = {
-            contract.HDR_MSG_ID: f"{request_id}:0",
-            contract.HDR_DEADLINE: f"{deadline:.6f}",
-            contract.HDR_REPLY: self._reply_prefix + request_id,
-        }
-        size = transport.over_limit(nc, envelope, headers)
+        headers = step_headers(request_id, 0, f"{deadline:.6f}", self._reply_prefix + request_id)
+        size = t.oversize(envelope, headers)
         if size:
-            return ("RESOURCE_EXHAUSTED",
-                    f"the request is {len(request)} bytes ({size} with its envelope), over the "
-                    f"NATS server's max payload of {nc.max_payload} bytes", b"")
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the request is {len(request)} bytes ({size} with its envelope), "
+                            f"over the NATS server's max payload of {t.max_payload} bytes")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = fut
         published = False
         try:
             async with asyncio.timeout(timeout):
-                assert self.publisher is not None
-                await self.publisher.publish(b.subject, envelope, headers,
-                                             min(transport.JS_TIMEOUT, max(timeout, 0.01)))
+                await t.publish(b.subject, envelope, headers,
+                                min(STORE_TIMEOUT, max(timeout, 0.01)))
                 published = True
                 envelope = b""  # stored: not held while waiting (32 x 100 KB in flight add up)
                 return await fut
-        except TimeoutError:
-            if published or timeout <= transport.JS_TIMEOUT:
-                return ("DEADLINE_EXCEEDED",
-                        f"no answer from workflow {b.workflow.name} within {timeout:.3g}s", b"")
-            return ("UNAVAILABLE", "NATS did not store the request in time", b"")
-        except nats.errors.TimeoutError:
-            return ("UNAVAILABLE", "NATS did not store the request in time", b"")
-        except nats.js.errors.NoStreamResponseError:
-            self._ensure_soon()
-            return ("UNAVAILABLE", f"the stream of workflow {b.workflow.name} is not there "
-                    "(re-creating it); try again shortly", b"")
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-                nats.errors.NoRespondersError) as exc:
-            return ("UNAVAILABLE", f"NATS is not reachable: {type(exc).__name__}", b"")
-        except nats.errors.MaxPayloadError:
-            return ("RESOURCE_EXHAUSTED",
-                    f"the request is {len(request)} bytes, over the NATS server's max payload "
-                    f"of {nc.max_payload} bytes", b"")
+        except (TimeoutError, NotStored):
+            if published or timeout <= STORE_TIMEOUT:
+                raise StepError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no answer from workflow {b.workflow.name} within "
+                                f"{timeout:.3g}s") from None
+            raise StepError(grpc.StatusCode.UNAVAILABLE,
+                            "NATS did not store the request in time") from None
+        except NoStream:
+            self.ensure_soon()
+            raise StepError(grpc.StatusCode.UNAVAILABLE,
+                            f"the stream of workflow {b.workflow.name} is not there "
+                            "(re-creating it); try again shortly") from None
+        except Unreachable as exc:
+            raise StepError(grpc.StatusCode.UNAVAILABLE,
+                            f"NATS is not reachable: {exc}") from None
+        except TooLarge:
+            raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the request is {len(request)} bytes, over the NATS server's max "
+                            f"payload of {t.max_payload} bytes") from None
         finally:
             self.pending.pop(request_id, None)
 
     async def stop(self, grace: float) -> None:
-        """Stop taking calls, let those in flight finish (up to `grace`), close NATS."""
+        """Stop taking calls, let those in flight finish (up to `grace`), close the transport."""
         self.stopping = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
-        if self.web is not None:
-            await self.web.close()
+        await self.close(0.1)
 
 
-def prepare(env: contract.RunnerEnv) -> Entrypoint:
+def prepare(env: contract.RunnerEnv, transport: Transport | None = None) -> Entrypoint:
     """Compile the proto and bind the rpcs (everything that can fail before serving)."""
     try:
         compiled = compile_proto(Path(env.version_dir), env.proto)
     except ProtoError as exc:
         raise EntrypointError(f"the proto {env.proto} does not compile: {exc}") from None
     bindings = bind(env, compiled)
-    host = os.environ.get(contract.ENV_BIND_HOST) or contract.DEFAULT_BIND_HOST
-    return Entrypoint(env, compiled, bindings, bind_host=host)
-
+    return Entrypoint(env, compiled, bindings, transport or open_transport(env))

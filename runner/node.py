@@ -9,12 +9,19 @@ Start-up, in order (any failure stops the process with a clear message, never la
 3. connect to NATS, create the workflows' streams and this node's durable consumers;
 4. run ``init(ctx)`` once, then take messages and log ``node <name> ready``.
 
-Per message (see runner.transport for the wire protocol): drop expired work; decode the
-``Any`` (undecodable → INVALID_ARGUMENT); call the handler (``data`` is the ``Any``, or the
-unpacked message when the parameter is annotated with a message class); publish the output
-to the next step with ``Nats-Msg-Id = "<request id>:<next step>"`` — or, on the last step,
-check the rpc's output type and answer the entrypoint inbox — and only then ack. A handler
+Per message (a ``transport.Delivery``; runner.transport.nats has the wire protocol): drop
+expired work; decode the ``Any`` (undecodable → INVALID_ARGUMENT); call the handler
+(``data`` is the ``Any``, or the unpacked message when the parameter is annotated with a
+message class); store the output as the next step's input, with the message id
+``"<request id>:<next step>"`` — or, on the last step, check the rpc's output type and
+answer the entrypoint inbox — and only then ack. While the handler runs, the message is
+kept alive (``in_progress`` every ack wait / 4), so only a dead replica's work is delivered
+again. A handler that raises ``sdk.Abort`` answers its code and message; any other
 exception answers INTERNAL ``node <name>: <message>``. Sync handlers run in a thread pool.
+
+A node process does not import grpc (about 9 MB of memory): the status codes of its errors
+are looked up when an error happens (``StepError.of``), and a handler that raises ``Abort``
+has imported grpc itself.
 """
 
 from __future__ import annotations
@@ -31,21 +38,28 @@ import tempfile
 import time
 import typing
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from . import contract, metrics, transport
+from . import contract, metrics
+from .process import RunnerProcess
 from .proto import ProtoError, compile_proto, generate_pb2
-from .sdk import SCOPE, Context, Scope, Sink
-from .web import WebServer
+from .sdk import NO_SCOPE, SCOPE, Abort, Context, Scope, Sink
+from .transport import (
+    Consumer,
+    Delivery,
+    StepError,
+    Transport,
+    open_transport,
+    publish_until,
+    step_headers,
+)
 
 log = logging.getLogger("runner.node")
 
@@ -223,31 +237,75 @@ def routes_of(env: contract.RunnerEnv) -> list[Route]:
     return out
 
 
+# --- calling the author's functions ----------------------------------------------------
+
+
+async def invoke(fn: Callable[..., Any], is_async: bool, pool: Executor | None, scope: Scope,
+                 *args: Any) -> Any:
+    """Call the author's `handler` or `init` in `scope` (what `ctx.request_id` and the log
+    prefix see), and reset the scope afterwards.
+
+    An async function is awaited on the loop; a sync one runs in `pool` (a worker thread,
+    with a copy of the context, so it sees the scope too); an awaitable it returns is
+    awaited.
+    """
+    token = SCOPE.set(scope)
+    try:
+        if is_async:
+            return await fn(*args)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(pool, contextvars.copy_context().run, fn, *args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    finally:
+        SCOPE.reset(token)
+
+
+_OUTCOMES = {"INVALID_ARGUMENT": metrics.INVALID, "RESOURCE_EXHAUSTED": metrics.TOO_LARGE}
+
+
+def _outcome(error: StepError) -> str:
+    return _OUTCOMES.get(error.code.name, metrics.ERROR)
+
+
+def _handler_error(name: str, exc: Exception) -> StepError:
+    """What the client is told when the handler raised `exc`."""
+    if isinstance(exc, Abort):
+        return StepError(exc.code, exc.message)
+    if isinstance(exc, DecodeError):
+        return StepError.of("INVALID_ARGUMENT", f"node {name}: cannot decode its input: {exc}")
+    return StepError.of("INTERNAL", f"node {name}: {exc}" if str(exc)
+                        else f"node {name}: {type(exc).__name__}")
+
+
 # --- the running node -------------------------------------------------------------------
 
 
-@dataclass
-class NodeProcess:
-    env: contract.RunnerEnv
-    mod: NodeModule
-    routes: list[Route]
-    concurrency: int = contract.DEFAULT_CONCURRENCY
-    bind_host: str = contract.DEFAULT_BIND_HOST
-    nc: Client | None = None
-    ctx: Context | None = None
-    web: WebServer | None = None
-    pullers: list[transport.Puller] = field(default_factory=list)
-    connected: bool = False
-    streams_ok: bool = False
-    started: bool = False
-    stopping: bool = False
-    _pool: ThreadPoolExecutor | None = None
-    _inflight: dict[int, tuple[Msg, float]] = field(default_factory=dict)
-    _reensure: transport.Reensure | None = None
-    _ticker: asyncio.Task[None] | None = None
-    _publisher: transport.Publisher | None = None
-    _counters: dict[tuple[str, str], Any] = field(default_factory=dict)
-    _latency: Any = None
+@dataclass(slots=True)
+class _Working:
+    """A delivery being worked on, and when it was last kept alive (monotonic seconds)."""
+
+    delivery: Delivery
+    alive_at: float
+
+
+class NodeProcess(RunnerProcess):
+    """One node process: a consumer per route, the handler on each delivery."""
+
+    def __init__(self, env: contract.RunnerEnv, mod: NodeModule, routes: list[Route],
+                 transport: Transport) -> None:
+        super().__init__(env, transport)
+        self.mod = mod
+        self.routes = routes
+        self.concurrency = env.concurrency
+        self.ctx: Context | None = None
+        self.consumers: list[Consumer] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[int, _Working] = {}  # by id(delivery)
+        self._ticker: asyncio.Task[None] | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latency: Any = None
 
     def _count(self, route: Route, outcome: str) -> None:
         counter = self._counters.get((route.workflow, outcome))
@@ -260,295 +318,197 @@ class NodeProcess:
     def name(self) -> str:
         return self.env.node or ""
 
-    def ready(self) -> bool:
-        return self.started and self.connected and self.streams_ok and not self.stopping
-
     async def start(self) -> None:
         self._latency = metrics.HANDLER_SECONDS.labels(self.name)
-        self.web = WebServer.probes(self.bind_host, self.env.web_port, self.ready)
-        await self.web.start()
+        web = await self.start_web(self.env.web_port)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
                                         thread_name_prefix=f"node-{self.name}")
-        self.nc = await transport.connect(
-            self.env.nats_url, f"kai-node-{self.env.version}-{self.name}",
-            transport.ConnectionEvents(self._on_disconnect, self._on_reconnect))
-        self.connected = True
-        await self._ensure()
-        self._publisher = transport.Publisher(self.nc)
-        await self._publisher.start()
-        self.ctx = Context(self.env, data_sink(self.nc, self.env))
+        await self.connect(f"kai-node-{self.env.version}-{self.name}")
+        await self.ensure()
+        self.ctx = Context(self.env, Sink(self.transport.save_record,
+                                          self.transport.scan_records,
+                                          asyncio.get_running_loop()))
         await self._run_init()
         for route in self.routes:
-            puller = transport.Puller(
-                self.nc, route.stream, route.consumer, self._handler_for(route),
-                max_inflight=self.concurrency, on_lost=self._ensure_soon)
-            await puller.start()
-            self.pullers.append(puller)
+            consumer = self.transport.consume(route.stream, route.consumer,
+                                              self._handler_for(route), self.concurrency,
+                                              on_lost=self.ensure_soon)
+            await consumer.start()
+            self.consumers.append(consumer)
         self._ticker = asyncio.create_task(self._keep_alive())
         self.started = True
-        log.info("node %s ready (web :%d)", self.name, self.web.port)
+        log.info("node %s ready (web :%d)", self.name, web.port)
 
-    async def _ensure(self) -> None:
-        assert self.nc is not None
-        jsm = self.nc.jsm(timeout=transport.JS_TIMEOUT)
-        await transport.ensure_data_stream(jsm, self.env)
+    async def ensure_streams(self) -> None:
+        t = self.transport
+        await t.ensure_data_stream()
         for route in self.routes:
-            await transport.ensure_work_stream(jsm, self.env, route.workflow)
-            await transport.ensure_consumer(jsm, self.env, route.workflow, route.step, self.name)
-        self.streams_ok = True
+            await t.ensure_work_stream(route.workflow)
+            await t.ensure_consumer(route.workflow, route.step, self.name)
 
-    async def _ensure_and_pull(self) -> None:
-        await self._ensure()
-        for p in self.pullers:
-            p.reset()
+    async def ensure(self) -> None:
+        await super().ensure()
+        for c in self.consumers:
+            c.reset()
 
-    def _ensure_soon(self) -> None:
-        if self._reensure is None:
-
-            def failed() -> None:
-                self.streams_ok = False
-
-            self._reensure = transport.Reensure(
-                self._ensure_and_pull,
-                lambda: not self.stopping and self.nc is not None and self.nc.is_connected,
-                failed)
-        self._reensure.soon()
-
-    async def _on_disconnect(self) -> None:
-        self.connected = False
-
-    async def _on_reconnect(self) -> None:
-        self.connected = True
-        for p in self.pullers:
-            p.reset()
-        self._ensure_soon()
+    async def reconnected(self) -> None:
+        for c in self.consumers:
+            c.reset()
 
     async def _run_init(self) -> None:
         init = self.mod.init
         if init is None:
             return
-        assert self.ctx is not None
         try:
-            if self.mod.init_async:
-                await init(self.ctx)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._pool, contextvars.copy_context().run, init, self.ctx)
-                if inspect.isawaitable(result):
-                    await result
+            await invoke(init, self.mod.init_async, self._pool, NO_SCOPE, self.ctx)
         except Exception as exc:
             raise StartupError(f"node {self.name}: init failed: {type(exc).__name__}: {exc}",
                                EXIT_INIT) from exc
 
     async def _keep_alive(self) -> None:
-        """Tell the server that long handlers are still working (so no redelivery)."""
-        period = max(0.5, self.env.ack_wait / 3)
+        """Tell the broker that messages still being worked on are alive (so no redelivery).
+
+        Every ack_wait / 4, each message not kept alive for that long gets ``in_progress``:
+        no message goes more than half the ack wait without a sign of life.
+        """
+        period = max(0.05, self.env.ack_wait / 4)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            for msg, started in list(self._inflight.values()):
-                if now - started >= period:
+            for work in list(self._inflight.values()):
+                if now - work.alive_at >= period:
+                    work.alive_at = now
                     try:
-                        await msg.in_progress()
+                        await work.delivery.in_progress()
                     except Exception:
                         pass
 
-    def _handler_for(self, route: Route) -> Callable[[Msg], Any]:
+    def _handler_for(self, route: Route) -> Callable[[Delivery], Any]:
         return functools.partial(self._handle, route=route)
 
-    async def _call(self, arg: Any) -> Any:
-        assert self.ctx is not None
-        if self.mod.handler_async:
-            return await self.mod.handler(self.ctx, arg)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._pool, contextvars.copy_context().run, self.mod.handler, self.ctx, arg)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+    async def _fail(self, d: Delivery, route: Route, error: StepError) -> None:
+        log.warning("request %s: %s %s", d.request_id, error.code.name, error.message)
+        reply = d.reply
+        if reply:
+            await self.transport.reply_error(reply, error)
+        await d.ack()
+        self._count(route, _outcome(error))
 
-    async def _fail(self, msg: Msg, route: Route, request_id: str, reply: str, code: str,
-                    message: str, outcome: str) -> None:
-        assert self.nc is not None
-        log.warning("request %s: %s %s", request_id, code, message)
-        await transport.reply_status(self.nc, reply, code, message)
-        await msg.ack()
-        self._count(route, outcome)
-
-    async def _handle(self, msg: Msg, route: Route) -> None:
-        key = id(msg)
-        self._inflight[key] = (msg, time.monotonic())
+    async def _handle(self, d: Delivery, route: Route) -> None:
+        key = id(d)
+        self._inflight[key] = _Working(d, time.monotonic())
         try:
-            await self._step(msg, route)
+            await self._step(d, route)
+        except StepError as error:
+            await self._fail(d, route, error)
         finally:
             del self._inflight[key]
 
-    async def _step(self, msg: Msg, route: Route) -> None:
-        hdrs = msg.headers or {}
-        request_id = transport.request_id_of(hdrs)
-        reply = hdrs.get(contract.HDR_REPLY, "")
-        raw_deadline = hdrs.get(contract.HDR_DEADLINE)
-        try:
-            deadline = float(raw_deadline) if raw_deadline else 0.0
-        except ValueError:
-            deadline = 0.0
+    async def _step(self, d: Delivery, route: Route) -> None:
+        deadline = d.deadline
         if deadline and time.time() >= deadline:
-            await msg.ack()
+            await d.ack()
             self._count(route, metrics.EXPIRED)
             return
-        SCOPE.set(Scope(request_id, route.workflow))
         name = self.name
         try:
-            data = AnyMsg.FromString(msg.data)
-            arg: Any = data
-            if self.mod.data_type is not None:
-                arg = self.mod.data_type()
-                if not data.Unpack(arg):
-                    got = data.TypeName() or "nothing"
-                    return await self._fail(
-                        msg, route, request_id, reply, "INTERNAL",
-                        f"node {name}: received {got}, but its handler's data is annotated "
-                        f"{arg.DESCRIPTOR.full_name}", metrics.ERROR)
+            data = AnyMsg.FromString(d.payload)
         except DecodeError as exc:
-            return await self._fail(msg, route, request_id, reply, "INVALID_ARGUMENT",
-                                    f"node {name}: cannot decode its input: {exc}",
-                                    metrics.INVALID)
+            raise StepError.of("INVALID_ARGUMENT",
+                               f"node {name}: cannot decode its input: {exc}") from None
+        arg: Any = data
+        if self.mod.data_type is not None:
+            arg = self.mod.data_type()
+            if not data.Unpack(arg):
+                got = data.TypeName() or "nothing"
+                raise StepError.of("INTERNAL", f"node {name}: received {got}, but its handler's "
+                                   f"data is annotated {arg.DESCRIPTOR.full_name}")
         started = time.perf_counter()
         try:
-            out = await self._call(arg)
-        except DecodeError as exc:
-            return await self._fail(msg, route, request_id, reply, "INVALID_ARGUMENT",
-                                    f"node {name}: cannot decode its input: {exc}",
-                                    metrics.INVALID)
+            out = await invoke(self.mod.handler, self.mod.handler_async, self._pool,
+                               Scope(d.request_id, route.workflow), self.ctx, arg)
         except Exception as exc:
-            self.ctx.logger.exception("handler failed")  # type: ignore[union-attr]
-            return await self._fail(msg, route, request_id, reply, "INTERNAL",
-                                    f"node {name}: {exc}" if str(exc)
-                                    else f"node {name}: {type(exc).__name__}", metrics.ERROR)
+            if not isinstance(exc, (Abort, DecodeError)):
+                self.ctx.logger.exception("handler failed")  # type: ignore[union-attr]
+            raise _handler_error(name, exc) from None
         finally:
             self._latency.observe(time.perf_counter() - started)
         if deadline and time.time() >= deadline:
-            await msg.ack()  # the entrypoint has answered DEADLINE_EXCEEDED already
+            await d.ack()  # the entrypoint has answered DEADLINE_EXCEEDED already
             self._count(route, metrics.EXPIRED)
             return
         if not isinstance(out, Message):
-            return await self._fail(
-                msg, route, request_id, reply, "INTERNAL",
+            raise StepError.of(
+                "INTERNAL",
                 f"node {name} returned {type(out).__name__}, expected a protobuf message"
-                + (f" of type {route.output_type}" if route.next_subject is None else ""),
-                metrics.ERROR)
+                + (f" of type {route.output_type}" if route.next_subject is None else ""))
         if route.next_subject is None:
-            return await self._answer(msg, route, request_id, reply, out)
+            return await self._answer(d, route, out)
         payload = AnyMsg(type_url=_type_url(out),
                          value=out.SerializeToString()).SerializeToString()
         # Only the serialized output stays alive while it is being stored: with 32 messages
         # in flight, every copy of a large payload held across that wait adds up.
         del data, arg, out
-        await self._forward(msg, route, request_id, reply, raw_deadline, deadline, payload)
+        await self._forward(d, route, deadline, payload)
 
-    async def _answer(self, msg: Msg, route: Route, request_id: str, reply: str,
-                      out: Message) -> None:
-        nc = self.nc
-        assert nc is not None
+    async def _answer(self, d: Delivery, route: Route, out: Message) -> None:
         got = out.DESCRIPTOR.full_name
         if got != route.output_type:
-            return await self._fail(
-                msg, route, request_id, reply, "INTERNAL",
-                f"node {self.name} returned {got}, but rpc {route.rpc} returns "
-                f"{route.output_type}", metrics.ERROR)
+            raise StepError.of("INTERNAL", f"node {self.name} returned {got}, but rpc "
+                               f"{route.rpc} returns {route.output_type}")
         payload = out.SerializeToString()
-        size = len(payload) if len(payload) > nc.max_payload else 0
-        if size:
-            return await self._fail(
-                msg, route, request_id, reply, "RESOURCE_EXHAUSTED",
-                f"node {self.name}: the reply is {size} bytes, over the NATS server's max "
-                f"payload of {nc.max_payload} bytes", metrics.TOO_LARGE)
+        limit = self.transport.max_payload
+        if len(payload) > limit:
+            raise StepError.of("RESOURCE_EXHAUSTED",
+                               f"node {self.name}: the reply is {len(payload)} bytes, over the "
+                               f"NATS server's max payload of {limit} bytes")
+        reply = d.reply
         if reply:
-            await nc.publish(reply, payload)  # no headers: success
-        await msg.ack()
+            await self.transport.reply_ok(reply, payload)
+        await d.ack()
         self._count(route, metrics.OK)
 
-    async def _forward(self, msg: Msg, route: Route, request_id: str, reply: str,
-                       raw_deadline: str | None, deadline: float, payload: bytes) -> None:
+    async def _forward(self, d: Delivery, route: Route, deadline: float,
+                       payload: bytes) -> None:
         """Store the step's output (a serialized `Any`) as the next step's input, then ack."""
-        nc = self.nc
-        assert nc is not None and route.next_subject is not None
-        headers = {
-            contract.HDR_MSG_ID: f"{request_id}:{route.next_step}",
-            contract.HDR_DEADLINE: raw_deadline
-            or repr(time.time() + self.env.request_timeout),
-            contract.HDR_REPLY: reply,
-        }
-        size = transport.over_limit(nc, payload, headers)
+        assert route.next_subject is not None
+        headers = step_headers(d.request_id, route.next_step,
+                               d.deadline_header or repr(time.time() + self.env.request_timeout),
+                               d.reply)
+        size = self.transport.oversize(payload, headers)
         if size:
-            return await self._fail(
-                msg, route, request_id, reply, "RESOURCE_EXHAUSTED",
-                f"node {self.name}: its output is {size} bytes, over the NATS server's max "
-                f"payload of {nc.max_payload} bytes", metrics.TOO_LARGE)
+            raise StepError.of("RESOURCE_EXHAUSTED",
+                               f"node {self.name}: its output is {size} bytes, over the NATS "
+                               f"server's max payload of {self.transport.max_payload} bytes")
         until = deadline or time.time() + self.env.request_timeout
-        assert self._publisher is not None
-        stored = await transport.publish_until(self._publisher, route.next_subject, payload,
-                                               headers, until, self._is_stopping)
-        await msg.ack()  # stored, or too late to matter (the client has its answer)
-        outcome = metrics.OK if stored else metrics.EXPIRED
-        self._count(route, outcome)
+        stored = await publish_until(self.transport, route.next_subject, payload, headers,
+                                     until, self._is_stopping)
+        await d.ack()  # stored, or too late to matter (the client has its answer)
+        self._count(route, metrics.OK if stored else metrics.EXPIRED)
 
     def _is_stopping(self) -> bool:
         return self.stopping
 
     async def stop(self, grace: float) -> None:
-        """Drain: stop fetching, finish in-flight messages, close NATS."""
+        """Drain: stop fetching, finish in-flight messages, close the transport."""
         self.stopping = True
         end = time.monotonic() + grace
         if self._ticker is not None:
             self._ticker.cancel()
-        await asyncio.gather(*(p.stop(max(0.1, end - time.monotonic())) for p in self.pullers))
+        await asyncio.gather(*(c.stop(max(0.1, end - time.monotonic()))
+                               for c in self.consumers))
         if self.ctx is not None:
             await self.ctx.drain(max(0.1, min(5.0, end - time.monotonic())))
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.flush(), max(0.1, min(2.0, end - time.monotonic())))
-            except Exception:
-                pass
-            await self.nc.close()
-        if self.web is not None:
-            await self.web.close()
+        await self.close(end - time.monotonic())
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def data_sink(nc: Client, env: contract.RunnerEnv) -> Sink:
-    """Where `ctx` stores records: the project's data stream, over this connection."""
-    js = nc.jetstream(timeout=transport.JS_TIMEOUT)
-    jsm = nc.jsm(timeout=transport.JS_TIMEOUT)
-    data_stream = contract.data_stream_name(env.project)
-
-    async def publish(subject: str, record: bytes) -> None:
-        await js.publish(subject, record, timeout=transport.JS_TIMEOUT)
-
-    async def scan(subject: str) -> list[bytes]:
-        return await transport.scan(nc, jsm, data_stream, subject)
-
-    return Sink(publish, scan, asyncio.get_running_loop())
-
-
-def concurrency_from(environ: dict[str, str] | os._Environ[str]) -> int:
-    raw = environ.get(contract.ENV_CONCURRENCY, "")
-    try:
-        value = int(raw) if raw else contract.DEFAULT_CONCURRENCY
-    except ValueError:
-        raise StartupError(f"{contract.ENV_CONCURRENCY}={raw!r} is not a number") from None
-    return max(1, value)
-
-
-def prepare(env: contract.RunnerEnv) -> NodeProcess:
+def prepare(env: contract.RunnerEnv, transport: Transport | None = None) -> NodeProcess:
     """Everything that can fail before connecting: pb2, module, handler, routes."""
     if not env.node:
         raise StartupError(f"{contract.ENV_NODE} is not set: which node is this?")
     prepare_pb2(env)
     mod = load_module(env)
     routes = routes_of(env)
-    return NodeProcess(env, mod, routes, concurrency=concurrency_from(os.environ),
-                       bind_host=os.environ.get(contract.ENV_BIND_HOST)
-                       or contract.DEFAULT_BIND_HOST)
+    return NodeProcess(env, mod, routes, transport or open_transport(env))

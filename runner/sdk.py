@@ -3,7 +3,8 @@
 One :class:`Context` exists per node process (values set in `init` outlive requests,
 as in KRE). What belongs to the request being handled (its id and workflow) lives in a
 context variable, so concurrent requests each see their own `ctx.request_id` and their
-own log prefix, in async handlers and in sync handlers that run in worker threads.
+own log prefix, in async handlers and in sync handlers that run in worker threads. A
+handler ends a request with a status of its choice by raising :class:`Abort`.
 
 Predictions, measurements and db documents are JSON records in the project's JetStream
 data stream (``contract.data_stream_name(project)``); docs/node-sdk.md says how to read
@@ -23,9 +24,12 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import contract
+
+if TYPE_CHECKING:
+    import grpc
 
 T = TypeVar("T")
 SAVE_TIMEOUT = 10.0
@@ -45,6 +49,25 @@ SCOPE: contextvars.ContextVar[Scope] = contextvars.ContextVar("kai_scope", defau
 
 class SdkError(Exception):
     """A ctx method was called with values it does not accept."""
+
+
+class Abort(Exception):
+    """Raised by a handler to answer the client with `code` and `message`.
+
+    ``raise Abort(grpc.StatusCode.NOT_FOUND, "no such room")`` (or
+    ``ctx.abort(grpc.StatusCode.NOT_FOUND, "no such room")``) ends the request with that
+    status and message, as the client sees them; the message is not retried. Any other
+    exception answers INTERNAL. `code` must be a ``grpc.StatusCode`` other than OK.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        import grpc  # loaded already by whoever has a grpc.StatusCode to pass
+
+        if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
+            raise SdkError(f"Abort needs a grpc.StatusCode other than OK, not {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = str(message)
 
 
 # --- the data sink (implemented by the node process over NATS) ----------------------
@@ -283,6 +306,10 @@ class Context:
     def path(self, relative_path: str) -> str:
         """A path inside the version's files."""
         return os.path.join(self._env.version_dir, relative_path)
+
+    def abort(self, code: grpc.StatusCode, message: str) -> NoReturn:
+        """End the request with this status and message (raises :class:`Abort`)."""
+        raise Abort(code, message)
 
     def set(self, key: str, value: Any) -> None:
         self._values[key] = value

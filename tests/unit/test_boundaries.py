@@ -61,3 +61,46 @@ def test_runner_image_requirements_match_pyproject() -> None:
     for renderer_only in ("click", "jinja2", "jsonschema", "kubernetes-validate", "pyyaml",
                           "ruamel.yaml"):
         assert not any(line.startswith(renderer_only) for line in lines)
+
+
+def test_only_the_nats_transport_imports_nats() -> None:
+    """The processes talk to the broker through runner.transport; nats-py stays behind it."""
+    allowed = {"runner/transport/nats.py", "runner/natsserver.py"}
+    importers = {
+        str(p.relative_to(ROOT)) for p in sorted((ROOT / "runner").rglob("*.py"))
+        if "nats" in _imports(p)
+    }
+    assert importers <= allowed, sorted(importers - allowed)
+    assert "runner/transport/nats.py" in importers  # the check sees the import it allows
+    for process in ("entrypoint.py", "node.py", "process.py", "sdk.py"):
+        assert "nats" not in _imports(ROOT / "runner" / process)
+
+
+def test_import_check_sees_nested_and_dotted_imports(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    import nats.errors\n    from nats.aio.msg import Msg\n")
+    assert "nats" in _imports(src)
+
+
+def test_a_node_process_does_not_load_grpc() -> None:
+    """grpc's core costs a node about 9 MB; its error codes are looked up only on failure."""
+    code = (
+        "import sys\n"
+        "import runner.__main__, runner.node, runner.transport, runner.transport.nats\n"
+        "assert 'grpc' not in sys.modules, 'runner.node imports grpc'\n"
+        "from runner.transport import StepError\n"
+        "import grpc\n"
+        "assert StepError.of('NOT_FOUND', 'x').code is grpc.StatusCode.NOT_FOUND\n"
+        "assert StepError.of('NO_SUCH_CODE', 'x').code is grpc.StatusCode.UNKNOWN\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_every_runner_package_is_packaged() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "runner").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -11,13 +11,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
-from runner import contract, transport
+from runner import contract
 from runner.natsserver import NatsServer
-from runner.node import data_sink
-from runner.sdk import SCOPE, Context, Scope, SdkError
+from runner.sdk import SCOPE, Context, Scope, SdkError, Sink
+from runner.transport.nats import NatsTransport
 
 
 def _env(tmp_path: Path, url: str, project: str) -> contract.RunnerEnv:
@@ -31,15 +30,17 @@ def _env(tmp_path: Path, url: str, project: str) -> contract.RunnerEnv:
 def _with_ctx(tmp_path: Path, server: NatsServer, project: str,
               body: Callable[[Context, Any], Coroutine[Any, Any, None]]) -> None:
     async def main() -> None:
-        nc = await nats.connect(server.url)
+        env = _env(tmp_path, server.url, project)
+        t = NatsTransport(env)
+        await t.connect("test-sdk")
         try:
-            env = _env(tmp_path, server.url, project)
-            await transport.ensure_data_stream(nc.jsm(), env)
-            ctx = Context(env, data_sink(nc, env), environ={"API_KEY": "s3cret"})
+            await t.ensure_data_stream()
+            sink = Sink(t.save_record, t.scan_records, asyncio.get_running_loop())
+            ctx = Context(env, sink, environ={"API_KEY": "s3cret"})
             SCOPE.set(Scope("req-1", "wf"))
-            await body(ctx, nc)
+            await body(ctx, t.nc)
         finally:
-            await nc.close()
+            await t.close()
 
     asyncio.run(main())
 

@@ -1,11 +1,12 @@
-"""NATS JetStream plumbing shared by the node and the entrypoint.
+"""The JetStream implementation of runner.transport.base.Transport.
 
-* :func:`connect`: a connection that reconnects forever and reports its state;
-* :func:`ensure_work_stream`, :func:`ensure_consumer`, :func:`ensure_data_stream`:
-  idempotent creation of what a version needs (safe on every start and reconnect);
+* :meth:`NatsTransport.connect`: a connection that reconnects forever and reports its state;
+* ``ensure_*``: idempotent creation of what a version needs (safe on every start and
+  reconnect): one work-queue stream per workflow, the project's data stream, one durable
+  pull consumer per step;
+* :class:`Publisher`: publish to JetStream and wait for the PubAck, cheaply;
 * :class:`Puller`: a pull consumer that keeps a bounded number of messages in flight,
   asking the server for more as work finishes (one subscription, batched pull requests);
-* envelope helpers: the headers a request carries, error replies, the payload limit;
 * :func:`scan`: read every message of one subject of a stream (for `ctx.db.find`).
 
 Wire protocol (see also runner.contract for the names):
@@ -41,7 +42,26 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.manager import JetStreamManager
 
-from . import contract
+from .. import contract
+from .base import (
+    ConnectionEvents,
+    Consumer,
+    Delivery,
+    GaveUp,
+    Handle,
+    NoStream,
+    NotStored,
+    OnGaveUp,
+    OnReply,
+    StepError,
+    TooLarge,
+    Transport,
+    TransportError,
+    Unreachable,
+    header_safe,
+    request_id_of,
+    status_code,
+)
 
 log = logging.getLogger("runner.transport")
 
@@ -52,14 +72,6 @@ WORK_MAX_AGE = 3600.0  # undelivered work older than this is dropped by the serv
 
 
 # --- connection ------------------------------------------------------------------
-
-
-@dataclass
-class ConnectionEvents:
-    """Callbacks a process registers to follow the connection's state."""
-
-    on_disconnect: Callable[[], Awaitable[None]] | None = None
-    on_reconnect: Callable[[], Awaitable[None]] | None = None
 
 
 async def connect(url: str, name: str, events: ConnectionEvents | None = None) -> Client:
@@ -206,84 +218,12 @@ async def ensure_consumer(js_mgr: JetStreamManager, env: contract.RunnerEnv, wor
     return durable
 
 
-class Reensure:
-    """Re-create streams and consumers in the background, with backoff, one series at a time.
-
-    Called after a reconnect, or when a stream or pull requests vanish (a NATS restart
-    with memory storage, an operator deleting a stream). `ensure` does the work; `live`
-    says whether it is still worth trying (not stopping, connected).
-    """
-
-    DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
-
-    def __init__(self, ensure: Callable[[], Awaitable[None]], live: Callable[[], bool],
-                 on_failure: Callable[[], None] | None = None) -> None:
-        self._ensure = ensure
-        self._live = live
-        self._on_failure = on_failure
-        self._task: asyncio.Task[None] | None = None
-
-    def soon(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        self._task = asyncio.create_task(self._again(), name="re-ensure streams")
-
-    async def _again(self) -> None:
-        for delay in self.DELAYS:
-            await asyncio.sleep(delay)
-            if not self._live():
-                return
-            try:
-                await self._ensure()
-                return
-            except Exception as exc:
-                if self._on_failure is not None:
-                    self._on_failure()
-                log.warning("re-creating streams and consumers failed: %s", exc)
-
-
-# --- envelope -----------------------------------------------------------------------
-
-
-def headers_size(headers: dict[str, str]) -> int:
-    """The size of a header block on the wire (NATS/1.0 line, k: v lines, blank line)."""
-    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
-
-
-def over_limit(nc: Client, payload: bytes, headers: dict[str, str]) -> int:
-    """The message's size when it is over the server's max payload, else 0."""
-    size = len(payload) + headers_size(headers)
-    return size if size > nc.max_payload else 0
-
-
-def request_id_of(headers: dict[str, str]) -> str:
-    """The request id a step message carries (in its Nats-Msg-Id, ``"{request_id}:{step}"``)."""
-    msg_id = headers.get(contract.HDR_MSG_ID)
-    if msg_id:
-        return msg_id.rpartition(":")[0]
-    return headers.get(contract.HDR_REQUEST_ID, "")
-
-
-async def reply_status(nc: Client, reply: str, code: str, message: str) -> None:
-    """Send an error (or any non-OK) answer to the entrypoint inbox."""
-    if not reply:
-        return
-    await nc.publish(
-        reply,
-        b"",
-        headers={contract.HDR_STATUS: code, contract.HDR_ERROR: _header_safe(message)},
-    )
-
-
-def _header_safe(text: str, limit: int = 4000) -> str:
-    """Header values are one line; keep them so and bounded."""
-    one_line = " ".join(str(text).split())
-    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+# --- publishing -----------------------------------------------------------------------
 
 
 def _expire(fut: asyncio.Future[bytes]) -> None:
     if not fut.done():
-        fut.set_exception(nats.errors.TimeoutError())
+        fut.set_exception(NotStored("no PubAck in time"))
 
 
 class Publisher:
@@ -292,10 +232,10 @@ class Publisher:
     What ``JetStreamContext.publish`` does, for less per message: the PubAcks come back on
     one wildcard subscription of this publisher's own inbox, matched by a counter token (no
     random token per message), with a timer instead of ``asyncio.wait_for``, and the PubAck
-    is checked for an error without building a ``PubAck`` object. Raises what
-    ``JetStreamContext.publish`` raises: ``nats.errors.TimeoutError``,
-    ``NoStreamResponseError`` when no stream listens on the subject, ``APIError`` subclasses
-    for errors the server reports, and ``nats.errors`` of the connection.
+    is checked for an error without building a ``PubAck`` object. Raises the transport's
+    errors: :class:`NotStored` (no PubAck in time), :class:`NoStream` (no stream listens on
+    the subject), :class:`Unreachable` (the connection, or the server's 503),
+    :class:`TooLarge`, and :class:`TransportError` for any other error the server reports.
     """
 
     def __init__(self, nc: Client) -> None:
@@ -314,7 +254,7 @@ class Publisher:
             return
         hdrs = msg.headers
         if hdrs and not msg.data and hdrs.get(STATUS_HDR) == "503":  # no responders
-            fut.set_exception(nats.js.errors.NoStreamResponseError())
+            fut.set_exception(NoStream("no stream takes the subject"))
         else:
             fut.set_result(msg.data)
 
@@ -331,39 +271,53 @@ class Publisher:
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             data = await fut
+        except nats.errors.MaxPayloadError as exc:
+            raise TooLarge(str(exc)) from None
+        except nats.errors.Error as exc:  # closed, reconnecting with a full buffer ...
+            raise Unreachable(type(exc).__name__) from None
         finally:
             timer.cancel()
             self._waiting.pop(token, None)
         if b'"error"' in data:
             resp = json.loads(data)
             if "error" in resp:
-                nats.js.errors.APIError.from_error(resp["error"])  # raises
+                try:
+                    nats.js.errors.APIError.from_error(resp["error"])  # raises
+                except nats.js.errors.ServiceUnavailableError as exc:
+                    raise Unreachable(exc.description or "JetStream unavailable") from None
+                except nats.js.errors.APIError as exc:
+                    raise TransportError(exc.description or str(exc)) from None
 
 
-async def publish_until(publisher: Publisher, subject: str, payload: bytes,
-                        headers: dict[str, str], deadline: float,
-                        stopping: Callable[[], bool]) -> bool:
-    """Publish to JetStream, retrying through outages until `deadline` (unix time).
+class NatsDelivery(Delivery):
+    """A JetStream message as a :class:`Delivery` (settling it publishes to its reply)."""
 
-    Returns True once the server stored the message (or recognised it as a duplicate).
-    """
-    delay = 0.05
-    while True:
-        remaining = deadline - time.time()
-        if remaining <= 0:
-            return False
-        try:
-            await publisher.publish(subject, payload, headers,
-                                    min(JS_TIMEOUT, max(remaining, 0.05)))
-            return True
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
-                nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
-                nats.js.errors.ServiceUnavailableError, TimeoutError) as exc:
-            if stopping() and remaining > JS_TIMEOUT * 4:
-                deadline = time.time() + JS_TIMEOUT * 4  # draining: do not wait forever
-            log.debug("publish to %s failed (%s); retrying", subject, type(exc).__name__)
-        await asyncio.sleep(min(delay, max(deadline - time.time(), 0)))
-        delay = min(delay * 2, 1.0)
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self.payload = msg.data
+        self.headers = msg.headers or _NO_HEADERS
+        self.msg = msg
+
+    @property
+    def delivery_count(self) -> int:
+        return self.msg.metadata.num_delivered or 1
+
+    # Plain functions returning nats-py's coroutine: no coroutine of ours per settlement.
+    def ack(self) -> Awaitable[None]:
+        return self.msg.ack()
+
+    def nak(self, delay: float | None = None) -> Awaitable[None]:
+        return self.msg.nak(delay)
+
+    def in_progress(self) -> Awaitable[None]:
+        return self.msg.in_progress()
+
+    def term(self) -> Awaitable[None]:
+        return self.msg.term()
+
+
+_NO_HEADERS: dict[str, str] = {}
 
 
 # --- pull consumer ----------------------------------------------------------------
@@ -376,21 +330,21 @@ class _Pull:
 
 
 @dataclass
-class Puller:
+class Puller(Consumer):
     """Consume one durable pull consumer with at most `max_inflight` messages in flight.
 
     One subscription receives everything. JetStream delivers a message with its own
     subject, so messages cannot be told apart by pull request; what is tracked is the
     total credit still owed by the server (`owed`). Each pull request has its own reply
     subject (``<inbox>.<n>``) so its end (408 expired, 409 ...), which carries how many
-    messages it had left, is matched exactly. `handle(msg)` runs as a task per message
-    and must ack/nak the message itself.
+    messages it had left, is matched exactly. `handle(delivery)` runs as a task per
+    message and must settle it itself.
     """
 
     nc: Client
     stream: str
     consumer: str
-    handle: Callable[[Msg], Awaitable[None]]
+    handle: Handle
     max_inflight: int = contract.DEFAULT_CONCURRENCY
     expires: float = 5.0
     on_lost: Callable[[], None] | None = None  # pull requests vanish: re-ensure
@@ -428,7 +382,7 @@ class Puller:
             await msg.nak()  # arrived after we stopped: let another replica take it
             return
         self.inflight += 1
-        task = asyncio.create_task(self._run(msg))
+        task = asyncio.create_task(self._run(NatsDelivery(msg)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -451,9 +405,9 @@ class Puller:
             log.debug("pull %s/%s: %s", self.stream, self.consumer, hdrs.get("Description", ""))
         self._wake.set()
 
-    async def _run(self, msg: Msg) -> None:
+    async def _run(self, delivery: Delivery) -> None:
         try:
-            await self.handle(msg)
+            await self.handle(delivery)
         except Exception:
             log.exception("unexpected error handling a message of %s", self.consumer)
         finally:
@@ -577,3 +531,137 @@ async def scan(nc: Client, js_mgr: JetStreamManager, stream: str, subject: str,
         except Exception:  # it expires by itself anyway
             pass
     return out
+
+
+# --- the transport ----------------------------------------------------------------------
+
+
+class NatsTransport(Transport):
+    """:class:`Transport` over NATS JetStream (the wire protocol is in the module docstring)."""
+
+    def __init__(self, env: contract.RunnerEnv) -> None:
+        self.env = env
+        self.nc: Client | None = None
+        self._publisher: Publisher | None = None
+        self._jsm: JetStreamManager | None = None
+
+    async def connect(self, name: str, events: ConnectionEvents | None = None) -> None:
+        nc = await connect(self.env.nats_url, name, events)
+        self.nc = nc
+        self._jsm = nc.jsm(timeout=JS_TIMEOUT)
+        self._publisher = Publisher(nc)
+        await self._publisher.start()
+
+    def _client(self) -> Client:
+        if self.nc is None:
+            raise Unreachable("not connected")
+        return self.nc
+
+    def _manager(self) -> JetStreamManager:
+        if self._jsm is None:
+            raise Unreachable("not connected")
+        return self._jsm
+
+    @property
+    def is_connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload if self.nc is not None else 1024 * 1024
+
+    async def flush(self, limit: float) -> None:
+        # nats-py annotates flush's timeout as int, but hands it to asyncio.wait_for
+        await self._client().flush(timeout=limit)  # type: ignore[arg-type]
+
+    async def close(self, flush_timeout: float = 0.0) -> None:
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            return
+        if flush_timeout > 0:
+            try:
+                await asyncio.wait_for(nc.flush(), flush_timeout)
+            except Exception:
+                pass
+        await nc.close()
+
+    async def ensure_work_stream(self, workflow: str) -> str:
+        return await ensure_work_stream(self._manager(), self.env, workflow)
+
+    async def ensure_data_stream(self) -> str:
+        return await ensure_data_stream(self._manager(), self.env)
+
+    async def ensure_consumer(self, workflow: str, step: int, node: str) -> str:
+        return await ensure_consumer(self._manager(), self.env, workflow, step, node)
+
+    def publish(self, subject: str, payload: bytes, headers: dict[str, str],
+                within: float) -> Awaitable[None]:
+        if self._publisher is None:
+            raise Unreachable("not connected")
+        return self._publisher.publish(subject, payload, headers, within)
+
+    def consume(self, stream: str, consumer: str, handle: Handle, max_inflight: int,
+                on_lost: Callable[[], None] | None = None) -> Consumer:
+        return Puller(self._client(), stream, consumer, handle, max_inflight=max_inflight,
+                      on_lost=on_lost)
+
+    async def on_gave_up(self, stream: str, callback: OnGaveUp) -> None:
+        jsm = self._manager()
+
+        async def on_advisory(msg: Msg) -> None:
+            try:
+                event = json.loads(msg.data)
+                stream, consumer = event["stream"], event["consumer"]
+                seq, deliveries = int(event["stream_seq"]), event.get("deliveries", "?")
+                stored = await jsm.get_msg(stream, seq)
+            except Exception as exc:  # gone already, or not ours to read
+                log.debug("max-deliveries advisory not handled: %s", exc)
+                return
+
+            async def delete() -> None:
+                await jsm.delete_msg(stream, seq)
+
+            await callback(GaveUp(stream, consumer, deliveries, stored.headers or {}, delete))
+
+        await self._client().subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*", cb=on_advisory)
+
+    async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
+        n = len(prefix)
+        ok = "OK"
+
+        async def on_msg(msg: Msg) -> None:
+            hdrs = msg.headers
+            if hdrs:
+                code = hdrs.get(contract.HDR_STATUS, ok)
+                if code != ok:
+                    on_reply(msg.subject[n:], StepError(status_code(code),
+                                                        hdrs.get(contract.HDR_ERROR, "")))
+                    return
+            on_reply(msg.subject[n:], msg.data)
+
+        await self._client().subscribe(prefix + "*", cb=on_msg, pending_msgs_limit=1_000_000,
+                                       pending_bytes_limit=512 * 1024 * 1024)
+
+    def reply_ok(self, reply: str, payload: bytes) -> Awaitable[None]:
+        return self._client().publish(reply, payload)  # no headers: success
+
+    async def reply_error(self, reply: str, error: StepError) -> None:
+        await self._client().publish(
+            reply, b"",
+            headers={contract.HDR_STATUS: error.code.name,
+                     contract.HDR_ERROR: header_safe(error.message)})
+
+    async def save_record(self, subject: str, record: bytes) -> None:
+        js = self._client().jetstream(timeout=JS_TIMEOUT)
+        try:
+            await js.publish(subject, record, timeout=JS_TIMEOUT)
+        except nats.js.errors.NoStreamResponseError:
+            raise NoStream(f"no stream takes {subject}") from None
+
+    async def scan_records(self, subject: str) -> list[bytes]:
+        return await scan(self._client(), self._manager(),
+                          contract.data_stream_name(self.env.project), subject)
+
+
+__all__ = ["NatsTransport", "Publisher", "Puller", "connect", "request_id_of", "scan"]

@@ -1,0 +1,68 @@
+"""The seam between the runner's processes and the message broker.
+
+The entrypoint and the nodes speak only to :class:`Transport` (``base``); ``nats`` is the
+NATS JetStream implementation the processes run on, ``memory`` an in-process one with the
+same semantics for tests. Only ``runner.transport.nats`` imports nats-py.
+"""
+
+from __future__ import annotations
+
+from .. import contract
+from .base import (
+    RETRYABLE,
+    STORE_TIMEOUT,
+    ConnectionEvents,
+    Consumer,
+    Delivery,
+    GaveUp,
+    Handle,
+    NoStream,
+    NotStored,
+    OnGaveUp,
+    OnReply,
+    StepError,
+    TooLarge,
+    Transport,
+    TransportError,
+    Unreachable,
+    header_safe,
+    headers_size,
+    publish_until,
+    request_id_of,
+    status_code,
+    step_headers,
+)
+
+
+def open_transport(env: contract.RunnerEnv) -> Transport:
+    """The transport the runner processes use: NATS JetStream at ``env.nats_url``."""
+    from .nats import NatsTransport
+
+    return NatsTransport(env)
+
+
+__all__ = [
+    "RETRYABLE",
+    "STORE_TIMEOUT",
+    "ConnectionEvents",
+    "Consumer",
+    "Delivery",
+    "GaveUp",
+    "Handle",
+    "NoStream",
+    "NotStored",
+    "OnGaveUp",
+    "OnReply",
+    "StepError",
+    "TooLarge",
+    "Transport",
+    "TransportError",
+    "Unreachable",
+    "header_safe",
+    "headers_size",
+    "open_transport",
+    "publish_until",
+    "request_id_of",
+    "status_code",
+    "step_headers",
+]

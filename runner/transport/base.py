@@ -1,0 +1,350 @@
+"""What the entrypoint and the nodes need from a message transport, and nothing more.
+
+A :class:`Transport` is one process's connection to the broker, for one version
+(``contract.RunnerEnv``). It offers:
+
+* :meth:`~Transport.connect` and :meth:`~Transport.close`, with :class:`ConnectionEvents`
+  (disconnect, reconnect) and :attr:`~Transport.is_connected`;
+* stream and consumer set-up, idempotent (safe on every start and reconnect):
+  :meth:`~Transport.ensure_work_stream`, :meth:`~Transport.ensure_data_stream`,
+  :meth:`~Transport.ensure_consumer` (one durable consumer per step, shared by every
+  replica of its node: work-queue semantics);
+* :meth:`~Transport.publish`: store a step's input (headers from :func:`step_headers`:
+  the message id ``"{request_id}:{step}"`` that de-duplicates a republished step, the
+  deadline and the reply subject), waiting until the broker has stored it;
+* :meth:`~Transport.consume`: a :class:`Consumer` that hands each message to a handler as
+  a :class:`Delivery` (``ack``, ``nak(delay)``, ``in_progress``, ``term``; payload, request
+  id, deadline, reply subject, delivery count), at most `max_inflight` at a time;
+* replies to the entrypoint's inbox: :meth:`~Transport.reply_ok` (the rpc's response) or
+  :meth:`~Transport.reply_error` (a :class:`StepError`), received by
+  :meth:`~Transport.listen_replies`; :meth:`~Transport.on_gave_up` reports a message that
+  reached its maximum deliveries;
+* the data sink behind ``ctx.prediction``, ``ctx.measurement`` and ``ctx.db``:
+  :meth:`~Transport.save_record` and :meth:`~Transport.scan_records`;
+* :attr:`~Transport.max_payload`, the largest message the broker takes.
+
+Errors of :meth:`~Transport.publish` are the :class:`TransportError` subclasses below, so
+callers need not know the broker. ``runner.transport.nats`` is the JetStream
+implementation (the wire protocol is described there); ``runner.transport.memory`` is an
+in-process one with the same semantics, for tests without a server.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import contract
+
+if TYPE_CHECKING:
+    import grpc
+
+log = logging.getLogger("runner.transport")
+
+STORE_TIMEOUT = 5.0  # seconds to wait for the broker to store one message
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+class StepError(Exception):
+    """A request that ends in a non-OK gRPC status, with the message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, name: str, message: str) -> StepError:
+        """The error of the status code named `name` (a ``grpc.StatusCode`` member's name)."""
+        return cls(status_code(name), message)
+
+    def __repr__(self) -> str:
+        return f"StepError({self.code.name}, {self.message!r})"
+
+
+def status_code(name: str) -> grpc.StatusCode:
+    """The gRPC status code named `name` (as on the wire); UNKNOWN for a name it does not know.
+
+    grpc is imported here, when a code is first needed, not with this module: a node process
+    that never fails never loads grpc's core (about 9 MB of memory per process).
+    """
+    import grpc
+
+    try:
+        return grpc.StatusCode[name]
+    except KeyError:
+        return grpc.StatusCode.UNKNOWN
+
+
+class TransportError(Exception):
+    """Publishing failed; the subclasses say why."""
+
+
+class NotStored(TransportError):
+    """The broker did not confirm it stored the message in time."""
+
+
+class NoStream(TransportError):
+    """No stream takes the subject (deleted, or lost by a broker restart)."""
+
+
+class Unreachable(TransportError):
+    """The broker is not reachable (connection closed, reconnecting, buffer full)."""
+
+
+class TooLarge(TransportError):
+    """The message is over the broker's payload limit."""
+
+
+# Failures worth retrying until the deadline (the broker may come back).
+RETRYABLE: tuple[type[Exception], ...] = (NotStored, NoStream, Unreachable)
+
+
+# --- connection ------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectionEvents:
+    """Callbacks a process registers to follow the connection's state."""
+
+    on_disconnect: Callable[[], Awaitable[None]] | None = None
+    on_reconnect: Callable[[], Awaitable[None]] | None = None
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+def step_headers(request_id: str, step: int, deadline: str, reply: str) -> dict[str, str]:
+    """The headers of a step's input: message id, deadline (unix seconds), reply subject."""
+    return {
+        contract.HDR_MSG_ID: f"{request_id}:{step}",
+        contract.HDR_DEADLINE: deadline,
+        contract.HDR_REPLY: reply,
+    }
+
+
+def headers_size(headers: Mapping[str, str]) -> int:
+    """The size of a header block on the wire (NATS/1.0 line, k: v lines, blank line)."""
+    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The request id a step message carries (in its message id, ``"{request_id}:{step}"``)."""
+    msg_id = headers.get(contract.HDR_MSG_ID)
+    if msg_id:
+        return msg_id.rpartition(":")[0]
+    return headers.get(contract.HDR_REQUEST_ID, "")
+
+
+def header_safe(text: str, limit: int = 4000) -> str:
+    """Header values are one line; keep them so and bounded."""
+    one_line = " ".join(str(text).split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+
+
+class Delivery(abc.ABC):
+    """One message handed to a consumer's handler, which must settle it (ack, nak or term)."""
+
+    __slots__ = ("headers", "payload")
+
+    def __init__(self, payload: bytes, headers: Mapping[str, str]) -> None:
+        self.payload = payload
+        self.headers = headers
+
+    @property
+    def request_id(self) -> str:
+        return request_id_of(self.headers)
+
+    @property
+    def reply(self) -> str:
+        """Where the final answer goes (``"<entrypoint inbox>.<request id>"``), or ""."""
+        return self.headers.get(contract.HDR_REPLY, "")
+
+    @property
+    def deadline_header(self) -> str | None:
+        """The deadline as it travels (passed on unchanged to the next step)."""
+        return self.headers.get(contract.HDR_DEADLINE)
+
+    @property
+    def deadline(self) -> float:
+        """The absolute deadline in unix seconds; 0.0 when there is none (or it is not a number)."""
+        raw = self.headers.get(contract.HDR_DEADLINE)
+        try:
+            return float(raw) if raw else 0.0
+        except ValueError:
+            return 0.0
+
+    @property
+    @abc.abstractmethod
+    def delivery_count(self) -> int:
+        """How many times this message was delivered, this time included (1 the first time)."""
+
+    @abc.abstractmethod
+    def ack(self) -> Awaitable[None]:
+        """Done: the message is removed."""
+
+    @abc.abstractmethod
+    def nak(self, delay: float | None = None) -> Awaitable[None]:
+        """Not done: deliver it again (after `delay` seconds, if given)."""
+
+    @abc.abstractmethod
+    def in_progress(self) -> Awaitable[None]:
+        """Still working: restart the ack wait, so it is not redelivered meanwhile."""
+
+    @abc.abstractmethod
+    def term(self) -> Awaitable[None]:
+        """Never deliver it again."""
+
+
+class Consumer(abc.ABC):
+    """A running subscription of one durable consumer (see :meth:`Transport.consume`)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget outstanding requests for messages (the connection was lost) and ask again."""
+
+    @abc.abstractmethod
+    async def stop(self, grace: float) -> None:
+        """Take no more messages; let those in flight finish (up to `grace` seconds)."""
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """A step message that reached its maximum deliveries; `delete()` removes it."""
+
+    stream: str
+    consumer: str
+    deliveries: int | str
+    headers: Mapping[str, str]
+    delete: Callable[[], Awaitable[None]]
+
+
+Handle = Callable[[Delivery], Awaitable[None]]
+OnReply = Callable[[str, "bytes | StepError"], None]
+OnGaveUp = Callable[[GaveUp], Coroutine[Any, Any, None]]
+
+
+class Transport(abc.ABC):
+    """One process's connection to the broker, for the version of `env`."""
+
+    env: contract.RunnerEnv
+
+    # connection
+
+    @abc.abstractmethod
+    async def connect(self, name: str, events: ConnectionEvents | None = None) -> None:
+        """Connect, retrying until the broker answers; reconnect forever afterwards."""
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def max_payload(self) -> int:
+        """The largest message (payload and headers) the broker takes, in bytes."""
+
+    @abc.abstractmethod
+    async def flush(self, limit: float) -> None:
+        """Wait (up to `limit` seconds) until the broker has seen everything sent so far."""
+
+    @abc.abstractmethod
+    async def close(self, flush_timeout: float = 0.0) -> None:
+        """Close the connection (after flushing, for up to `flush_timeout` seconds)."""
+
+    # streams and consumers
+
+    @abc.abstractmethod
+    async def ensure_work_stream(self, workflow: str) -> str:
+        """The work-queue stream of one workflow of the version; returns its name."""
+
+    @abc.abstractmethod
+    async def ensure_data_stream(self) -> str:
+        """The project's stream of predictions, measurements and db documents."""
+
+    @abc.abstractmethod
+    async def ensure_consumer(self, workflow: str, step: int, node: str) -> str:
+        """The durable consumer of one step, shared by every replica; returns its name."""
+
+    # steps
+
+    def oversize(self, payload: bytes, headers: Mapping[str, str]) -> int:
+        """The message's size when it is over :attr:`max_payload`, else 0."""
+        size = len(payload) + headers_size(headers)
+        return size if size > self.max_payload else 0
+
+    @abc.abstractmethod
+    def publish(self, subject: str, payload: bytes, headers: dict[str, str],
+                within: float) -> Awaitable[None]:
+        """Store a step's input within `within` seconds; else raise a :class:`TransportError`."""
+
+    @abc.abstractmethod
+    def consume(self, stream: str, consumer: str, handle: Handle, max_inflight: int,
+                on_lost: Callable[[], None] | None = None) -> Consumer:
+        """A consumer of the durable `consumer` of `stream` (start it with ``start()``).
+
+        `handle` runs as a task per delivery and settles it; `on_lost` is called when
+        the broker seems to have forgotten the consumer or its requests (re-ensure).
+        """
+
+    @abc.abstractmethod
+    async def on_gave_up(self, stream: str, callback: OnGaveUp) -> None:
+        """Call `callback` for each message of `stream` that reached its maximum deliveries."""
+
+    # replies
+
+    @abc.abstractmethod
+    async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
+        """Receive the replies sent to ``prefix + <request id>``: `on_reply(request_id, reply)`."""
+
+    @abc.abstractmethod
+    def reply_ok(self, reply: str, payload: bytes) -> Awaitable[None]:
+        """Answer the entrypoint with the rpc's serialized response."""
+
+    @abc.abstractmethod
+    async def reply_error(self, reply: str, error: StepError) -> None:
+        """Answer the entrypoint with a non-OK status."""
+
+    # the data sink
+
+    @abc.abstractmethod
+    async def save_record(self, subject: str, record: bytes) -> None:
+        """Store one record (a prediction, measurement or db document) on `subject`."""
+
+    @abc.abstractmethod
+    async def scan_records(self, subject: str) -> list[bytes]:
+        """Every record stored on `subject`, oldest first."""
+
+
+async def publish_until(transport: Transport, subject: str, payload: bytes,
+                        headers: dict[str, str], deadline: float,
+                        stopping: Callable[[], bool]) -> bool:
+    """Publish, retrying through outages until `deadline` (unix time).
+
+    Returns True once the broker stored the message (or recognised it as a duplicate).
+    """
+    delay = 0.05
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return False
+        try:
+            await transport.publish(subject, payload, headers,
+                                    min(STORE_TIMEOUT, max(remaining, 0.05)))
+            return True
+        except RETRYABLE as exc:
+            if stopping() and remaining > STORE_TIMEOUT * 4:
+                deadline = time.time() + STORE_TIMEOUT * 4  # draining: do not wait forever
+            log.debug("publish to %s failed (%s); retrying", subject, type(exc).__name__)
+        await asyncio.sleep(min(delay, max(deadline - time.time(), 0)))
+        delay = min(delay * 2, 1.0)
