@@ -19,8 +19,9 @@ from nats.js.manager import JetStreamManager
 from renderer.krt import Config, Node, Version, Workflow
 from renderer.plan import build_plan
 from renderer.projectfile import load_project
-from runner import contract, transport
+from runner import contract
 from runner.natsserver import NatsServer
+from runner.transport import nats as jetstream
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def _run(server: NatsServer, body: Callable[[JetStreamManager], Awaitable[None]]
     async def main() -> None:
         nc = await nats.connect(server.url)
         try:
-            await asyncio.wait_for(body(nc.jsm(timeout=transport.JS_TIMEOUT)), 60)
+            await asyncio.wait_for(body(nc.jsm(timeout=jetstream.JS_TIMEOUT)), 60)
         finally:
             await nc.close()
 
@@ -53,15 +54,15 @@ async def _limits(jsm: JetStreamManager) -> tuple[float, int, float]:
 def test_created_with_the_limits_and_updated_when_they_change(nats_server: NatsServer) -> None:
     async def body(jsm: JetStreamManager) -> None:
         env = _env(nats_server.url, data_max_age=720 * 3600.0, data_max_bytes=64 * 1024**2)
-        assert await transport.ensure_data_stream(jsm, env) == STREAM
+        assert await jetstream.ensure_data_stream(jsm, env) == STREAM
         assert await _limits(jsm) == (2_592_000.0, 64 * 1024**2, contract.DUPLICATE_WINDOW)
-        await transport.ensure_data_stream(jsm, env)  # again, the same: nothing changes
+        await jetstream.ensure_data_stream(jsm, env)  # again, the same: nothing changes
         assert await _limits(jsm) == (2_592_000.0, 64 * 1024**2, contract.DUPLICATE_WINDOW)
-        await transport.ensure_data_stream(
+        await jetstream.ensure_data_stream(
             jsm, replace(env, data_max_age=3600.0, data_max_bytes=8 * 1024**2))
         assert await _limits(jsm) == (3600.0, 8 * 1024**2, contract.DUPLICATE_WINDOW)
         # 0 lifts both limits again
-        await transport.ensure_data_stream(jsm, replace(env, data_max_age=0, data_max_bytes=0))
+        await jetstream.ensure_data_stream(jsm, replace(env, data_max_age=0, data_max_bytes=0))
         assert await _limits(jsm) == (0.0, -1, contract.DUPLICATE_WINDOW)
 
     _run(nats_server, body)
@@ -69,7 +70,7 @@ def test_created_with_the_limits_and_updated_when_they_change(nats_server: NatsS
 
 def test_the_defaults_keep_everything(nats_server: NatsServer) -> None:
     async def body(jsm: JetStreamManager) -> None:
-        await transport.ensure_data_stream(jsm, _env(nats_server.url))
+        await jetstream.ensure_data_stream(jsm, _env(nats_server.url))
         assert await _limits(jsm) == (0.0, -1, contract.DUPLICATE_WINDOW)
 
     _run(nats_server, body)
@@ -84,7 +85,7 @@ def test_max_bytes_drops_the_oldest_records(nats_server: NatsServer) -> None:
             await nc.close()
 
     async def body(nc: Client, jsm: JetStreamManager) -> None:
-        await transport.ensure_data_stream(jsm, _env(nats_server.url, data_max_bytes=4096))
+        await jetstream.ensure_data_stream(jsm, _env(nats_server.url, data_max_bytes=4096))
         js = nc.jetstream()
         subject = contract.data_subject(PROJECT, "db", "v1", "people")
         for i in range(20):
@@ -101,9 +102,9 @@ def test_a_stream_differing_otherwise_still_gets_the_limits(
     """A stream JetStream cannot turn into the configured one (other storage) is used as
     it is, with the limits set on it."""
     async def body(jsm: JetStreamManager) -> None:
-        await transport.ensure_data_stream(jsm, _env(nats_server.url, storage="file"))
+        await jetstream.ensure_data_stream(jsm, _env(nats_server.url, storage="file"))
         with caplog.at_level(logging.WARNING, logger="runner.transport"):
-            await transport.ensure_data_stream(jsm, _env(
+            await jetstream.ensure_data_stream(jsm, _env(
                 nats_server.url, storage="memory", data_max_age=600.0, data_max_bytes=2**20))
         info = await jsm.stream_info(STREAM)
         assert info.config.storage == api.StorageType.FILE
@@ -117,7 +118,7 @@ def test_limits_the_server_cannot_reserve_are_refused_clearly(nats_server: NatsS
     """JetStream reserves max_bytes: more than the server's memory store is an error."""
     async def body(jsm: JetStreamManager) -> None:
         with pytest.raises(nats.js.errors.APIError) as info:
-            await transport.ensure_data_stream(jsm, _env(nats_server.url,
+            await jetstream.ensure_data_stream(jsm, _env(nats_server.url,
                                                          data_max_bytes=1024**4))
         assert "insufficient memory resources" in str(info.value.description)
 
@@ -127,7 +128,7 @@ def test_limits_the_server_cannot_reserve_are_refused_clearly(nats_server: NatsS
 def test_a_short_max_age_shortens_the_duplicate_window(nats_server: NatsServer) -> None:
     """kai.yaml refuses maxAge under the window; a runner given one directly still starts."""
     async def body(jsm: JetStreamManager) -> None:
-        await transport.ensure_data_stream(jsm, _env(nats_server.url, data_max_age=30.0))
+        await jetstream.ensure_data_stream(jsm, _env(nats_server.url, data_max_age=30.0))
         assert await _limits(jsm) == (30.0, -1, 30.0)
 
     _run(nats_server, body)
@@ -154,7 +155,7 @@ def test_from_kai_yaml_to_the_stream(tmp_path: Path, nats_server: NatsServer) ->
             process.local_env(tmp_path, nats_server.url, tmp_path / "config"))
 
         async def body(jsm: JetStreamManager, env: contract.RunnerEnv = env) -> None:
-            await transport.ensure_data_stream(jsm, replace(env, storage="memory"))
+            await jetstream.ensure_data_stream(jsm, replace(env, storage="memory"))
             assert await _limits(jsm) == (36 * 3600.0, 16 * 1024**2, contract.DUPLICATE_WINDOW)
 
         _run(nats_server, body)
@@ -166,11 +167,11 @@ def test_a_changed_ack_wait_and_max_deliver_reach_the_existing_consumer(
     async def body(jsm: JetStreamManager) -> None:
         env = _env(nats_server.url, workflows=(contract.Workflow("wf", "Rpc", ("n1",)),),
                    ack_wait=30.0, max_deliver=5)
-        await transport.ensure_work_stream(jsm, env, "wf")
+        await jetstream.ensure_work_stream(jsm, env, "wf")
         stream = contract.stream_name(PROJECT, "v1", "wf")
         for ack_wait, max_deliver in ((30.0, 5), (7.0, 2)):
             changed = replace(env, ack_wait=ack_wait, max_deliver=max_deliver)
-            durable = await transport.ensure_consumer(jsm, changed, "wf", 0, "n1")
+            durable = await jetstream.ensure_consumer(jsm, changed, "wf", 0, "n1")
             config = (await jsm.consumer_info(stream, durable)).config
             assert (config.ack_wait, config.max_deliver) == (ack_wait, max_deliver)
 
