@@ -17,8 +17,12 @@ regular expressions: ``entrypoint ready: grpc (\\S+):(\\d+), web (\\S+):(\\d+)``
 
 Start-up failures print ``<role> [<name>]: cannot start: <reason>`` on stderr and exit
 non-zero: 2 for a bad environment, proto, module or handler, 3 when `init` fails, 1 for
-anything else. SIGTERM or SIGINT drains (stop taking work, finish what is in flight, close
-NATS) and exits 0 within the grace period (``--grace``, 25 s by default).
+anything else. For a module that does not import or an `init` that raises, lines
+``<role> [<name>]:   <file>:<line>, in <function>: <code>`` follow (the author's frames,
+innermost last), then the exception.
+
+SIGTERM or SIGINT drains (stop taking work, finish what is in flight, close NATS) and
+exits 0 within the grace period (``--grace``, 25 s by default).
 
 The event loop is uvloop's when it is importable (a dependency; it is not built for every
 platform), else asyncio's own; ``KAI_EVENT_LOOP=asyncio`` forces asyncio's. On the chain
@@ -108,10 +112,14 @@ async def serve(proc: Process, label: str, grace: float) -> int:
 
 
 def _say_cannot_start(label: str, exc: BaseException) -> None:
+    """The one-line reason, then the error's `details` lines (where the author's code
+    failed: ``file:line, in function: code`` lines, then the exception), each indented."""
     reason = str(exc) or type(exc).__name__
     if reason.startswith(label + ": "):
         reason = reason[len(label) + 2:]
-    print(f"{label}: cannot start: {reason}", file=sys.stderr, flush=True)
+    lines = [f"{label}: cannot start: {reason}"]
+    lines += [f"{label}:   {line}" for line in getattr(exc, "details", ())]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 async def _stop(proc: Process, grace: float) -> None:

@@ -79,14 +79,32 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats).
-HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<request id>:<step>"
+# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats),
+# and HDR_REQUEST_ID when the client chose the request id.
+HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<call id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
-HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<request id>"
+HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<call id>"
 HDR_STATUS = "Kai-Status"  # on error replies: a grpc.StatusCode name (absent: OK)
 HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
-HDR_REQUEST_ID = "Kai-Request-Id"  # read when there is no HDR_MSG_ID (no longer sent)
+HDR_REQUEST_ID = "Kai-Request-Id"  # the client's x-request-id, when it sent one
 HDR_WORKFLOW = "Kai-Workflow"  # no longer sent: the subject names the workflow
+
+# --- request ids -------------------------------------------------------------
+
+# The gRPC metadata key of the request id, in (the client's, optional) and out (initial
+# metadata of every answer, errors included).
+REQUEST_ID_METADATA = "x-request-id"
+MAX_REQUEST_ID = 128
+# Printable ASCII without whitespace and without the characters NATS gives a meaning in
+# subjects ("." "*" ">"): the id travels in headers and may become part of subjects.
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
+_SUBJECT_CHARS = frozenset(".*>")
+
+
+def valid_request_id(value: str) -> bool:
+    """Whether a client's x-request-id is taken as the request id (else one is generated)."""
+    return bool(_REQUEST_ID.fullmatch(value)) and not _SUBJECT_CHARS.intersection(value)
+
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 

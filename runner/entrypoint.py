@@ -4,14 +4,24 @@ A call to rpc R of workflow W:
 
 1. the raw request bytes are decoded as R's input type (bad bytes → INVALID_ARGUMENT);
 2. they travel, wrapped in a ``google.protobuf.Any``, to W's step 0 subject (JetStream),
-   with the request id, the absolute deadline (the client's, or now + the request
-   timeout), the reply inbox and the workflow in headers (over max payload →
+   with the call id, the request id, the absolute deadline (the client's, or now + the
+   request timeout) and the reply inbox in headers (over max payload →
    RESOURCE_EXHAUSTED; NATS disconnected → UNAVAILABLE at once);
 3. the last node answers on the entrypoint's single inbox subscription (``<inbox>.*``):
-   the answer's subject ends in the request id, which matches it to the call. An answer
+   the answer's subject ends in the call id, which matches it to the call. An answer
    without HDR_STATUS (or with "OK") returns the payload as the reply, any other grpc code
    name becomes that status with HDR_ERROR as its details;
 4. no answer by the deadline → DEADLINE_EXCEEDED.
+
+Request ids: the request id is the client's ``x-request-id`` metadata value when it is a
+valid one (``contract.valid_request_id``: 1 to 128 printable ASCII characters, no
+whitespace, ``.``, ``*`` or ``>``); otherwise (none, or not valid) it is the call id the
+entrypoint generates, ``<entrypoint token>-<counter>``. Every answer, OK or not, carries it
+back as ``x-request-id`` in its initial metadata. Nodes see it as ``ctx.request_id``, in
+their log lines and in the records they save. Each call also has a call id of its own, the
+root of its step messages' ids and reply subject: a client may send the same x-request-id
+twice (a retry), and JetStream would drop the second call's messages as duplicates of the
+first's if their ids were the same.
 
 When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a node that
 crashes on it each time), the entrypoint answers that call INTERNAL naming the node, and
@@ -50,6 +60,7 @@ from .transport import (
     TooLarge,
     Transport,
     Unreachable,
+    call_id_of,
     open_transport,
     request_id_of,
     step_headers,
@@ -126,15 +137,57 @@ class _FileDescriptor(Protocol):
     def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto, /) -> None: ...
 
 
-def _add_to_pool(compiled: CompiledProto, *file_descriptors: _FileDescriptor) -> None:
+def _file_proto(fd: _FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    proto = descriptor_pb2.FileDescriptorProto()
+    fd.CopyToProto(proto)
+    return proto
+
+
+def _add_to_pool(compiled: CompiledProto, *protos: descriptor_pb2.FileDescriptorProto) -> None:
     """Let reflection describe the health and reflection services too."""
-    for fd in file_descriptors:
-        proto = descriptor_pb2.FileDescriptorProto()
-        fd.CopyToProto(proto)
+    for proto in protos:
         try:
             compiled.pool.Add(proto)
         except Exception:  # a clash with the version's own files: leave them out
             pass
+
+
+# Server reflection: grpcio-reflection (1.85) ships only v1alpha. grpc.reflection.v1 is the
+# same protocol under another package (same messages, same field numbers, so the same
+# bytes on the wire): its file descriptor is v1alpha's renamed, and the v1alpha servicer
+# answers on the v1 method too.
+REFLECTION_V1_PACKAGE = "grpc.reflection.v1"
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+REFLECTION_V1_SERVICE = f"{REFLECTION_V1_PACKAGE}.ServerReflection"
+
+
+def reflection_v1_file() -> descriptor_pb2.FileDescriptorProto:
+    """The file descriptor of grpc/reflection/v1/reflection.proto, made from v1alpha's."""
+    proto = _file_proto(reflection_pb2.DESCRIPTOR)
+    old = f".{proto.package}."
+    new = f".{REFLECTION_V1_PACKAGE}."
+    proto.name = REFLECTION_V1_FILE
+    proto.package = REFLECTION_V1_PACKAGE
+    proto.ClearField("options")
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):
+                field.type_name = new + field.type_name[len(old):]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old):]
+            method.output_type = new + method.output_type[len(old):]
+    return proto
+
+
+def _reflection_v1_handler(servicer: reflection.aio.ReflectionServicer,
+                           ) -> grpc.GenericRpcHandler:
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    return grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE,
+                                                {"ServerReflectionInfo": method})
 
 
 class Entrypoint(RunnerProcess):
@@ -154,6 +207,7 @@ class Entrypoint(RunnerProcess):
         self._ids = itertools.count()
         self._nodes: dict[tuple[str, str], str] = {}
         self._reply_prefix = ""
+        self._said_invalid_id = False
 
     async def start(self) -> None:
         env = self.env
@@ -192,10 +246,13 @@ class Entrypoint(RunnerProcess):
                 (grpc.method_handlers_generic_handler(service, handlers),))
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        _add_to_pool(self.compiled, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+        _add_to_pool(self.compiled, _file_proto(health_pb2.DESCRIPTOR),
+                     _file_proto(reflection_pb2.DESCRIPTOR), reflection_v1_file())
         names = [*sorted(by_service), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
+                 REFLECTION_V1_SERVICE, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server, pool=self.compiled.pool)
+        server.add_generic_rpc_handlers((_reflection_v1_handler(
+            reflection.aio.ReflectionServicer(names, pool=self.compiled.pool)),))
         try:
             self.grpc_port = server.add_insecure_port(f"{self.bind_host}:{self.env.grpc_port}")
         except RuntimeError as exc:
@@ -220,8 +277,8 @@ class Entrypoint(RunnerProcess):
 
     # --- answers -------------------------------------------------------------------------
 
-    def _on_reply(self, request_id: str, reply: bytes | StepError) -> None:
-        fut = self.pending.get(request_id)
+    def _on_reply(self, call_id: str, reply: bytes | StepError) -> None:
+        fut = self.pending.get(call_id)
         if fut is None or fut.done():
             return
         if isinstance(reply, StepError):
@@ -231,7 +288,7 @@ class Entrypoint(RunnerProcess):
 
     async def _on_gave_up(self, event: GaveUp) -> None:
         hdrs = event.headers
-        request_id = request_id_of(hdrs)
+        call_id, request_id = call_id_of(hdrs), request_id_of(hdrs)
         node = self._nodes.get((event.stream, event.consumer), event.consumer)
         try:
             expired = float(hdrs.get(contract.HDR_DEADLINE) or 0) < time.time()
@@ -241,7 +298,7 @@ class Entrypoint(RunnerProcess):
         if mine:
             log.warning("request %s: node %s gave up after %s deliveries", request_id, node,
                         event.deliveries)
-            fut = self.pending.get(request_id)
+            fut = self.pending.get(call_id)
             if fut is not None and not fut.done():
                 fut.set_exception(StepError(
                     grpc.StatusCode.INTERNAL,
@@ -261,8 +318,11 @@ class Entrypoint(RunnerProcess):
 
         async def call(request: bytes, context: RpcContext) -> bytes:
             started = time.perf_counter()
+            call_id = f"{self._token}-{next(self._ids)}"
+            request_id = self._request_id(context, call_id)
+            await context.send_initial_metadata(((contract.REQUEST_ID_METADATA, request_id),))
             try:
-                payload = await self._call(b, request, context)
+                payload = await self._call(b, request, context, call_id, request_id)
             except StepError as error:
                 requests[error.code].inc()
                 latency.observe(time.perf_counter() - started)
@@ -273,14 +333,36 @@ class Entrypoint(RunnerProcess):
 
         return call
 
+    def _request_id(self, context: RpcContext, call_id: str) -> str:
+        """The client's x-request-id when it is valid (contract.valid_request_id), else
+        the call id. Either way the client gets it back in the initial metadata."""
+        for key, value in context.invocation_metadata() or ():
+            if key != contract.REQUEST_ID_METADATA:
+                continue
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            if contract.valid_request_id(text):
+                return text
+            if not self._said_invalid_id:
+                self._said_invalid_id = True
+                log.warning("request %s: ignored the client's x-request-id %.60r (up to %d "
+                            "printable ASCII characters, no whitespace, '.', '*' or '>'); "
+                            "this is logged once", call_id, text, contract.MAX_REQUEST_ID)
+            break
+        return call_id
+
     def _timeout(self, context: RpcContext) -> float:
         remaining = context.time_remaining()
         if remaining is None or remaining > 10**8:
             return self.env.request_timeout
         return max(remaining, 0.0)
 
-    async def _call(self, b: Binding, request: bytes, context: RpcContext) -> bytes:
-        """The rpc's serialized response; raises :class:`StepError` for any other status."""
+    async def _call(self, b: Binding, request: bytes, context: RpcContext, call_id: str,
+                    request_id: str) -> bytes:
+        """The rpc's serialized response; raises :class:`StepError` for any other status.
+
+        `call_id` is unique to this call (it keys the reply); `request_id` is what the
+        nodes see (the client's x-request-id, or the call id).
+        """
         t = self.transport
         if not t.is_connected or not self.streams_ok:
             raise StepError(grpc.StatusCode.UNAVAILABLE,
@@ -295,16 +377,16 @@ class Entrypoint(RunnerProcess):
                             f"{exc}") from None
         timeout = self._timeout(context)
         deadline = time.time() + timeout
-        request_id = f"{self._token}-{next(self._ids)}"
         envelope = any_pb2.Any(type_url=b.type_url, value=request).SerializeToString()
-        headers = step_headers(request_id, 0, f"{deadline:.6f}", self._reply_prefix + request_id)
+        headers = step_headers(call_id, 0, f"{deadline:.6f}", self._reply_prefix + call_id,
+                               request_id)
         size = t.oversize(envelope, headers)
         if size:
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the request is {len(request)} bytes ({size} with its envelope), "
                             f"over the NATS server's max payload of {t.max_payload} bytes")
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = fut
+        self.pending[call_id] = fut
         published = False
         try:
             async with asyncio.timeout(timeout):
@@ -333,7 +415,7 @@ class Entrypoint(RunnerProcess):
                             f"the request is {len(request)} bytes, over the NATS server's max "
                             f"payload of {t.max_payload} bytes") from None
         finally:
-            self.pending.pop(request_id, None)
+            self.pending.pop(call_id, None)
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let those in flight finish (up to `grace`), close the transport."""

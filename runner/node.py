@@ -2,9 +2,11 @@
 
 Start-up, in order (any failure stops the process with a clear message, never later):
 
-1. generate ``<proto stem>_pb2`` into a temporary directory put first on ``sys.path``
+1. generate ``<stem>_pb2`` for the proto and every proto it imports into a temporary
+   directory (``kai-pb2-<pid>-*``, deleted when the process ends) put first on ``sys.path``
    (so a stale shipped ``*_pb2.py`` cannot break the node), then import the module from
-   ``KAI_VERSION_DIR/KAI_HANDLER`` with its own folder on ``sys.path``;
+   ``KAI_VERSION_DIR/KAI_HANDLER`` with its own folder, then the version's ``src/``, on
+   ``sys.path``;
 2. check it defines ``handler(ctx, data)`` (``init(ctx)`` is optional; both sync or async);
 3. connect to NATS, create the workflows' streams and this node's durable consumers;
 4. run ``init(ctx)`` once, then take messages and log ``node <name> ready``.
@@ -33,9 +35,11 @@ import importlib.util
 import inspect
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 import typing
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -65,6 +69,7 @@ log = logging.getLogger("runner.node")
 
 EXIT_LOAD = 2  # the module does not load, or has no handler
 EXIT_INIT = 3  # init(ctx) failed
+SHARED_SRC = "src"  # the version's folder of code shared by its nodes, on sys.path
 AnyMsg = any_pb2.Any
 TYPE_URL_PREFIX = "type.googleapis.com/"
 _TYPE_URLS: dict[Any, str] = {}
@@ -80,11 +85,41 @@ def _type_url(msg: Message) -> str:
 
 
 class StartupError(Exception):
-    """The node cannot start; `code` is the process exit code."""
+    """The node cannot start; `code` is the process exit code, `details` the lines shown
+    under the one-line message (where the author's code failed)."""
 
-    def __init__(self, message: str, code: int = EXIT_LOAD) -> None:
+    def __init__(self, message: str, code: int = EXIT_LOAD,
+                 details: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.details = details
+
+
+MAX_FRAMES = 10  # the innermost frames of the author's code shown for a start-up failure
+
+
+def user_traceback(exc: BaseException, version_dir: str) -> tuple[str, ...]:
+    """Where `exc` came from in the version's own files, innermost last, then the exception:
+
+        src/etl/main.py:12, in init: table = load(ctx.path("table.json"))
+        src/common/text.py:3, in load: return TABLES[lang]
+        KeyError: 'fr'
+
+    Frames outside the version (the runner, the standard library, packages) are left out;
+    paths are relative to the version. At most MAX_FRAMES frames, the innermost.
+    """
+    root = os.path.realpath(version_dir) + os.sep
+    frames: list[str] = []
+    for frame in traceback.extract_tb(exc.__traceback__):
+        file = os.path.realpath(frame.filename)
+        if not file.startswith(root):
+            continue
+        code = f": {frame.line.strip()}" if frame.line and frame.line.strip() else ""
+        frames.append(f"{file[len(root):]}:{frame.lineno}, in {frame.name}{code}")
+    if len(frames) > MAX_FRAMES:
+        frames = [f"... {len(frames) - MAX_FRAMES} more", *frames[-MAX_FRAMES:]]
+    exception = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return (*frames, exception)
 
 
 # --- loading the author's module -----------------------------------------------------
@@ -105,18 +140,67 @@ def _is_async(fn: Callable[..., Any]) -> bool:
         getattr(fn, "__call__", None))  # noqa: B004 - callable objects with async __call__
 
 
+PB2_PREFIX = "kai-pb2-"  # the generated modules' folder: kai-pb2-<pid>-<random>
+
+
 def prepare_pb2(env: contract.RunnerEnv, tmp_root: str | None = None) -> Path:
-    """Generate the version's `_pb2` modules and put them first on sys.path."""
-    out = Path(tempfile.mkdtemp(prefix="kai-pb2-", dir=tmp_root or _tmp_root()))
+    """Generate the version's `_pb2` modules and put their folders first on sys.path.
+
+    The folder, ``<tmp>/kai-pb2-<pid>-<random>``, is the process's own: :func:`remove_pb2`
+    deletes it when the process ends, and folders left by processes that are gone (killed)
+    are deleted here first.
+    """
+    root = tmp_root or _tmp_root()
+    remove_stale_pb2(root)
+    out = Path(tempfile.mkdtemp(prefix=f"{PB2_PREFIX}{os.getpid()}-", dir=root))
     try:
-        entry = generate_pb2(Path(env.version_dir), env.proto, out)
+        modules = generate_pb2(Path(env.version_dir), env.proto, out)
     except ProtoError as exc:
+        remove_pb2(out)
         raise StartupError(f"the proto {env.proto} does not compile: {exc}") from None
-    for folder in (str(out), str(entry.parent)):
+    folders = [str(out), *dict.fromkeys(str(m.parent) for m in modules)]
+    for folder in reversed(folders):
         if folder in sys.path:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
     return out
+
+
+def remove_pb2(folder: Path | None) -> None:
+    """Delete a folder of generated modules (what is already imported stays loaded)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_pb2(tmp_root: str) -> None:
+    """Delete the `kai-pb2-<pid>-*` folders of processes that no longer run.
+
+    A folder with this process's own pid is stale too: it was left by an earlier process
+    with the same pid (a restarted container, where the node is always pid 1).
+    """
+    try:
+        entries = list(os.scandir(tmp_root))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(PB2_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid_text = entry.name[len(PB2_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit():
+            continue  # not named by pid (an older runner's): its owner cannot be told
+        pid = int(pid_text)
+        if pid == os.getpid() or not _alive(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user
+        return True
+    return True
 
 
 def _tmp_root() -> str:
@@ -133,11 +217,16 @@ def load_module(env: contract.RunnerEnv) -> NodeModule:
     if not path.is_file():
         raise StartupError(f"node {env.node}: handler file {env.handler} not found "
                            f"in {env.version_dir}")
-    folder = str(path.parent)
-    if folder not in sys.path:
-        # After the generated pb2 folders, before site-packages.
-        generated = sum(1 for p in sys.path[:2] if "kai-pb2-" in p)
-        sys.path.insert(generated, folder)
+    # After the generated pb2 folders, before site-packages: the node's own folder, then
+    # the version's src/ (code shared by the nodes: src/common/text.py is `common.text`).
+    generated = 0
+    while generated < len(sys.path) and PB2_PREFIX in sys.path[generated]:
+        generated += 1
+    shared = Path(env.version_dir) / SHARED_SRC
+    for folder in (str(path.parent), *([str(shared)] if shared.is_dir() else [])):
+        if folder not in sys.path:
+            sys.path.insert(generated, folder)
+        generated = sys.path.index(folder) + 1
     name = path.stem if path.name != "__init__.py" else path.parent.name
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -155,8 +244,9 @@ def load_module(env: contract.RunnerEnv) -> NodeModule:
             tb = tb.tb_next
         if isinstance(exc, SyntaxError):
             where = f" (line {exc.lineno})"
+        details = () if isinstance(exc, SyntaxError) else user_traceback(exc, env.version_dir)
         raise StartupError(f"node {env.node}: importing {env.handler} failed{where}: "
-                           f"{type(exc).__name__}: {exc}") from None
+                           f"{type(exc).__name__}: {exc}", details=details) from None
     handler = getattr(module, "handler", None)
     if not callable(handler):
         raise StartupError(f"node {env.node}: {env.handler} defines no handler(ctx, data) "
@@ -306,6 +396,7 @@ class NodeProcess(RunnerProcess):
         self._ticker: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
         self._latency: Any = None
+        self.pb2_dir: Path | None = None  # the generated modules, deleted by stop()
 
     def _count(self, route: Route, outcome: str) -> None:
         counter = self._counters.get((route.workflow, outcome))
@@ -363,7 +454,7 @@ class NodeProcess(RunnerProcess):
             await invoke(init, self.mod.init_async, self._pool, NO_SCOPE, self.ctx)
         except Exception as exc:
             raise StartupError(f"node {self.name}: init failed: {type(exc).__name__}: {exc}",
-                               EXIT_INIT) from exc
+                               EXIT_INIT, user_traceback(exc, self.env.version_dir)) from exc
 
     async def _keep_alive(self) -> None:
         """Tell the broker that messages still being worked on are alive (so no redelivery).
@@ -397,12 +488,16 @@ class NodeProcess(RunnerProcess):
     async def _handle(self, d: Delivery, route: Route) -> None:
         key = id(d)
         self._inflight[key] = _Working(d, time.monotonic())
+        # The request's scope for all of its handling: ctx.logger lines outside the
+        # handler (its failure) carry the request id too.
+        scope = SCOPE.set(Scope(d.request_id, route.workflow))
         try:
             await self._step(d, route)
         except StepError as error:
             await self._fail(d, route, error)
         finally:
             del self._inflight[key]
+            SCOPE.reset(scope)
 
     async def _step(self, d: Delivery, route: Route) -> None:
         deadline = d.deadline
@@ -472,9 +567,9 @@ class NodeProcess(RunnerProcess):
                        payload: bytes) -> None:
         """Store the step's output (a serialized `Any`) as the next step's input, then ack."""
         assert route.next_subject is not None
-        headers = step_headers(d.request_id, route.next_step,
+        headers = step_headers(d.call_id, route.next_step,
                                d.deadline_header or repr(time.time() + self.env.request_timeout),
-                               d.reply)
+                               d.reply, d.request_id)
         size = self.transport.oversize(payload, headers)
         if size:
             raise StepError.of("RESOURCE_EXHAUSTED",
@@ -490,25 +585,36 @@ class NodeProcess(RunnerProcess):
         return self.stopping
 
     async def stop(self, grace: float) -> None:
-        """Drain: stop fetching, finish in-flight messages, close the transport."""
+        """Drain: stop fetching, finish in-flight messages, close the transport, and delete
+        the generated modules' folder (also when the drain is cut short)."""
         self.stopping = True
         end = time.monotonic() + grace
-        if self._ticker is not None:
-            self._ticker.cancel()
-        await asyncio.gather(*(c.stop(max(0.1, end - time.monotonic()))
-                               for c in self.consumers))
-        if self.ctx is not None:
-            await self.ctx.drain(max(0.1, min(5.0, end - time.monotonic())))
-        await self.close(end - time.monotonic())
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            if self._ticker is not None:
+                self._ticker.cancel()
+            await asyncio.gather(*(c.stop(max(0.1, end - time.monotonic()))
+                                   for c in self.consumers))
+            if self.ctx is not None:
+                await self.ctx.drain(max(0.1, min(5.0, end - time.monotonic())))
+            await self.close(end - time.monotonic())
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+        finally:
+            remove_pb2(self.pb2_dir)
+            self.pb2_dir = None
 
 
 def prepare(env: contract.RunnerEnv, transport: Transport | None = None) -> NodeProcess:
     """Everything that can fail before connecting: pb2, module, handler, routes."""
     if not env.node:
         raise StartupError(f"{contract.ENV_NODE} is not set: which node is this?")
-    prepare_pb2(env)
-    mod = load_module(env)
-    routes = routes_of(env)
-    return NodeProcess(env, mod, routes, transport or open_transport(env))
+    pb2 = prepare_pb2(env)
+    try:
+        mod = load_module(env)
+        routes = routes_of(env)
+        proc = NodeProcess(env, mod, routes, transport or open_transport(env))
+    except BaseException:
+        remove_pb2(pb2)
+        raise
+    proc.pb2_dir = pb2
+    return proc

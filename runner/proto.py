@@ -3,8 +3,8 @@
 Both sides use this: the renderer to validate a version (the rpc exists and is
 unary), the runner to serve the rpcs through generic handlers and to build the
 message classes node code works with. No generated code is needed on disk,
-except the `<stem>_pb2.py` that :func:`generate_pb2` writes for node code that
-imports it by name.
+except the `<stem>_pb2.py` modules that :func:`generate_pb2` writes (for the proto and
+each proto it imports) for node code that imports them by name.
 """
 
 from __future__ import annotations
@@ -155,16 +155,22 @@ def compile_proto(root: Path, proto: str) -> CompiledProto:
     return CompiledProto(file_set=file_set, pool=pool, proto=proto)
 
 
-def generate_pb2(root: Path, proto: str, out_dir: Path) -> Path:
-    """Write `<stem>_pb2.py` for `root/proto` (and its imports) into `out_dir`.
+def generate_pb2(root: Path, proto: str, out_dir: Path) -> list[Path]:
+    """Write `<stem>_pb2.py` for `root/proto` and every proto it imports into `out_dir`.
 
-    Generated with the protobuf runtime that is installed, so it always loads.
-    Returns the path of the entry file's module.
+    Every file of the version the proto needs, directly or not, gets its module (the
+    well-known types come with the installed protobuf). Generated with the protobuf
+    runtime that is installed, so they always load. Returns the modules' paths, the
+    entry file's first.
     """
+    root = Path(root)
+    names = sorted(f.name for f in compile_proto(root, proto).file_set.file)
+    files = [f for f in names
+             if f != proto and not f.startswith("google/protobuf/") and (root / f).is_file()]
     out_dir.mkdir(parents=True, exist_ok=True)
     code, stderr = _run_protoc(
-        [f"-I{root}", f"-I{_wkt_include()}", f"--python_out={out_dir}", proto]
+        [f"-I{root}", f"-I{_wkt_include()}", f"--python_out={out_dir}", proto, *files]
     )
     if code != 0:
         raise _failure(stderr, proto, root)
-    return out_dir / (proto[: -len(".proto")] + "_pb2.py")
+    return [out_dir / (f[: -len(".proto")] + "_pb2.py") for f in (proto, *files)]

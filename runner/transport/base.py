@@ -10,8 +10,9 @@ A :class:`Transport` is one process's connection to the broker, for one version
   :meth:`~Transport.ensure_consumer` (one durable consumer per step, shared by every
   replica of its node: work-queue semantics);
 * :meth:`~Transport.publish`: store a step's input (headers from :func:`step_headers`:
-  the message id ``"{request_id}:{step}"`` that de-duplicates a republished step, the
-  deadline and the reply subject), waiting until the broker has stored it;
+  the message id ``"{call_id}:{step}"`` that de-duplicates a republished step, the
+  deadline, the reply subject and, when the client chose it, the request id), waiting
+  until the broker has stored it;
 * :meth:`~Transport.consume`: a :class:`Consumer` that hands each message to a handler as
   a :class:`Delivery` (``ack``, ``nak(delay)``, ``in_progress``, ``term``; payload, request
   id, deadline, reply subject, delivery count), at most `max_inflight` at a time;
@@ -121,13 +122,24 @@ class ConnectionEvents:
 # --- messages ---------------------------------------------------------------------------
 
 
-def step_headers(request_id: str, step: int, deadline: str, reply: str) -> dict[str, str]:
-    """The headers of a step's input: message id, deadline (unix seconds), reply subject."""
-    return {
-        contract.HDR_MSG_ID: f"{request_id}:{step}",
+def step_headers(call_id: str, step: int, deadline: str, reply: str,
+                 request_id: str = "") -> dict[str, str]:
+    """The headers of a step's input: message id ``"<call id>:<step>"``, deadline (unix
+    seconds), reply subject, and HDR_REQUEST_ID when the request id is not the call id.
+
+    The call id is unique per rpc call (it keys the reply and de-duplicates a republished
+    step); the request id is what node code, logs and records see (``ctx.request_id``). They
+    are the same unless the client chose the request id (``x-request-id``): a client may
+    send the same id twice, and each call must still run.
+    """
+    headers = {
+        contract.HDR_MSG_ID: f"{call_id}:{step}",
         contract.HDR_DEADLINE: deadline,
         contract.HDR_REPLY: reply,
     }
+    if request_id and request_id != call_id:
+        headers[contract.HDR_REQUEST_ID] = request_id
+    return headers
 
 
 def headers_size(headers: Mapping[str, str]) -> int:
@@ -135,12 +147,17 @@ def headers_size(headers: Mapping[str, str]) -> int:
     return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
 
 
-def request_id_of(headers: Mapping[str, str]) -> str:
-    """The request id a step message carries (in its message id, ``"{request_id}:{step}"``)."""
+def call_id_of(headers: Mapping[str, str]) -> str:
+    """The call id a step message carries (in its message id, ``"{call_id}:{step}"``)."""
     msg_id = headers.get(contract.HDR_MSG_ID)
     if msg_id:
         return msg_id.rpartition(":")[0]
     return headers.get(contract.HDR_REQUEST_ID, "")
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The request id a step message carries: HDR_REQUEST_ID, else its call id."""
+    return headers.get(contract.HDR_REQUEST_ID) or call_id_of(headers)
 
 
 def header_safe(text: str, limit: int = 4000) -> str:
@@ -160,7 +177,13 @@ class Delivery(abc.ABC):
 
     @property
     def request_id(self) -> str:
+        """The request id (``ctx.request_id``; the client's ``x-request-id`` if it sent one)."""
         return request_id_of(self.headers)
+
+    @property
+    def call_id(self) -> str:
+        """The rpc call's unique id, the root of the step messages' ids."""
+        return call_id_of(self.headers)
 
     @property
     def reply(self) -> str:
@@ -305,7 +328,7 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
-        """Receive the replies sent to ``prefix + <request id>``: `on_reply(request_id, reply)`."""
+        """Receive the replies sent to ``prefix + <call id>``: `on_reply(call_id, reply)`."""
 
     @abc.abstractmethod
     def reply_ok(self, reply: str, payload: bytes) -> Awaitable[None]:
