@@ -141,6 +141,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 PB2_PREFIX = "kai-pb2-"  # the generated modules' folder: kai-pb2-<pid>-<random>
+_OWN_PB2: set[str] = set()  # the folders this process made and has not removed
 
 
 def prepare_pb2(env: contract.RunnerEnv, tmp_root: str | None = None) -> Path:
@@ -153,6 +154,7 @@ def prepare_pb2(env: contract.RunnerEnv, tmp_root: str | None = None) -> Path:
     root = tmp_root or _tmp_root()
     remove_stale_pb2(root)
     out = Path(tempfile.mkdtemp(prefix=f"{PB2_PREFIX}{os.getpid()}-", dir=root))
+    _OWN_PB2.add(str(out))
     try:
         modules = generate_pb2(Path(env.version_dir), env.proto, out)
     except ProtoError as exc:
@@ -170,13 +172,14 @@ def remove_pb2(folder: Path | None) -> None:
     """Delete a folder of generated modules (what is already imported stays loaded)."""
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        _OWN_PB2.discard(str(folder))
 
 
 def remove_stale_pb2(tmp_root: str) -> None:
     """Delete the `kai-pb2-<pid>-*` folders of processes that no longer run.
 
-    A folder with this process's own pid is stale too: it was left by an earlier process
-    with the same pid (a restarted container, where the node is always pid 1).
+    A folder with this process's own pid that it did not make is stale too: it was left by
+    an earlier process with the same pid (a restarted container, where the node is pid 1).
     """
     try:
         entries = list(os.scandir(tmp_root))
@@ -189,6 +192,8 @@ def remove_stale_pb2(tmp_root: str) -> None:
         if not pid_text.isdigit():
             continue  # not named by pid (an older runner's): its owner cannot be told
         pid = int(pid_text)
+        if os.path.abspath(entry.path) in _OWN_PB2:
+            continue
         if pid == os.getpid() or not _alive(pid):
             shutil.rmtree(entry.path, ignore_errors=True)
 
