@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -67,13 +68,15 @@ def _ask(version: Version, text: str, request_id: str | None = None,
     req = compiled.message_class("meta.Req")(text=text)
     metadata = None if request_id is None else ((KEY, request_id),)
     with grpc.insecure_channel(f"127.0.0.1:{version.procs[0].grpc_port}") as channel:
-        stub = channel.unary_unary("/meta.Meta/Ask")
+        stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/meta.Meta/Ask")
+        raw: bytes | None = None
+        call: Any
         try:
             raw, call = stub.with_call(req.SerializeToString(), timeout=10, metadata=metadata)
         except grpc.RpcError as error:
-            call, raw = error, None  # type: ignore[assignment]
-        initial = [v for k, v in call.initial_metadata() if k == KEY]  # type: ignore[attr-defined]
-        code = call.code()  # type: ignore[attr-defined]
+            call = error  # a grpc.Call too
+        initial = [v for k, v in call.initial_metadata() if k == KEY]
+        code = call.code()
     assert len(initial) == 1
     reply = None if raw is None else compiled.message_class("meta.Resp").FromString(raw)
     return reply, str(initial[0]), code
