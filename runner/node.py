@@ -160,7 +160,7 @@ def prepare_pb2(env: contract.RunnerEnv, tmp_root: str | None = None) -> Path:
     except ProtoError as exc:
         remove_pb2(out)
         raise StartupError(f"the proto {env.proto} does not compile: {exc}") from None
-    folders = [str(out), *dict.fromkeys(str(m.parent) for m in modules)]
+    folders = list(dict.fromkeys([str(out), *(str(m.parent) for m in modules)]))
     for folder in reversed(folders):
         if folder in sys.path:
             sys.path.remove(folder)
