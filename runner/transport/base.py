@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("runner.transport")
 
 STORE_TIMEOUT = 5.0  # seconds to wait for the broker to store one message
+REPUBLISH_FOR = contract.DUPLICATE_WINDOW / 2  # seconds publish_until may send one message
 
 
 # --- errors --------------------------------------------------------------------------
@@ -331,8 +332,12 @@ async def publish_until(transport: Transport, subject: str, payload: bytes,
                         stopping: Callable[[], bool]) -> bool:
     """Publish, retrying through outages until `deadline` (unix time).
 
+    Every attempt sends the same `headers`, so the same message id: the stream keeps one
+    copy however many attempts it stored. It remembers ids for DUPLICATE_WINDOW only, so
+    attempts stop half that long after the first (a later copy could run twice).
     Returns True once the broker stored the message (or recognised it as a duplicate).
     """
+    deadline = min(deadline, time.time() + REPUBLISH_FOR)
     delay = 0.05
     while True:
         remaining = deadline - time.time()
