@@ -186,8 +186,10 @@ def test_a_stalled_nats_server_under_load_answers_no_unavailable_call_that_runs(
     ran_anyway = sorted(rid for rid in codes[UNAVAILABLE] if handled[rid])
     assert ran_anyway == [], f"answered UNAVAILABLE, yet run: {ran_anyway[:5]}"
     assert sorted(rid for rid in codes[OK] if handled[rid] != 1) == []
-    # the stall hit calls in flight: some waited through it and were still answered OK
-    assert len(codes[OK]) > 400, {c: len(ids) for c, ids in codes.items()}
+    # calls rode out the stall (the deadline is longer than it)
+    assert len(codes[OK]) > len(steady) // 2, {c: len(ids) for c, ids in codes.items()}
+    # calls with a deadline shorter than the stall, started during it, ran out of time: they
+    # may have been stored (and the stall was real)
     assert [(rid, code) for rid, code, _ in short if code != DEADLINE_EXCEEDED] == []
 
 
