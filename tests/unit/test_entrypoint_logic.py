@@ -6,6 +6,8 @@ and draining."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -291,3 +293,43 @@ def test_draining_finishes_the_calls_taken_and_answers_later_ones_unavailable(
             await stopping
 
     run(scenario)
+
+
+def test_the_readmes_retry_policy_retries_unavailable_and_nothing_else() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Statuses a client sees, and which to retry"):]
+    service_config = section[section.index("```json\n") + 8:section.index("```\n", 1)]
+    service = json.loads(service_config)["methodConfig"][0]["name"][0]["service"]
+    answers = {"unavailable": [grpc.StatusCode.UNAVAILABLE] * 2,
+               "internal": [grpc.StatusCode.INTERNAL] * 2}
+    seen: collections.Counter[str] = collections.Counter()
+
+    async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+                     ) -> bytes:
+        key = request.decode()
+        seen[key] += 1
+        if answers[key]:
+            await context.abort(answers[key].pop(0), "try again")
+        return b"ok"
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {"Do": grpc.unary_unary_rpc_method_handler(handle)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
+                    ("grpc.service_config", service_config),
+                    ("grpc.enable_retries", 1)]) as channel:
+                stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    f"/{service}/Do")
+                assert await stub(b"unavailable", timeout=10) == b"ok"
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await stub(b"internal", timeout=10)
+                assert failed.value.code() == grpc.StatusCode.INTERNAL
+        finally:
+            await server.stop(None)
+
+    run(scenario)
+    assert seen == {"unavailable": 3, "internal": 1}
