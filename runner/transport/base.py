@@ -89,7 +89,8 @@ class TransportError(Exception):
 
 
 class NotStored(TransportError):
-    """The broker did not confirm it stored the message in time."""
+    """The broker did not confirm in time that it stored the message: it may have (publish
+    it again with the same message id; the stream keeps one copy)."""
 
 
 class NoStream(TransportError):
