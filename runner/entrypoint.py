@@ -7,6 +7,10 @@ A call to rpc R of workflow W:
    with the call id, the request id, the absolute deadline (the client's, or now + the
    request timeout) and the reply inbox in headers (over max payload →
    RESOURCE_EXHAUSTED; NATS disconnected → UNAVAILABLE at once);
+   UNAVAILABLE ("not run": a client may retry it) is answered only when the request was
+   surely not stored: not connected, or refused by the server (no stream, an error). When
+   it may have been stored (sent, but no PubAck in time), it is published again with the
+   same message id (the stream drops the duplicate) while the call waits for its answer;
 3. the last node answers on the entrypoint's single inbox subscription (``<inbox>.*``):
    the answer's subject ends in the call id, which matches it to the call. An answer
    without HDR_STATUS (or with "OK") returns the payload as the reply, any other grpc code
@@ -22,6 +26,10 @@ their log lines and in the records they save. Each call also has a call id of it
 root of its step messages' ids and reply subject: a client may send the same x-request-id
 twice (a retry), and JetStream would drop the second call's messages as duplicates of the
 first's if their ids were the same.
+
+Draining (SIGTERM): calls that arrive are not run. They are answered UNAVAILABLE only once
+the gRPC server has stopped taking calls (a call still queued inside gRPC when it stops
+would end CANCELLED, which clients do not retry); the calls already taken are finished.
 
 When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a node that
 crashes on it each time), the entrypoint answers that call INTERNAL naming the node, and
@@ -59,9 +67,11 @@ from .transport import (
     StepError,
     TooLarge,
     Transport,
+    TransportError,
     Unreachable,
     call_id_of,
     open_transport,
+    publish_until,
     request_id_of,
     step_headers,
 )
@@ -75,6 +85,10 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
+# Draining: how long calls the entrypoint took may delay stopping the gRPC server (calls
+# arriving meanwhile wait, unanswered), and how quiet (no call arriving) it waits to be.
+HOLD_LIMIT = 2.0
+QUIET = 0.05
 # the rpcs are served generically: requests and replies stay serialized bytes
 RpcContext = grpc.aio.ServicerContext[bytes, bytes]
 
@@ -208,6 +222,8 @@ class Entrypoint(RunnerProcess):
         self._nodes: dict[tuple[str, str], str] = {}
         self._reply_prefix = ""
         self._said_invalid_id = False
+        self._refused = 0  # calls that arrived while draining
+        self._released = asyncio.Event()  # set once gRPC takes no more calls
 
     async def start(self) -> None:
         env = self.env
@@ -364,11 +380,12 @@ class Entrypoint(RunnerProcess):
         nodes see (the client's x-request-id, or the call id).
         """
         t = self.transport
+        if self.stopping:
+            await self._hold(context)
+            raise StepError(grpc.StatusCode.UNAVAILABLE, "the entrypoint is shutting down")
         if not t.is_connected or not self.streams_ok:
             raise StepError(grpc.StatusCode.UNAVAILABLE,
                             "NATS is not reachable; try again shortly")
-        if self.stopping:
-            raise StepError(grpc.StatusCode.UNAVAILABLE, "the entrypoint is shutting down")
         try:
             b.input_type.FromString(request)
         except DecodeError as exc:
@@ -387,21 +404,24 @@ class Entrypoint(RunnerProcess):
                             f"over the NATS server's max payload of {t.max_payload} bytes")
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
-        published = False
+        again: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(timeout):
-                await t.publish(b.subject, envelope, headers,
-                                min(STORE_TIMEOUT, max(timeout, 0.01)))
-                published = True
-                envelope = b""  # stored: not held while waiting (32 x 100 KB in flight add up)
+                try:
+                    await t.publish(b.subject, envelope, headers,
+                                    min(STORE_TIMEOUT, max(timeout, 0.01)))
+                except NotStored:
+                    # Sent, but not confirmed: it may be stored, and run. Publish it again
+                    # (the same headers, so the same message id) while awaiting the answer.
+                    again = asyncio.create_task(
+                        self._store_again(b.subject, envelope, headers, deadline))
+                envelope = b""  # not held while waiting (32 x 100 KB in flight add up)
                 return await fut
-        except (TimeoutError, NotStored):
-            if published or timeout <= STORE_TIMEOUT:
-                raise StepError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"no answer from workflow {b.workflow.name} within "
-                                f"{timeout:.3g}s") from None
-            raise StepError(grpc.StatusCode.UNAVAILABLE,
-                            "NATS did not store the request in time") from None
+        except TimeoutError:  # the request may have been stored: it may have run
+            raise StepError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no answer from workflow {b.workflow.name} within "
+                            f"{timeout:.3g}s") from None
+        # The first publish failed without being stored: the request did not run.
         except NoStream:
             self.ensure_soon()
             raise StepError(grpc.StatusCode.UNAVAILABLE,
@@ -414,16 +434,70 @@ class Entrypoint(RunnerProcess):
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the request is {len(request)} bytes, over the NATS server's max "
                             f"payload of {t.max_payload} bytes") from None
+        except TransportError as exc:
+            raise StepError(grpc.StatusCode.UNAVAILABLE,
+                            f"NATS did not store the request: {exc}") from None
         finally:
             self.pending.pop(call_id, None)
+            if again is not None:
+                again.cancel()
+
+    async def _store_again(self, subject: str, payload: bytes, headers: dict[str, str],
+                           deadline: float) -> None:
+        """Publish a request that may not be stored again, until stored or `deadline`."""
+        try:
+            await publish_until(self.transport, subject, payload, headers, deadline,
+                                self._is_stopping)
+        except TransportError as exc:  # refused now; it may still have been stored before
+            log.debug("publishing again to %s failed: %s", subject, exc)
+
+    def _is_stopping(self) -> bool:
+        return self.stopping
+
+    async def _hold(self, context: RpcContext) -> None:
+        """Keep a call that arrived while draining until gRPC takes no more calls (or
+        shortly before its deadline): answered earlier, its client would send the next
+        call at once, and gRPC ends a call still queued when it stops as CANCELLED."""
+        self._refused += 1
+        remaining = self._timeout(context)
+        limit = remaining - min(0.1, remaining / 2)
+        if limit <= 0:
+            return
+        try:
+            async with asyncio.timeout(limit):
+                await self._released.wait()
+        except TimeoutError:
+            pass
+
+    async def _quiesce(self, limit: float) -> None:
+        """Wait (up to `limit` seconds) until no call taken is in flight and none arrives."""
+        end = time.monotonic() + limit
+        seen = -1
+        while time.monotonic() < end:
+            if not self.pending and self._refused == seen:
+                return
+            seen = self._refused
+            await asyncio.sleep(QUIET)
 
     async def stop(self, grace: float) -> None:
-        """Stop taking calls, let those in flight finish (up to `grace`), close the transport."""
+        """Stop taking calls, let those in flight finish (up to `grace`), close the transport.
+
+        Calls arriving meanwhile are held (:meth:`_hold`) while the calls taken end (up to
+        HOLD_LIMIT), then gRPC stops taking calls (clients are told to go elsewhere) and
+        they are answered UNAVAILABLE; the calls taken have the rest of `grace` to finish.
+        """
         self.stopping = True
+        end = time.monotonic() + grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._quiesce(min(HOLD_LIMIT, grace / 2))
+            server_stopped = asyncio.create_task(
+                self._server.stop(max(0.1, end - time.monotonic())))
+            await asyncio.sleep(QUIET)  # its first step stops taking calls
+            self._released.set()
+            await server_stopped
+        self._released.set()
         await self.close(0.1)
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("runner.transport")
 
 STORE_TIMEOUT = 5.0  # seconds to wait for the broker to store one message
+REPUBLISH_FOR = contract.DUPLICATE_WINDOW / 2  # seconds publish_until may send one message
 
 
 # --- errors --------------------------------------------------------------------------
@@ -89,7 +90,8 @@ class TransportError(Exception):
 
 
 class NotStored(TransportError):
-    """The broker did not confirm it stored the message in time."""
+    """The broker did not confirm in time that it stored the message: it may have (publish
+    it again with the same message id; the stream keeps one copy)."""
 
 
 class NoStream(TransportError):
@@ -354,8 +356,12 @@ async def publish_until(transport: Transport, subject: str, payload: bytes,
                         stopping: Callable[[], bool]) -> bool:
     """Publish, retrying through outages until `deadline` (unix time).
 
+    Every attempt sends the same `headers`, so the same message id: the stream keeps one
+    copy however many attempts it stored. It remembers ids for DUPLICATE_WINDOW only, so
+    attempts stop half that long after the first (a later copy could run twice).
     Returns True once the broker stored the message (or recognised it as a duplicate).
     """
+    deadline = min(deadline, time.time() + REPUBLISH_FOR)
     delay = 0.05
     while True:
         remaining = deadline - time.time()

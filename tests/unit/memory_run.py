@@ -43,8 +43,8 @@ class MemoryRun:
     nodes: dict[str, list[node.NodeProcess]] = field(default_factory=dict)
     channel: grpc.aio.Channel | None = None
 
-    async def start_entrypoint(self) -> Entrypoint:
-        ep = prepare_entrypoint(self.env, MemoryTransport(self.broker, self.env))
+    async def start_entrypoint(self, transport: MemoryTransport | None = None) -> Entrypoint:
+        ep = prepare_entrypoint(self.env, transport or MemoryTransport(self.broker, self.env))
         await ep.start()
         self.entrypoint = ep
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{ep.grpc_port}")
