@@ -95,10 +95,10 @@ class Probe:
         return await _http_check(port, self.path, self.timeout)
 
 
-async def _http_check(port: int, path: str, timeout: float) -> str | None:
+async def _http_check(port: int, path: str, limit: float) -> str | None:
     what = f"GET {path}"
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             reader, writer = await asyncio.open_connection(PROBE_HOST, port)
             try:
                 writer.write(f"GET {path} HTTP/1.1\r\nHost: {PROBE_HOST}:{port}\r\n"
@@ -110,7 +110,7 @@ async def _http_check(port: int, path: str, timeout: float) -> str | None:
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
     except TimeoutError:
-        return f"{what}: no answer within {timeout:g}s"
+        return f"{what}: no answer within {limit:g}s"
     except OSError as exc:
         return f"{what}: {exc.strerror or type(exc).__name__}"
     parts = status.split()
@@ -118,14 +118,15 @@ async def _http_check(port: int, path: str, timeout: float) -> str | None:
     return None if 200 <= code < 400 else f"{what} answered {code or 'no status'}"
 
 
-async def _grpc_check(port: int, service: str, timeout: float) -> str | None:
+async def _grpc_check(port: int, service: str, limit: float) -> str | None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
         async with grpc.aio.insecure_channel(f"{PROBE_HOST}:{port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=limit)
     except grpc.aio.AioRpcError as exc:
         return f"gRPC health check: {exc.code().name}"
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -319,9 +320,9 @@ class Supervisor:
         await self._wait_ready([child.label])
         return self._current(child.label)
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until every replica is ready (after restarts); StartupError on timeout."""
-        await self._wait_ready([c.label for c in self.children], timeout)
+    async def wait_ready(self, limit: float | None = None) -> None:
+        """Wait until every replica is ready (after restarts); StartupError after `limit`."""
+        await self._wait_ready([c.label for c in self.children], limit)
 
     def all_ready(self) -> bool:
         return all(c.ready for c in self.children)
@@ -360,8 +361,8 @@ class Supervisor:
     def _current(self, label: str) -> Child:
         return next(c for c in self.children if c.label == label)
 
-    async def _wait_ready(self, labels: list[str], timeout: float | None = None) -> None:
-        limit = self.ready_timeout if timeout is None else timeout
+    async def _wait_ready(self, labels: list[str], within: float | None = None) -> None:
+        limit = self.ready_timeout if within is None else within
         deadline = time.monotonic() + limit
         while True:
             current = [self._current(label) for label in labels]
@@ -429,7 +430,9 @@ class Supervisor:
             self._set_ready(child, True)
             return
         await asyncio.sleep(probe.initial_delay)
-        while child.running and await probe.check(child.env) is not None:
+        while child.running:  # until the first pass: often, as a start-up probe would
+            if await probe.check(child.env) is None:
+                break
             await asyncio.sleep(STARTUP_POLL)
         self._set_ready(child, True)
         failures = 0
