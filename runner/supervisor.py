@@ -552,6 +552,16 @@ class Supervisor:
                 self.echo(f"stopping {', '.join(names)}")
             await self._terminate(stage)
 
+    def kill(self) -> None:
+        """SIGKILL every child now (a second Ctrl-C); a stop() under way then ends soon."""
+        self._stopping = True
+        self._stop_event.set()
+        for child in self.children:
+            child.expected_exit = True
+            if child.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+
     def _grace(self, child: Child) -> float:
         return self.grace if child.spec.grace is None else child.spec.grace
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
@@ -27,8 +28,15 @@ from renderer.atomic import pid_alive
 from renderer.krt import Version
 from renderer.plan import PlanError, VersionPlan, build_plan
 from renderer.problems import InputError
-from renderer.project import PROJECT_FILE, STARTED, VERSIONS_DIR, Project
-from renderer.render import render_version
+from renderer.project import (
+    PROJECT_FILE,
+    STARTED,
+    VERSIONS_DIR,
+    ConfigSource,
+    Project,
+    VersionState,
+)
+from renderer.render import SECRET, render_version
 from runner import contract
 from runner.client import CallFailed, CallUsageError, call_json, find_rpc, parse_request
 from runner.natsserver import NatsServer, NatsServerError
@@ -126,6 +134,18 @@ def check_port(port: int, flag: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise DevError(f"port {port} is taken; pick another with {flag} PORT") from None
             raise DevError(f"cannot use port {port} ({flag}): {exc.strerror}") from None
+
+
+def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[dict[str, Any]]]:
+    """The version's plan and its objects as `kai render` renders it started, except that
+    its config comes from a plain Secret: `kai dev` takes the values from `--config` and
+    the environment, wherever the cluster gets them from."""
+    local = dataclasses.replace(project, versions={
+        **project.versions,
+        version.name: VersionState(STARTED, ConfigSource(SECRET, f"{version.name}-config")),
+    })
+    plan = build_plan(local, version, state=STARTED)
+    return plan, render_version(local, plan)
 
 
 def rendered_specs(objects: list[dict[str, Any]], version_dir: Path, nats_url: str,
@@ -254,11 +274,13 @@ async def run(version: Version, plan: VersionPlan, objects: list[dict[str, Any]]
         loop.add_signal_handler(sig, stop.set)
     config_dir = work / "config"
     config.write_files(config_dir)
-    supervisor = Supervisor(
-        rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
-                       config.variables, opts.port, opts.web_port),
-        ready_timeout=opts.ready_timeout,
-    )
+    try:
+        specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
+                               config.variables, opts.port, opts.web_port)
+    except DevError as exc:
+        _say(f"error: {exc}", True)
+        return EXIT_INPUT
+    supervisor = Supervisor(specs, ready_timeout=opts.ready_timeout)
     quiet = opts.call is not None  # stdout is for the reply then
     try:
         try:
@@ -279,9 +301,16 @@ async def run(version: Version, plan: VersionPlan, objects: list[dict[str, Any]]
         _say("stopping: the entrypoint first, then the nodes, then nats-server", True)
         return 0
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one does not wait any more
+            loop.add_signal_handler(sig, _kill_now, supervisor)
         await supervisor.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _kill_now(supervisor: Supervisor) -> None:
+    _say("interrupted again: killing every process", True)
+    supervisor.kill()
 
 
 async def _call(compiled: CompiledProto, opts: Options) -> int:
@@ -355,9 +384,7 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
         check_port(web_port, "--web-port")
         if nats_url:
             check_nats(nats_url)
-        project = find_project(version.directory)
-        plan = build_plan(project, version, state=STARTED)
-        objects = render_version(project, plan)
+        plan, objects = render_local(find_project(version.directory), version)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

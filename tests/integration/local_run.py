@@ -20,10 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from renderer.cli.dev import rendered_specs
-from renderer.plan import build_plan
-from renderer.project import STARTED, Project
-from renderer.render import render_version
+from renderer.cli.dev import render_local, rendered_specs
+from renderer.project import Project
 from renderer.validate import load_version
 from runner.client import call, find_rpc, parse_request
 from runner.proto import CompiledProto, compile_proto
@@ -100,12 +98,12 @@ async def running(version_dir: Path, nats_url: str, work: Path,
     process; `grace` replaces the Deployments' terminationGracePeriodSeconds.
     """
     version = load_version(version_dir)
-    plan = build_plan(PROJECT, version, state=STARTED)
+    _, objects = render_local(PROJECT, version)
     port, web_port = free_port(), free_port()
     config_dir = work / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    specs = rendered_specs(render_version(PROJECT, plan), version.directory.resolve(), nats_url,
-                           config_dir, dict(env or {}), port, web_port)
+    specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
+                           dict(env or {}), port, web_port)
     if process_env:
         specs = [replace(s, env={**s.env, **process_env}) for s in specs]
     specs = [replace(s, grace=grace) for s in specs]

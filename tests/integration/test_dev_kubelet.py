@@ -210,3 +210,30 @@ def test_kill_9_of_kai_dev_leaves_no_process_and_the_next_start_cleans_up(
     assert f"removed {work}: left by kai dev (pid {proc.pid}), which was killed" in done.stderr
     assert not work.exists()
     assert list(tmp.glob("kai-dev-*")) == []
+
+
+CONFIGURED = """\
+    import os
+
+    from public_input_pb2 import Request
+
+    def handler(ctx, data):
+        cert = open(os.path.join(os.environ["KAI_CONFIG_DIR"], "CERT")).read().strip()
+        return Request(id=f"{os.environ['API_KEY']}:{cert}")
+"""
+
+
+def test_config_reaches_the_nodes_as_the_rendered_secret_refs_say(tmp_path: Path) -> None:
+    version = write_version(tmp_path / "v", "conf-v1", PROTO, {"use": CONFIGURED},
+                            {"work": ("Do", ["use"])})
+    with (version / "krt.yml").open("a") as krt:
+        krt.write("config:\n  variables: [API_KEY]\n  files: [CERT]\n")
+    cert = tmp_path / "cert.pem"
+    cert.write_text("pem-data\n")
+    done = subprocess.run(
+        kai("dev", str(version), "--port", str(free_port()), "--web-port", str(free_port()),
+            "--config", "API_KEY=s3cret", "--config", f"CERT=@{cert}",
+            "--call", "Do", '{"id": "x"}'),
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"s3cret:pem-data"' in done.stdout
