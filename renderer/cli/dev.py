@@ -1,7 +1,10 @@
-"""`kai dev`: run a version on this machine from the same plan the cluster gets.
+"""`kai dev`: run a version on this machine from the same Deployments the cluster gets.
 
-An embedded nats-server (JetStream, a temporary store) unless `--nats URL`, then
-the entrypoint and every node (`replicas` each) under runner.supervisor.
+The version is rendered in memory (renderer.render.render_version); each Deployment
+becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period).
+An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unless
+`--nats URL`, then the entrypoint and every node under runner.supervisor, which restarts
+what exits and stops them in order; nats-server is stopped last.
 """
 
 from __future__ import annotations
@@ -355,11 +358,15 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     version in its versions/ folder (`kai dev greeter-v1` is
     `kai dev versions/greeter-v1`).
 
-    The processes get the environment the rendered Deployments give them, on
-    this machine's paths and ports; their output is printed with their name in
-    front. Ctrl-C stops everything (exit 0). A node that fails to start (its
-    module does not import, `init` raises) stops everything, and `kai dev` exits
-    non-zero with that node's error.
+    The processes get the command, environment, replicas and probes the
+    rendered Deployments give them, on this machine's paths and ports; their
+    output is printed with their name in front. "ready" is printed once every
+    replica's readiness probe passes. A process that exits, or fails its
+    liveness probe, is restarted after 0.5 s, doubling up to 10 s. Ctrl-C stops
+    the entrypoint, then the nodes, then NATS, each within its grace period
+    (exit 0; a second Ctrl-C kills at once). A node that fails to start (its
+    module does not import, `init` raises) stops everything, and `kai dev`
+    exits non-zero with that node's error.
 
     \b
     Examples:
