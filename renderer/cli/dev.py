@@ -421,6 +421,8 @@ def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
             return asyncio.run(run(version, plan, objects, compiled, opts, config, url, work))
         finally:
             if nats is not None:
+                if nats.proc is not None and nats.proc.poll() is None:
+                    click.echo("stopping nats-server", err=True)
                 nats.close()  # last: the processes that used it have stopped
 
 

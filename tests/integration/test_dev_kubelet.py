@@ -170,8 +170,10 @@ def test_ctrl_c_under_load_answers_every_accepted_call_and_stops_in_order(
             time.sleep(0.05)
         assert [pid for pid in children if alive(pid)] == []
         text = err.read_text()
-        first = text.index("stopping chain-v1-entrypoint")
-        assert first < text.index("stopping chain-v1-first, chain-v1-last, chain-v1-mid")
+        order = [text.index(line) for line in (
+            "stopping chain-v1-entrypoint", "stopping chain-v1-first, chain-v1-last, chain-v1-mid",
+            "stopping nats-server")]
+        assert order == sorted(order), text[-3000:]
         assert "killing it" not in text
     finally:
         if proc.poll() is None:
@@ -237,3 +239,40 @@ def test_config_reaches_the_nodes_as_the_rendered_secret_refs_say(tmp_path: Path
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert '"s3cret:pem-data"' in done.stdout
+
+
+def _node_of(pid: int) -> str:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    found = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"KAI_NODE=")]
+    return found[0].decode() if found else ""
+
+
+def test_kai_dev_keeps_running_when_a_replica_dies_and_restarts_it(tmp_path: Path) -> None:
+    version = chain_version(tmp_path / "v")
+    port = free_port()
+    proc, _, err = _start_kai_dev(tmp_path, version, port)
+    try:
+        mids = sorted(pid for pid in descendants(proc.pid) if _node_of(pid) == "mid")
+        assert len(mids) == 2, mids
+        os.kill(mids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "is ready again (restart 1)" not in err.read_text():
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.05)
+        assert "exited with code -9 (killed); restarting in 0.5 s (restart 1)" in err.read_text()
+        now = sorted(pid for pid in descendants(proc.pid) if _node_of(pid) == "mid")
+        assert len(now) == 2 and mids[1] in now and mids[0] not in now
+        done = subprocess.run(kai("call", str(version), "Do", '{"id": "after"}',
+                                  "--address", f"127.0.0.1:{port}"),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and '"after"' in done.stdout, done.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
