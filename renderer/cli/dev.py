@@ -182,7 +182,11 @@ def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, co
         if "value" in item:
             env[item["name"]] = str(item["value"])
             continue
-        key = item.get("valueFrom", {}).get("secretKeyRef", {}).get("key", item["name"])
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if not isinstance(ref, Mapping) or "key" not in ref:
+            raise DevError(f"Deployment {name}: env {item['name']}: kai dev runs only a "
+                           "value or a secretKeyRef")
+        key = str(ref["key"])
         if key not in secrets:
             raise DevError(f"Deployment {name}: config {key} is not set: pass "
                            f"--config {key}=... or set it in the environment")

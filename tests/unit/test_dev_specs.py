@@ -80,6 +80,11 @@ def test_what_kai_dev_cannot_run_gets_one_line() -> None:
     with pytest.raises(DevError, match="greeter-v1-etl: cannot run its command"):
         deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
     odd = copy.deepcopy(deployment)
+    odd["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    with pytest.raises(DevError, match="env POD_IP: kai dev runs only a value or a secretKeyRef"):
+        deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
+    odd = copy.deepcopy(deployment)
     odd["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = 1
     with pytest.raises(DevError, match="probe port 1 is neither"):
         deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
