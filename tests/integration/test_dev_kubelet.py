@@ -276,3 +276,49 @@ def test_kai_dev_keeps_running_when_a_replica_dies_and_restarts_it(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+SLOW = """\
+    import os
+    import time
+
+    from public_input_pb2 import Request
+
+    def handler(ctx, data):
+        open(os.path.join(os.environ["SLOW_DIR"], "started"), "w").close()
+        time.sleep(60)
+        return Request(id="late")
+"""
+
+
+def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
+    version = write_version(tmp_path / "v", "slow-v1", PROTO, {"slow": SLOW},
+                            {"work": ("Do", ["slow"])})
+    port = free_port()
+    proc, _, err = _start_kai_dev(tmp_path, version, port, {"SLOW_DIR": str(tmp_path)})
+    caller = subprocess.Popen(kai("call", str(version), "Do", '{"id": "x"}', "--address",
+                                  f"127.0.0.1:{port}", "--timeout", "120"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children = descendants(proc.pid)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline, "the call never reached the node"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while "stopping slow-v1-entrypoint" not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, err.read_text()[-3000:]
+        assert "interrupted again: killing every process" in err.read_text()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in children if alive(pid)] == []
+    finally:
+        for p in (caller, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
