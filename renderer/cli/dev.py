@@ -1,36 +1,58 @@
-"""`kai dev`: run a version on this machine from the same plan the cluster gets.
+"""`kai dev`: run a version on this machine from the same Deployments the cluster gets.
 
-An embedded nats-server (JetStream, a temporary store) unless `--nats URL`, then
-the entrypoint and every node (`replicas` each) under runner.supervisor.
+The version is rendered in memory (renderer.render.render_version); each Deployment
+becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period).
+An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unless
+`--nats URL`, then the entrypoint and every node under runner.supervisor, which restarts
+what exits and stops them in order; nats-server is stopped last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 
+from renderer.atomic import pid_alive
 from renderer.krt import Version
-from renderer.plan import ENTRYPOINT, PlanError, VersionPlan, build_plan
+from renderer.plan import PlanError, VersionPlan, build_plan
 from renderer.problems import InputError
-from renderer.project import PROJECT_FILE, STARTED, VERSIONS_DIR, Project
+from renderer.project import (
+    PROJECT_FILE,
+    STARTED,
+    VERSIONS_DIR,
+    ConfigSource,
+    Project,
+    VersionState,
+)
+from renderer.render import SECRET, render_version
 from runner import contract
 from runner.client import CallFailed, CallUsageError, call_json, find_rpc, parse_request
 from runner.natsserver import NatsServer, NatsServerError
 from runner.proto import CompiledProto
-from runner.supervisor import DEFAULT_READY_TIMEOUT, ProcessSpec, StartupError, Supervisor
+from runner.supervisor import (
+    DEFAULT_READY_TIMEOUT,
+    GRPC,
+    HTTP,
+    Probe,
+    ProcessSpec,
+    StartupError,
+    Supervisor,
+)
 
 from . import devconfig
 from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
@@ -38,6 +60,8 @@ from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
 T = TypeVar("T")
 HOST = "127.0.0.1"
 SHOW_LINES = 15  # lines of a failed process's output repeated in the error
+K8S_GRACE = 30.0  # Kubernetes' terminationGracePeriodSeconds when a pod names none
+WORK_PREFIX = "kai-dev-"  # temporary folders: kai-dev-<pid>-<random>
 
 
 class DevError(Exception):
@@ -115,21 +139,97 @@ def check_port(port: int, flag: str) -> None:
             raise DevError(f"cannot use port {port} ({flag}): {exc.strerror}") from None
 
 
-def plan_specs(plan: VersionPlan, version_dir: Path, nats_url: str, config_dir: Path,
-               grpc_port: int, web_port: int) -> list[ProcessSpec]:
-    """The plan's processes with this machine's paths and ports (node web ports: free ones)."""
-    out = []
-    for process in plan.processes:
-        if process.component == ENTRYPOINT:
-            ports = {contract.ENV_GRPC_PORT: grpc_port, contract.ENV_WEB_PORT: web_port}
-            free: tuple[str, ...] = ()
-        else:
-            ports, free = {}, (contract.ENV_WEB_PORT,)
-        env = process.local_env(version_dir, nats_url, config_dir, ports)
-        env[contract.ENV_BIND_HOST] = HOST  # loopback only: nothing is exposed off this machine
-        role = contract.ROLE_ENTRYPOINT if process.component == ENTRYPOINT else contract.ROLE_NODE
-        out.append(ProcessSpec(process.name, role, env, process.replicas, free))
-    return out
+def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[dict[str, Any]]]:
+    """The version's plan and its objects as `kai render` renders it started, except that
+    its config comes from a plain Secret: `kai dev` takes the values from `--config` and
+    the environment, wherever the cluster gets them from."""
+    local = dataclasses.replace(project, versions={
+        **project.versions,
+        version.name: VersionState(STARTED, ConfigSource(SECRET, f"{version.name}-config")),
+    })
+    plan = build_plan(local, version, state=STARTED)
+    return plan, render_version(local, plan)
+
+
+def rendered_specs(objects: list[dict[str, Any]], version_dir: Path, nats_url: str,
+                   config_dir: Path, secrets: Mapping[str, str], grpc_port: int,
+                   web_port: int) -> list[ProcessSpec]:
+    """The Deployments among a version's rendered objects (renderer.render.render_version,
+    what `kai render` writes) as processes of this machine: each container's command, env
+    (a secretKeyRef's value from `secrets`), replicas, probes and
+    terminationGracePeriodSeconds, with this machine's paths and ports (the entrypoint's:
+    `grpc_port`, `web_port`; nodes': free ones).
+    """
+    return [deployment_spec(obj, version_dir, nats_url, config_dir, secrets, grpc_port,
+                            web_port)
+            for obj in objects if obj.get("kind") == "Deployment"]
+
+
+def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, config_dir: Path,
+                    secrets: Mapping[str, str], grpc_port: int, web_port: int) -> ProcessSpec:
+    """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
+    name = str(obj["metadata"]["name"])
+    pod = obj["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = tuple(container.get("command") or ())
+    role = command[-1] if command else ""
+    if command[:-1] != contract.RUNNER_COMMAND or role not in (contract.ROLE_NODE,
+                                                               contract.ROLE_ENTRYPOINT):
+        raise DevError(f"Deployment {name}: cannot run its command {list(command)} locally "
+                       f"(expected {' '.join(contract.RUNNER_COMMAND)} node|entrypoint)")
+    env: dict[str, str] = {}
+    for item in container.get("env", ()):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+            continue
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if not isinstance(ref, Mapping) or "key" not in ref:
+            raise DevError(f"Deployment {name}: env {item['name']}: kai dev runs only a "
+                           "value or a secretKeyRef")
+        key = str(ref["key"])
+        if key not in secrets:
+            raise DevError(f"Deployment {name}: config {key} is not set: pass "
+                           f"--config {key}=... or set it in the environment")
+        env[item["name"]] = secrets[key]
+    ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports", ())}
+    readiness = _probe(name, container.get("readinessProbe"), ports, env)
+    liveness = _probe(name, container.get("livenessProbe"), ports, env)
+    env[contract.ENV_VERSION_DIR] = str(version_dir)
+    env[contract.ENV_NATS_URL] = nats_url
+    env[contract.ENV_CONFIG_DIR] = str(config_dir)
+    env[contract.ENV_BIND_HOST] = HOST  # loopback only: nothing is exposed off this machine
+    free: tuple[str, ...] = ()
+    if role == contract.ROLE_ENTRYPOINT:
+        env[contract.ENV_GRPC_PORT], env[contract.ENV_WEB_PORT] = str(grpc_port), str(web_port)
+    else:
+        free = (contract.ENV_WEB_PORT,)
+    grace = float(pod.get("terminationGracePeriodSeconds", K8S_GRACE))
+    return ProcessSpec(name, role, env, int(obj["spec"].get("replicas", 1)), free,
+                       readiness=readiness, liveness=liveness, grace=grace)
+
+
+def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],
+           env: Mapping[str, str]) -> Probe | None:
+    """A container probe as the supervisor polls it; its port becomes the variable of the
+    contract that holds that port (KAI_GRPC_PORT or KAI_WEB_PORT), as this machine sets it."""
+    if not raw:
+        return None
+    kind, action = (GRPC, raw["grpc"]) if "grpc" in raw else (HTTP, raw.get("httpGet"))
+    if not isinstance(action, Mapping):
+        raise DevError(f"Deployment {name}: a probe kai dev cannot run: {dict(raw)}")
+    port = action.get("port")
+    number = ports.get(port, 0) if isinstance(port, str) else int(port or 0)
+    port_env = next((key for key in (contract.ENV_WEB_PORT, contract.ENV_GRPC_PORT)
+                     if env.get(key) == str(number)), None)
+    if port_env is None:
+        raise DevError(f"Deployment {name}: probe port {port} is neither "
+                       f"{contract.ENV_GRPC_PORT} nor {contract.ENV_WEB_PORT}")
+    return Probe(kind, port_env, path=str(action.get("path", "/")),
+                 service=str(action.get("service", "")),
+                 period=float(raw.get("periodSeconds", 10)),
+                 failure_threshold=int(raw.get("failureThreshold", 3)),
+                 initial_delay=float(raw.get("initialDelaySeconds", 0)),
+                 timeout=float(raw.get("timeoutSeconds", 1)))
 
 
 def check_nats(url: str) -> None:
@@ -172,20 +272,22 @@ def _say(message: str, err: bool) -> None:
     click.echo(message, err=err)
 
 
-async def run(version: Version, plan: VersionPlan, compiled: CompiledProto, opts: Options,
-              config: devconfig.DevConfig, nats_url: str, work: Path) -> int:
+async def run(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
+              compiled: CompiledProto, opts: Options, config: devconfig.DevConfig,
+              nats_url: str, work: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     config_dir = work / "config"
     config.write_files(config_dir)
-    supervisor = Supervisor(
-        plan_specs(plan, version.directory.resolve(), nats_url, config_dir, opts.port,
-                   opts.web_port),
-        base_env={**os.environ, **config.variables},
-        ready_timeout=opts.ready_timeout,
-    )
+    try:
+        specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
+                               config.variables, opts.port, opts.web_port)
+    except DevError as exc:
+        _say(f"error: {exc}", True)
+        return EXIT_INPUT
+    supervisor = Supervisor(specs, ready_timeout=opts.ready_timeout)
     quiet = opts.call is not None  # stdout is for the reply then
     try:
         try:
@@ -200,16 +302,22 @@ async def run(version: Version, plan: VersionPlan, compiled: CompiledProto, opts
              quiet)
         if opts.call is not None:
             return await _until(_call(compiled, opts), stop)
-        exited = await _until(supervisor.wait_exit(), stop)
-        _say(f"error: {exited.label} exited with code {exited.returncode}; stopping", True)
-        return _exit_code(exited.returncode)
+        await stop.wait()  # a replica that exits is restarted (runner.supervisor)
+        raise Interrupted
     except Interrupted:
-        _say("stopping", True)
+        _say("stopping: the entrypoint first, then the nodes, then nats-server", True)
         return 0
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one does not wait any more
+            loop.add_signal_handler(sig, _kill_now, supervisor)
         await supervisor.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _kill_now(supervisor: Supervisor) -> None:
+    _say("interrupted again: killing every process", True)
+    supervisor.kill()
 
 
 async def _call(compiled: CompiledProto, opts: Options) -> int:
@@ -254,11 +362,15 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     version in its versions/ folder (`kai dev greeter-v1` is
     `kai dev versions/greeter-v1`).
 
-    The processes get the environment the rendered Deployments give them, on
-    this machine's paths and ports; their output is printed with their name in
-    front. Ctrl-C stops everything (exit 0). A node that fails to start (its
-    module does not import, `init` raises) stops everything, and `kai dev` exits
-    non-zero with that node's error.
+    The processes get the command, environment, replicas and probes the
+    rendered Deployments give them, on this machine's paths and ports; their
+    output is printed with their name in front. "ready" is printed once every
+    replica's readiness probe passes. A process that exits, or fails its
+    liveness probe, is restarted after 0.5 s, doubling up to 10 s. Ctrl-C stops
+    the entrypoint, then the nodes, then NATS, each within its grace period
+    (exit 0; a second Ctrl-C kills at once). A node that fails to start (its
+    module does not import, `init` raises) stops everything, and `kai dev`
+    exits non-zero with that node's error.
 
     \b
     Examples:
@@ -283,7 +395,7 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
         check_port(web_port, "--web-port")
         if nats_url:
             check_nats(nats_url)
-        plan = build_plan(find_project(version.directory), version, state=STARTED)
+        plan, objects = render_local(find_project(version.directory), version)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -291,12 +403,14 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     except (CallUsageError, devconfig.ConfigError, DevError, PlanError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
-    sys.exit(_serve(version, plan, compiled, opts, config))
+    sys.exit(_serve(version, plan, objects, compiled, opts, config))
 
 
-def _serve(version: Version, plan: VersionPlan, compiled: CompiledProto, opts: Options,
-           config: devconfig.DevConfig) -> int:
-    with tempfile.TemporaryDirectory(prefix="kai-dev-") as tmp:
+def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
+           compiled: CompiledProto, opts: Options, config: devconfig.DevConfig) -> int:
+    for line in remove_stale_work_dirs(Path(tempfile.gettempdir())):
+        click.echo(line, err=True)
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         nats: NatsServer | None = None
         try:
@@ -308,7 +422,22 @@ def _serve(version: Version, plan: VersionPlan, compiled: CompiledProto, opts: O
                     click.echo(f"error: {exc}", err=True)
                     return EXIT_INPUT
             url = opts.nats_url or (nats.url if nats else "")
-            return asyncio.run(run(version, plan, compiled, opts, config, url, work))
+            return asyncio.run(run(version, plan, objects, compiled, opts, config, url, work))
         finally:
             if nats is not None:
-                nats.close()
+                if nats.proc is not None and nats.proc.poll() is None:
+                    click.echo("stopping nats-server", err=True)
+                nats.close()  # last: the processes that used it have stopped
+
+
+def remove_stale_work_dirs(tmp: Path) -> list[str]:
+    """Remove the `kai-dev-<pid>-*` folders of earlier runs whose process is gone (killed
+    before it could clean up); one line for each."""
+    said = []
+    for path in sorted(tmp.glob(f"{WORK_PREFIX}*-*")):
+        pid = path.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)) or not path.is_dir() or path.is_symlink():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        said.append(f"removed {path}: left by kai dev (pid {pid}), which was killed")
+    return said

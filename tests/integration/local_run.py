@@ -1,7 +1,8 @@
 """Helpers for tests that run versions as real local processes (no mocks).
 
 * :func:`write_version`: a small version directory from node code strings;
-* :func:`running`: the version's plan under runner.supervisor against a given NATS;
+* :func:`running`: the version's rendered Deployments under runner.supervisor (as
+  `kai dev` runs them) against a given NATS;
 * :func:`kai`: the `kai` command line as a subprocess argv;
 * :func:`descendants`: the live processes below a pid (to prove none is left).
 """
@@ -19,9 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from renderer.cli.dev import plan_specs
-from renderer.plan import build_plan
-from renderer.project import STARTED, Project
+from renderer.cli.dev import render_local, rendered_specs
+from renderer.project import Project
 from renderer.validate import load_version
 from runner.client import call, find_rpc, parse_request
 from runner.proto import CompiledProto, compile_proto
@@ -91,19 +91,22 @@ async def running(version_dir: Path, nats_url: str, work: Path,
                   env: Mapping[str, str] | None = None,
                   process_env: Mapping[str, str] | None = None,
                   ready_timeout: float = 45.0, grace: float = 10.0) -> AsyncIterator[Running]:
-    """Start every process of the version's plan; stop them all on exit.
+    """Start every process of the version's Deployments; stop them all on exit.
 
-    `env` is added to every child's environment; `process_env` overrides contract
-    variables (e.g. KAI_ACK_WAIT) in every process of the plan.
+    `env` is added to every child's environment (and gives the values of config
+    variables); `process_env` overrides contract variables (e.g. KAI_ACK_WAIT) in every
+    process; `grace` replaces the Deployments' terminationGracePeriodSeconds.
     """
     version = load_version(version_dir)
-    plan = build_plan(PROJECT, version, state=STARTED)
+    _, objects = render_local(PROJECT, version)
     port, web_port = free_port(), free_port()
     config_dir = work / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    specs = plan_specs(plan, version.directory.resolve(), nats_url, config_dir, port, web_port)
+    specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
+                           dict(env or {}), port, web_port)
     if process_env:
         specs = [replace(s, env={**s.env, **process_env}) for s in specs]
+    specs = [replace(s, grace=grace) for s in specs]
     log: list[str] = []
     supervisor = Supervisor(specs, base_env={**os.environ, **(env or {})},
                             ready_timeout=ready_timeout, grace=grace, echo=log.append,

@@ -4,27 +4,66 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from runner.supervisor import ProcessSpec, StartupError, Supervisor
+from runner.supervisor import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    BACKOFF_RESET,
+    HTTP,
+    Child,
+    Probe,
+    ProcessSpec,
+    StartupError,
+    Supervisor,
+    exit_reason,
+    next_backoff,
+)
 
 # Plays `python -m runner ROLE`: behaves as FAKE_MODE says.
 FAKE = """\
-import os, signal, sys, time
+import os, signal, sys, threading, time
 mode = os.environ["FAKE_MODE"]
+folder = os.environ.get("FAKE_DIR", "")
 print("loading " + os.environ["KAI_NODE"] + " port " + os.environ.get("KAI_WEB_PORT", "-"))
 if mode == "fail":
     print("RuntimeError: init failed: no model", file=sys.stderr)
     sys.exit(3)
 if mode == "silent":
     time.sleep(30)
+if mode == "http":  # /readyz and /healthz fail while FAKE_DIR/readyz or FAKE_DIR/healthz exist
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Probes(BaseHTTPRequestHandler):
+        def do_GET(self):
+            failing = os.path.exists(os.path.join(folder, self.path.strip("/")))
+            self.send_response(503 if failing else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", int(os.environ["KAI_WEB_PORT"])), Probes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+def drain(*_):
+    if folder:
+        with open(os.path.join(folder, "stopped.log"), "a") as f:
+            f.write(os.environ["KAI_NODE"] + "\\n")
+    time.sleep(float(os.environ.get("FAKE_DRAIN", "0")))
+    print("drained")
+    sys.exit(0)
+
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
-    signal.signal(signal.SIGTERM, lambda *_: (print("drained"), sys.exit(0)))
+    signal.signal(signal.SIGTERM, drain)
 print("2024-01-01 INFO runner.node node " + os.environ["KAI_NODE"] + " ready (web :1)")
 while True:
     time.sleep(1)
@@ -39,9 +78,18 @@ def fake_python(tmp_path: Path) -> str:
     return str(script)
 
 
-def spec(name: str, mode: str, replicas: int = 1) -> ProcessSpec:
-    return ProcessSpec(name, "node", {"KAI_NODE": name, "FAKE_MODE": mode}, replicas,
-                       free_ports=("KAI_WEB_PORT",))
+def spec(name: str, mode: str, replicas: int = 1, role: str = "node",
+         env: dict[str, str] | None = None, **kw: object) -> ProcessSpec:
+    return ProcessSpec(name, role, {"KAI_NODE": name, "FAKE_MODE": mode, **(env or {})},
+                       replicas, free_ports=("KAI_WEB_PORT",), **kw)  # type: ignore[arg-type]
+
+
+async def until(check: Callable[[], bool], what: str, limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -112,7 +160,7 @@ def test_ready_timeout_and_sigkill_after_the_grace_period(fake_python: str) -> N
 def test_wait_exit_reports_a_child_that_dies_after_ready(fake_python: str) -> None:
     async def scenario() -> None:
         async with Supervisor([spec("v1-a", "ok"), spec("v1-b", "ok")], python=fake_python,
-                              echo=lambda _: None, ready_timeout=20) as sup:
+                              echo=lambda _: None, ready_timeout=20, restart=False) as sup:
             sup.children[1].signal(9)
             exited = await asyncio.wait_for(sup.wait_exit(), 10)
             assert (exited.label, exited.returncode) == ("v1-b", -9)
@@ -156,3 +204,123 @@ def test_children_do_not_outlive_a_killed_supervisor(fake_python: str) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets_after_a_long_run() -> None:
+    delays = [0.0]
+    for _ in range(8):
+        delays.append(next_backoff(delays[-1], ran=0.1))
+    assert delays[1:] == [BACKOFF_FIRST * 2**i if BACKOFF_FIRST * 2**i < BACKOFF_CAP
+                          else BACKOFF_CAP for i in range(8)]
+    assert next_backoff(BACKOFF_CAP, ran=BACKOFF_RESET) == BACKOFF_FIRST
+    assert exit_reason(-9) == "code -9 (killed)"
+    assert exit_reason(3) == "code 3"
+
+
+def test_a_killed_replica_is_restarted_with_backoff_while_the_other_keeps_serving(
+    fake_python: str,
+) -> None:
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        async with Supervisor([spec("v1-a", "ok", replicas=2)], python=fake_python,
+                              echo=lines.append, color=False, ready_timeout=20) as sup:
+            first, other = sup.children
+            for restart, delay in ((1, "0.5"), (2, "1")):
+                victim = sup.children[0]
+                victim.signal(signal.SIGKILL)
+                await until(lambda v=victim: sup.children[0] is not v, "the restart")  # type: ignore[misc]
+                assert (f"v1-a#0 exited with code -9 (killed); restarting in {delay} s "
+                        f"(restart {restart})") in lines
+                await sup.wait_ready(20)
+                assert sup.children[0].restarts == restart
+                assert f"v1-a#0 is ready again (restart {restart})" in lines
+            assert sup.children[1] is other and other.running, "the other replica restarted"
+            assert not first.running and sup.all_ready()
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))
+
+
+def test_a_restarted_replica_counts_as_ready_only_once_its_readiness_passes(
+    fake_python: str, tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    readyz = tmp_path / "readyz"
+    probe = Probe(HTTP, "KAI_WEB_PORT", "/readyz", period=0.2, failure_threshold=2)
+    node = spec("v1-a", "http", env={"FAKE_DIR": str(tmp_path)}, readiness=probe)
+
+    async def scenario() -> None:
+        readyz.write_text("")  # failing from the start
+        sup = Supervisor([node], python=fake_python, echo=lines.append, color=False,
+                         ready_timeout=20)
+        starting = asyncio.ensure_future(sup.start())
+        try:
+            await until(lambda: any("ready (web :1)" in line for line in lines), "the ready line")
+            await asyncio.sleep(0.5)
+            assert not starting.done() and not sup.all_ready()
+            readyz.unlink()
+            await asyncio.wait_for(starting, 20)
+            victim = sup.children[0]
+            readyz.write_text("")
+            await until(lambda: not victim.ready, "the readiness probe to fail")
+            assert any(line.startswith("v1-a is not ready: readiness probe failed 2 times")
+                       for line in lines)
+            victim.signal(signal.SIGKILL)
+            await until(lambda: sup.children[0] is not victim
+                        and sup.children[0].line_seen.is_set(), "the restarted replica")
+            await asyncio.sleep(0.5)
+            assert not sup.children[0].ready and not sup.all_ready()
+            readyz.unlink()
+            await sup.wait_ready(20)
+            assert "v1-a is ready again (restart 1)" in lines
+        finally:
+            await sup.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_failing_liveness_probe_restarts_the_process(fake_python: str, tmp_path: Path) -> None:
+    lines: list[str] = []
+    healthz = tmp_path / "healthz"
+    probe = Probe(HTTP, "KAI_WEB_PORT", "/healthz", period=0.1, failure_threshold=3)
+    node = spec("v1-a", "http", env={"FAKE_DIR": str(tmp_path)}, liveness=probe)
+
+    async def scenario() -> None:
+        async with Supervisor([node], python=fake_python, echo=lines.append, color=False,
+                              ready_timeout=20) as sup:
+            sick = sup.children[0]
+            healthz.write_text("")
+            await until(lambda: not sick.running, "the liveness restart")
+            healthz.unlink()
+            assert any(line.startswith("v1-a failed its liveness probe 3 times (GET /healthz "
+                                       "answered 503)") for line in lines), lines
+            await until(lambda: sup.children[0] is not sick, "the new run")
+            assert "v1-a exited with code 0; restarting in 0.5 s (restart 1)" in lines
+            await sup.wait_ready(20)
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))
+
+
+def test_stop_is_ordered_entrypoint_first_and_kills_after_each_grace(
+    fake_python: str, tmp_path: Path,
+) -> None:
+    drain = {"FAKE_DIR": str(tmp_path), "FAKE_DRAIN": "0.3"}
+    specs = [spec("v1-a", "ok", replicas=2, env=drain),
+             spec("v1-entrypoint", "ok", role="entrypoint", env=drain),
+             spec("v1-stubborn", "stubborn", grace=0.5)]
+    lines: list[str] = []
+
+    async def scenario() -> list[Child]:
+        sup = Supervisor(specs, python=fake_python, echo=lines.append, color=False,
+                         ready_timeout=20, grace=60)
+        async with sup:
+            pass
+        return sup.children
+
+    children = asyncio.run(asyncio.wait_for(scenario(), 40))
+    stopped = (tmp_path / "stopped.log").read_text().split()
+    assert stopped == ["v1-entrypoint", "v1-a", "v1-a"]
+    assert [c.returncode for c in children] == [0, 0, 0, -9]
+    assert "v1-stubborn did not stop within 0.5s: killing it" in lines
+    assert lines.index("stopping v1-entrypoint") < lines.index("stopping v1-a, v1-stubborn")
+    assert not any(alive(c.pid) for c in children)
