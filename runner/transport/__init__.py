@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from .. import contract
 from .base import (
+    CLAIM_MARGIN,
     RETRYABLE,
     STORE_TIMEOUT,
+    ClaimedDelivery,
     ConnectionEvents,
     Consumer,
     Delivery,
@@ -18,6 +20,7 @@ from .base import (
     Handle,
     NoStream,
     NotStored,
+    ObjectGone,
     OnGaveUp,
     OnReply,
     StepError,
@@ -25,6 +28,7 @@ from .base import (
     Transport,
     TransportError,
     Unreachable,
+    claim_name,
     header_safe,
     headers_size,
     publish_until,
@@ -42,8 +46,10 @@ def open_transport(env: contract.RunnerEnv) -> Transport:
 
 
 __all__ = [
+    "CLAIM_MARGIN",
     "RETRYABLE",
     "STORE_TIMEOUT",
+    "ClaimedDelivery",
     "ConnectionEvents",
     "Consumer",
     "Delivery",
@@ -51,6 +57,7 @@ __all__ = [
     "Handle",
     "NoStream",
     "NotStored",
+    "ObjectGone",
     "OnGaveUp",
     "OnReply",
     "StepError",
@@ -58,6 +65,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Unreachable",
+    "claim_name",
     "header_safe",
     "headers_size",
     "open_transport",
