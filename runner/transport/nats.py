@@ -554,6 +554,8 @@ def _transport_error(exc: Exception) -> TransportError:
         return Unreachable(exc.description or "JetStream unavailable")
     if isinstance(exc, nats.js.errors.NotFoundError):
         return NoStream(str(exc) or "no such stream")
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return TooLarge(str(exc))
     if isinstance(exc, nats.errors.Error):  # closed, no responders, reconnecting ...
         return Unreachable(type(exc).__name__)
     return TransportError(str(exc) or type(exc).__name__)
@@ -654,7 +656,7 @@ class NatsTransport(Transport):
         self._jsm = nc.jsm(timeout=JS_TIMEOUT)
         # a chunk is a message with no headers: as large as the server takes, less a margin
         self._claims = Claims(nc.jetstream(timeout=JS_TIMEOUT), self.env,
-                              max(64 * 1024, nc.max_payload - CLAIM_MARGIN))
+                              max(nc.max_payload - CLAIM_MARGIN, nc.max_payload // 2))
         self._publisher = Publisher(nc)
         await self._publisher.start()
 
