@@ -73,8 +73,9 @@ def _version(tmp_path: Path, url: str, **env: object) -> Version:
 def _call(port: int, compiled: Any, timeout: float = 30.0, **fields: object) -> Any:
     req = compiled.message_class("claims.Req")(**fields)
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
-        raw = channel.unary_unary("/claims.Chain/Run")(req.SerializeToString(),
-                                                      timeout=timeout)
+        stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/claims.Chain/Run")
+        raw = stub(req.SerializeToString(), timeout=timeout)
     return compiled.message_class("claims.Resp").FromString(raw)
 
 
