@@ -430,6 +430,7 @@ class Transport(abc.ABC):
         left = deadline - time.time() if deadline else FETCH_TIMEOUT
         payload = b""
         if left > 0:
+            alive = asyncio.create_task(self._keep_alive(d))  # a long read is no dead replica
             try:
                 payload = await self.get_object(name, min(left, FETCH_TIMEOUT))
             except ObjectGone:
@@ -446,6 +447,8 @@ class Transport(abc.ABC):
                          d.request_id, name, exc or type(exc).__name__)
                 await d.nak(1.0)
                 return
+            finally:
+                alive.cancel()
         claimed = ClaimedDelivery(d, payload)
         del payload
         try:
@@ -453,6 +456,16 @@ class Transport(abc.ABC):
         finally:
             if claimed.done:
                 await self.forget_object(name)
+
+    async def _keep_alive(self, d: Delivery) -> None:
+        """Restart `d`'s ack wait every quarter of it (until cancelled)."""
+        period = max(0.05, self.env.ack_wait / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await d.in_progress()
+            except Exception:  # the connection: the next tick tries again
+                pass
 
     async def _gave_up_claimed(self, headers: Mapping[str, str]) -> None:
         """A message given up: its claimed object goes with it."""

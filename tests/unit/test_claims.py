@@ -254,3 +254,25 @@ def test_claims_expire_with_the_bucket_ttl(tmp_path: Path) -> None:
 def test_claim_names_are_safe_object_names() -> None:
     assert claim_name("ab12-3", "s1") == "ab12-3.s1"
     assert claim_name("a b/c:d", "reply") == "a_b_c_d.reply"
+
+
+def test_a_slow_read_of_a_claim_keeps_its_message_alive(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        reads: list[str] = []
+        real = MemoryTransport.get_object
+
+        async def slow(self: MemoryTransport, name: str, within: float) -> bytes:
+            reads.append(name)
+            await asyncio.sleep(1.0)  # five ack waits
+            return await real(self, name, within)
+
+        monkeypatch.setattr(MemoryTransport, "get_object", slow)
+        async with memory_run(tmp_path, NODES, ack_wait=0.2) as r:
+            text = pattern(2 * MiB)
+            assert (await r.call(deadline=10, text=text)).text == text + "|first"
+            # each claim read once: no redelivery while it was being read
+            assert sorted(n.rpartition(".")[2] for n in reads) == ["reply", "s0", "s1"]
+            await no_objects(r)
+
+    run(scenario)
