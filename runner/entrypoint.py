@@ -306,7 +306,7 @@ class Entrypoint(RunnerProcess):
         if size:
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the request is {len(request)} bytes ({size} with its envelope), "
-                            f"over the runner's max message of {t.max_message} bytes")
+                            + t.over_max_message())
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = fut
         published = False

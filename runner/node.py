@@ -459,8 +459,8 @@ class NodeProcess(RunnerProcess):
         payload = out.SerializeToString()
         if self.transport.oversize(payload, {}):
             raise StepError.of("RESOURCE_EXHAUSTED",
-                               f"node {self.name}: the reply is {len(payload)} bytes, over the "
-                               f"runner's max message of {self.transport.max_message} bytes")
+                               f"node {self.name}: the reply is {len(payload)} bytes, "
+                               + self.transport.over_max_message())
         reply = d.reply
         if reply:
             await self.transport.reply_ok(reply, payload)
@@ -477,8 +477,8 @@ class NodeProcess(RunnerProcess):
         size = self.transport.oversize(payload, headers)
         if size:
             raise StepError.of("RESOURCE_EXHAUSTED",
-                               f"node {self.name}: its output is {size} bytes, over the "
-                               f"runner's max message of {self.transport.max_message} bytes")
+                               f"node {self.name}: its output is {size} bytes, "
+                               + self.transport.over_max_message())
         until = deadline or time.time() + self.env.request_timeout
         stored = await publish_until(self.transport, route.next_subject, payload, headers,
                                      until, self._is_stopping)

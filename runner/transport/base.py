@@ -352,6 +352,11 @@ class Transport(abc.ABC):
         size = len(payload) + headers_size(headers)
         return size if size > self.max_message else 0
 
+    def over_max_message(self) -> str:
+        """How a RESOURCE_EXHAUSTED message names the limit a payload is over."""
+        return (f"over the runner's max message of {self.max_message} bytes "
+                "(kai.yaml runtime.maxMessage)")
+
     def fits(self, payload: bytes, headers: Mapping[str, str]) -> bool:
         """Whether the payload travels in the message itself (else through a claim)."""
         return len(payload) + headers_size(headers) + CLAIM_MARGIN <= self.max_payload

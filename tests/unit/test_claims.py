@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from memory_run import MemoryRun, memory_run
 
 from runner import contract
+from runner.client import call, find_rpc
 from runner.transport import Delivery, ObjectGone, claim_name
 from runner.transport.memory import MemoryBroker, MemoryTransport
 
@@ -104,17 +106,19 @@ def test_over_the_max_message_is_resource_exhausted_naming_both_sizes(tmp_path: 
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("the request is 30004 bytes (")
             assert details.endswith("with its envelope), over the runner's max message of "
-                                    "20000 bytes")
+                                    "20000 bytes (kai.yaml runtime.maxMessage)")
             # a step output over the cap (the request itself is under it)
             code, details = await failure(r, text=pattern(15_000), grow=-10_000)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("node first: its output is ")
-            assert details.endswith("over the runner's max message of 20000 bytes")
+            assert details.endswith("over the runner's max message of 20000 bytes "
+                                    "(kai.yaml runtime.maxMessage)")
             # a reply over the cap
             code, details = await failure(r, text="t", grow=25_000)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("node second: the reply is 250")
-            assert details.endswith("over the runner's max message of 20000 bytes")
+            assert details.endswith("over the runner's max message of 20000 bytes "
+                                    "(kai.yaml runtime.maxMessage)")
             await no_objects(r)
 
     run(scenario)
@@ -273,6 +277,27 @@ def test_a_slow_read_of_a_claim_keeps_its_message_alive(tmp_path: Path,
             assert (await r.call(deadline=10, text=text)).text == text + "|first"
             # each claim read once: no redelivery while it was being read
             assert sorted(n.rpartition(".")[2] for n in reads) == ["reply", "s0", "s1"]
+            await no_objects(r)
+
+    run(scenario)
+
+
+def test_grpc_limits_follow_the_max_message(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with memory_run(tmp_path, NODES, max_message=20_000) as r:
+            # far over the cap: gRPC itself refuses it, naming both sizes too
+            code, details = await failure(r, text="x" * (2 * MiB))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details == (f"SERVER: Received message larger than max ({2 * MiB + 5} vs. "
+                               f"{20_000 + MiB})")
+        # the default cap (64 MiB): a 5 MiB reply reaches `kai call`'s client, whose own
+        # default would stop at 4 MiB
+        async with memory_run(tmp_path / "default", NODES) as r:
+            assert r.entrypoint is not None
+            rpc = find_rpc(r.compiled, "Run")
+            got: Any = await call(f"127.0.0.1:{r.entrypoint.grpc_port}", rpc,
+                                  r.request(text="t", grow=5 * MiB), deadline=20)
+            assert len(got.blob) == 5 * MiB
             await no_objects(r)
 
     run(scenario)

@@ -93,7 +93,7 @@ def test_payload_limits_are_resource_exhausted(tmp_path: Path) -> None:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("the request is 5003 bytes (")
             assert details.endswith("with its envelope), over the runner's max message of "
-                                    "4000 bytes")
+                                    "4000 bytes (kai.yaml runtime.maxMessage)")
             code, details = await failure(r, text="small", grow=5000)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("node echo: the reply is")
