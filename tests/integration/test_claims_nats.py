@@ -35,8 +35,8 @@ service Chain { rpc Run (Req) returns (Resp); }
 """
 
 # Each node appends "<pid> <bytes of its input blob>" to <LOG_DIR>/<node>.log. "first" makes
-# a blob of `grow` bytes when asked; "middle" sleeps `sleep` seconds; "last" answers with the
-# blob and its digest.
+# a blob of `grow` bytes when asked; "middle" sleeps `sleep` seconds, and fails a blob that
+# starts with "fail"; "last" answers with the blob and its digest.
 NODE = '''
 import asyncio
 import hashlib
@@ -48,6 +48,8 @@ from api_pb2 import Req, Resp
 async def handler(ctx, data: Req):
     with open(os.path.join(os.environ["LOG_DIR"], ctx.node + ".log"), "a") as f:
         f.write(f"{os.getpid()} {len(data.blob)}\\n")
+    if ctx.node == "middle" and data.blob.startswith(b"fail"):
+        raise RuntimeError("refused")
     if ctx.node == "first" and data.grow:
         return Req(blob=bytes(range(256)) * (data.grow // 256), sleep=data.sleep)
     if ctx.node == "middle" and data.sleep:
@@ -123,6 +125,11 @@ def test_8_mib_request_and_8_mib_node_output_cross_a_real_chain(
         grown = _call(ep.grpc_port, compiled, grow=8 * MiB)  # a small request, a large output
         assert grown.blob == bytes(range(256)) * (8 * MiB // 256)
         assert [n for _, n in _lines(tmp_path / "last.log")] == [8 * MiB, 8 * MiB]
+        _wait_empty(nats_server.url)
+        with pytest.raises(grpc.RpcError) as failed:  # fails in the middle: no object left
+            _call(ep.grpc_port, compiled, blob=b"fail" + blob)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert failed.value.details() == "node middle: refused"
         _wait_empty(nats_server.url)
         assert _call(ep.grpc_port, compiled, blob=b"small").blob == b"small"
     finally:
