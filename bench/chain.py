@@ -20,7 +20,11 @@ What one run does, all on loopback:
    payload size and concurrency: a warm-up, then a measured phase;
 5. reads the peak RSS (VmHWM) of every runner process before stopping it;
 6. prints a table with each of our figures as a ratio to its floor, writes JSON and,
-   when matplotlib is installed, a PNG of latency against chain length and concurrency.
+   when matplotlib is installed, a PNG of latency against chain length and concurrency;
+7. the large cells (--large, 1 MiB and 8 MiB; 1 MiB once in --quick): the 3-node chain on
+   a second nats-server with NATS's default max payload (1 MiB), so each payload travels
+   through the version's claim bucket (runner.transport), against the same floors with the
+   payload in one message (the first server takes messages up to 16 MiB).
 
 The floor of an N-node chain is "composed": the grpc.aio echo (client → server) plus the
 N-hop NATS chain. Latency floors add; throughput floors combine as 1/(1/a + 1/b), since
@@ -113,11 +117,19 @@ class Settings:
     uvloop_floors: bool = True
     startup_timeout: float = 90.0
     quick: bool = False
+    # the large cells: payloads over NATS's default max payload, through the claim bucket
+    large: list[int] = field(default_factory=lambda: [1024 * 1024, 8 * 1024 * 1024])
+    large_nodes: int = 3
+    large_concurrency: list[int] = field(default_factory=lambda: [1, 4])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
 
     @property
     def cells(self) -> list[tuple[int, int]]:
         return [(p, c) for p in self.payloads for c in self.concurrency]
+
+    @property
+    def large_cells(self) -> list[tuple[int, int]]:
+        return [(p, c) for p in self.large for c in self.large_concurrency]
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -140,9 +152,11 @@ def free_port() -> int:
 
 
 def run_loadgen(
-    group: ProcessGroup, name: str, kind: str, target: list[str], s: Settings
+    group: ProcessGroup, name: str, kind: str, target: list[str], s: Settings,
+    cells: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Run bench.loadgen against one target for every cell; return its result."""
+    """Run bench.loadgen against one target for every cell (`s.cells` unless given)."""
+    cells = s.cells if cells is None else cells
     argv = [
         sys.executable,
         "-m",
@@ -150,7 +164,7 @@ def run_loadgen(
         kind,
         *target,
         "--cells",
-        json.dumps(s.cells),
+        json.dumps(cells),
         "--warmup",
         str(s.warmup),
         "--seconds",
@@ -161,7 +175,7 @@ def run_loadgen(
         str(s.timeout),
     ]
     child = group.spawn(name, argv, role="client", env=child_env(), cwd=ROOT, stdout_pipe=True)
-    budget = len(s.cells) * (s.warmup + s.seconds + s.timeout) + 60
+    budget = len(cells) * (s.warmup + s.seconds + s.timeout) + 60
     line = wait_for_line(child, b"RESULT ", budget)
     group.stop(child)
     result: dict[str, Any] = json.loads(line.split(b"RESULT ", 1)[1])
@@ -295,7 +309,9 @@ def floor_argv(s: Settings, *args: str) -> list[str]:
     return [sys.executable, "-m", "bench.floors", *(["--uvloop"] if s.uvloop_floors else []), *args]
 
 
-def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
+def measure_grpc_floor(group: ProcessGroup, s: Settings,
+                       cells: list[tuple[int, int]] | None = None,
+                       system: str = "floor-grpc") -> dict[str, Any]:
     port = free_port()
     server = group.spawn(
         "floor-grpc-echo",
@@ -309,15 +325,16 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
     with RssSampler({server.name: server.pid}) as rss:
         load = run_loadgen(
             group,
-            "client-floor-grpc",
+            f"client-{system}",
             "grpc",
             ["--address", f"127.0.0.1:{port}", "--method", METHOD],
             s,
+            cells,
         )
     processes = rss.report({server.name: "floor"})
     group.stop(server)
     return {
-        "system": "floor-grpc",
+        "system": system,
         "nodes": 0,
         "loop": loop_of(processes),
         "client_loop": load.get("loop"),
@@ -328,7 +345,8 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings) -> dict[str, Any]:
 
 
 def measure_nats_floor(
-    group: ProcessGroup, nats_url: str, n: int, s: Settings, others: dict[str, int]
+    group: ProcessGroup, nats_url: str, n: int, s: Settings, others: dict[str, int],
+    cells: list[tuple[int, int]] | None = None, system: str = "floor-nats",
 ) -> dict[str, Any]:
     hops: list[Child] = []
     for i in range(n):
@@ -349,17 +367,18 @@ def measure_nats_floor(
     with RssSampler({h.name: h.pid for h in hops}, others=others) as rss:
         load = run_loadgen(
             group,
-            f"client-floor-nats{n}",
+            f"client-{system}{n}",
             "nats",
             ["--url", nats_url, "--subject", f"floor{n}.s0"],
             s,
+            cells,
         )
     processes = rss.report({h.name: "floor" for h in hops})
     cpu = cpu_summary(load, processes, rss.others_cpu())
     for hop in hops:
         group.stop(hop)
     return {
-        "system": "floor-nats",
+        "system": system,
         "nodes": n,
         "loop": loop_of(processes),
         "client_loop": load.get("loop"),
@@ -473,7 +492,8 @@ def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout
 
 
 def measure_ours(
-    group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int]
+    group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int],
+    cells: list[tuple[int, int]] | None = None, system: str = "kai",
 ) -> dict[str, Any]:
     version, vdir, nodes = write_version(workdir / "versions", n, s.handler)
     grpc_port = free_port()
@@ -490,7 +510,8 @@ def measure_ours(
     startup = wait_ready(group, children, address, s.startup_timeout)
     with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
         load = run_loadgen(
-            group, f"client-kai-n{n}", "grpc", ["--address", address, "--method", METHOD], s
+            group, f"client-{system}-n{n}", "grpc", ["--address", address, "--method", METHOD],
+            s, cells,
         )
     processes = rss.report(roles)
     cpu = cpu_summary(load, processes, rss.others_cpu())
@@ -500,7 +521,7 @@ def measure_ours(
     for c in children:
         group.stop(c, grace=10.0)
     return {
-        "system": "kai",
+        "system": system,
         "nodes": n,
         "handler": s.handler,
         "storage": s.storage,
@@ -539,12 +560,23 @@ def composed_floor(grpc_cell: dict[str, Any], nats_cell: dict[str, Any]) -> dict
 
 
 def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
-    grpc_floor = next((r for r in runs if r["system"] == "floor-grpc"), None)
+    rows = _rows(runs, s.nodes, s.cells, "kai", "floor-grpc", "floor-nats")
     nats = {r["nodes"]: r for r in runs if r["system"] == "floor-nats"}
     ours = {r["nodes"]: r for r in runs if r["system"] == "kai"}
+    large = _rows(runs, [s.large_nodes], s.large_cells, "kai-claims", "floor-grpc-large",
+                  "floor-nats-large")
+    return {"rows": rows, "large_rows": large, "targets": targets(ours, nats, s)}
+
+
+def _rows(runs: list[dict[str, Any]], node_counts: list[int], cells: list[tuple[int, int]],
+          kai: str, grpc_system: str, nats_system: str) -> list[dict[str, Any]]:
+    """Our figures of each cell beside its composed floor, and their ratios."""
+    grpc_floor = next((r for r in runs if r["system"] == grpc_system), None)
+    nats = {r["nodes"]: r for r in runs if r["system"] == nats_system}
+    ours = {r["nodes"]: r for r in runs if r["system"] == kai}
     rows = []
-    for n in s.nodes:
-        for payload, conc in s.cells:
+    for n in node_counts:
+        for payload, conc in cells:
             g, f, o = _cell(grpc_floor, payload, conc), _cell(nats.get(n), payload, conc), None
             o = _cell(ours.get(n), payload, conc)
             floor = composed_floor(g, f) if g and f else None
@@ -570,7 +602,7 @@ def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
                     "throughput": _ratio(o["throughput_rps"], f["throughput_rps"]) if f else None,
                 }
             rows.append(row)
-    return {"rows": rows, "targets": targets(ours, nats, s)}
+    return rows
 
 
 def loops_summary(runs: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -688,20 +720,23 @@ def table(result: dict[str, Any]) -> str:
                 _fmt(c["p90_ms"]), _fmt(c["p99_ms"]), _fmt(c["max_ms"]),
                 _fmt(c["throughput_rps"], 0), "", "", "")
 
-    floor_grpc = next((r for r in result["runs"] if r["system"] == "floor-grpc"), None)
-    if floor_grpc:
-        lines.extend(floor_row("floor grpc.aio echo", "-", c) for c in floor_grpc["cells"])
     for run in result["runs"]:
-        if run["system"] == "floor-nats":
+        if run["system"] in ("floor-grpc", "floor-grpc-large"):
+            lines.extend(floor_row("floor grpc.aio echo", "-", c) for c in run["cells"])
+    for run in result["runs"]:
+        if run["system"] in ("floor-nats", "floor-nats-large"):
             lines.extend(floor_row("floor nats-py hops", str(run["nodes"]), c)
                          for c in run["cells"])
-    for row in result["analysis"]["rows"]:
+    analysis = result["analysis"]
+    rows = [("kai", r) for r in analysis["rows"]]
+    rows += [("kai (claims)", r) for r in analysis.get("large_rows", [])]
+    for label, row in rows:
         o, r = row["kai"], row.get("ratio") or {}
         if not o:
             continue
         lines.append(
             (
-                "kai",
+                label,
                 str(row["nodes"]),
                 _size(row["payload"]),
                 str(row["concurrency"]),
@@ -749,7 +784,9 @@ def table(result: dict[str, Any]) -> str:
         cpu = run.get("cpu") or {}
         if not cpu.get("answered"):
             continue
-        label = {"floor-grpc": "floor grpc", "floor-nats": "floor nats", "kai": "kai"}[
+        label = {"floor-grpc": "floor grpc", "floor-nats": "floor nats", "kai": "kai",
+                 "floor-grpc-large": "floor grpc (large)",
+                 "floor-nats-large": "floor nats (large)", "kai-claims": "kai (claims)"}[
             run["system"]
         ]
         parts = [f"servers {_fmt(cpu.get('servers_ms_per_request'), 3)}"]
@@ -875,6 +912,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     p.add_argument("--nodes", type=_ints, help="chain lengths (default 3,10)")
     p.add_argument("--payloads", type=_ints, help="payload sizes in bytes (default 100,102400)")
     p.add_argument("--concurrency", type=_ints, help="requests in flight (default 1,32)")
+    p.add_argument(
+        "--large",
+        type=_ints,
+        help="payload sizes in bytes of the large cells, through the claim bucket (default "
+        "1048576,8388608; --quick: 1048576; 0: none)",
+    )
+    p.add_argument(
+        "--large-concurrency",
+        type=_ints,
+        help="requests in flight in the large cells (default 1,4; --quick: 1)",
+    )
     p.add_argument("--seconds", type=float, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
     p.add_argument("--requests", type=int, help="also stop a cell after N answers (default: no)")
@@ -925,9 +973,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     )
     if a.quick:
         s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
-    for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests"):
+        s.large, s.large_concurrency = [1024 * 1024], [1]
+    for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests", "large",
+                 "large_concurrency"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))
+    s.large = [x for x in s.large if x > 0]
     return s, a
 
 
@@ -936,7 +987,8 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
 
     runs: list[dict[str, Any]] = []
     with (
-        NatsServer(store_dir=workdir / "nats", max_payload=8 * 1024 * 1024) as nats_server,
+        # the floors' messages carry the large payloads whole
+        NatsServer(store_dir=workdir / "nats", max_payload=16 * 1024 * 1024) as nats_server,
         ProcessGroup(workdir / "logs") as group,
     ):
         url = nats_server.url
@@ -951,7 +1003,32 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
             for n in s.nodes:
                 print(f"kai: {n}-node chain", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others))
+        if s.large:
+            runs += measure_large(group, workdir, url, others, s, log)
     return {"runs": runs}
+
+
+def measure_large(group: ProcessGroup, workdir: Path, floor_url: str,
+                  floor_others: dict[str, int], s: Settings, log: Any) -> list[dict[str, Any]]:
+    """The large cells: the floors on the first server (one message each), ours on a server
+    with NATS's default max payload (each payload through the claim bucket)."""
+    from runner.natsserver import NatsServer
+
+    runs: list[dict[str, Any]] = []
+    n, cells = s.large_nodes, s.large_cells
+    if s.floors:
+        print("floor: grpc.aio echo, large payloads", file=log, flush=True)
+        runs.append(measure_grpc_floor(group, s, cells, "floor-grpc-large"))
+        print(f"floor: {n} nats-py hops, large payloads", file=log, flush=True)
+        runs.append(measure_nats_floor(group, floor_url, n, s, floor_others, cells,
+                                       "floor-nats-large"))
+    if s.ours:
+        with NatsServer(store_dir=workdir / "nats-claims") as claims_server:
+            others = {"nats_server": claims_server.proc.pid} if claims_server.proc else {}
+            print(f"kai: {n}-node chain, large payloads through claims", file=log, flush=True)
+            runs.append(measure_ours(group, workdir / "claims", claims_server.url, n, s,
+                                     others, cells, "kai-claims"))
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from runner.contract import (
     DEFAULT_DATA_MAX_AGE,
     DEFAULT_DATA_MAX_BYTES,
     DEFAULT_MAX_DELIVER,
+    DEFAULT_MAX_MESSAGE,
     DEFAULT_NATS_URL,
     DEFAULT_REQUEST_TIMEOUT,
 )
@@ -101,6 +102,7 @@ class Runtime:
     max_deliver: int | None = None  # deliveries of one step before the request fails
     request_timeout: float | None = None  # seconds, when the client sets no deadline
     data_stream: DataStream = field(default_factory=DataStream)  # project-wide only
+    max_message: int | None = None  # bytes: the largest request, step output or reply
 
     def over(self, base: Runtime) -> Runtime:
         """These settings where they are set, `base`'s elsewhere; the data stream is
@@ -110,6 +112,7 @@ class Runtime:
             max_deliver=_first(self.max_deliver, base.max_deliver),
             request_timeout=_first(self.request_timeout, base.request_timeout),
             data_stream=base.data_stream,
+            max_message=_first(self.max_message, base.max_message),
         )
 
     def settings(self) -> RunnerSettings:
@@ -118,6 +121,7 @@ class Runtime:
             ack_wait=_first(self.ack_wait, DEFAULT_ACK_WAIT),
             max_deliver=_first(self.max_deliver, DEFAULT_MAX_DELIVER),
             request_timeout=_first(self.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+            max_message=_first(self.max_message, DEFAULT_MAX_MESSAGE),
             data_max_age=_first(self.data_stream.max_age, DEFAULT_DATA_MAX_AGE),
             data_max_bytes=_first(self.data_stream.max_bytes, DEFAULT_DATA_MAX_BYTES),
         )
@@ -130,6 +134,7 @@ class RunnerSettings:
     ack_wait: float
     max_deliver: int
     request_timeout: float
+    max_message: int
     data_max_age: float
     data_max_bytes: int
 

@@ -144,6 +144,10 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
 # The smallest ackWait: a node renews its hold on a message every ackWait/3 while its
 # handler runs (runner.node), so a shorter wait redelivers work that is still running.
 MIN_ACK_WAIT = 1.0
+# maxMessage: a payload over NATS's max payload travels as a claim (runner.transport), so
+# the bound is gRPC's (a signed 32-bit message length, with room for the envelope).
+MIN_MAX_MESSAGE = 1024
+MAX_MAX_MESSAGE = 1024**3
 _LONGEST = f"{format_duration(MAX_DURATION)} (the longest duration NATS holds)"
 
 
@@ -184,6 +188,25 @@ def _runtime_problems(doc: Document) -> list[Problem]:
 
 
 def _runtime_section(doc: Document, path: tuple[str, ...], section: dict[str, Any],
+                     base: dict[str, Any]) -> list[Problem]:
+    """The bounds of one runtime section's settings (`base`: the section it overrides)."""
+    return _timing_problems(doc, path, section, base) + _max_message_problems(doc, path,
+                                                                             section)
+
+
+def _max_message_problems(doc: Document, path: tuple[str, ...],
+                          section: dict[str, Any]) -> list[Problem]:
+    if "maxMessage" not in section:
+        return []
+    size = parse_size(section["maxMessage"])
+    if size.denominator == 1 and MIN_MAX_MESSAGE <= size <= MAX_MAX_MESSAGE:
+        return []
+    return [doc.problem((*path, "maxMessage"), (
+        f"must be a whole number of bytes from {format_size(MIN_MAX_MESSAGE)} to "
+        f"{format_size(MAX_MAX_MESSAGE)}, got {_show(section['maxMessage'])}"))]
+
+
+def _timing_problems(doc: Document, path: tuple[str, ...], section: dict[str, Any],
                      base: dict[str, Any]) -> list[Problem]:
     """ackWait, requestTimeout (and that the second is longer) of one runtime section;
     `base` is the section it overrides (the project's, for a version)."""
@@ -293,6 +316,7 @@ def _runtime(raw: dict[str, Any], project_wide: bool = True) -> Runtime:
         ack_wait=duration(raw, "ackWait"),
         max_deliver=int(raw["maxDeliver"]) if "maxDeliver" in raw else None,
         request_timeout=duration(raw, "requestTimeout"),
+        max_message=int(parse_size(raw["maxMessage"])) if "maxMessage" in raw else None,
         data_stream=DataStream(
             max_age=duration(stream, "maxAge"),
             max_bytes=int(parse_size(stream["maxBytes"])) if "maxBytes" in stream else None,
@@ -379,6 +403,8 @@ def _runtime_data(runtime: Runtime) -> dict[str, Any]:
         out["maxDeliver"] = runtime.max_deliver
     if runtime.request_timeout is not None:
         out["requestTimeout"] = format_duration(runtime.request_timeout)
+    if runtime.max_message is not None:
+        out["maxMessage"] = format_size(runtime.max_message)
     stream: dict[str, Any] = {}
     if runtime.data_stream.max_age is not None:
         stream["maxAge"] = format_duration(runtime.data_stream.max_age)

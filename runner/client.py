@@ -18,6 +18,10 @@ from google.protobuf.message import Message
 from .proto import CompiledProto
 
 DEFAULT_TIMEOUT = 30.0
+# No size limit of the client's own (gRPC's default takes replies up to 4 MiB only): the
+# entrypoint enforces the version's max message (KAI_MAX_MESSAGE, runtime.maxMessage).
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1),
+                   ("grpc.max_send_message_length", -1)]
 
 
 class CallUsageError(Exception):
@@ -98,7 +102,7 @@ async def call(
     `target` is an address (a channel is opened for the call) or an open channel.
     """
     if isinstance(target, str):
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             return await call(channel, rpc, request, deadline)
     stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message] = target.unary_unary(
         rpc.path,

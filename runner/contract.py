@@ -43,6 +43,7 @@ ENV_LOG_LEVEL = "KAI_LOG_LEVEL"
 ENV_BIND_HOST = "KAI_BIND_HOST"  # address the gRPC and web servers listen on
 ENV_CONCURRENCY = "KAI_CONCURRENCY"  # messages a node process handles at once
 ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
+ENV_MAX_MESSAGE = "KAI_MAX_MESSAGE"  # bytes: the largest request, step output or reply
 
 # --- defaults ----------------------------------------------------------------
 
@@ -70,6 +71,9 @@ DEFAULT_DATA_MAX_AGE = 0.0
 DEFAULT_DATA_MAX_BYTES = 0
 DEFAULT_BIND_HOST = "0.0.0.0"
 DEFAULT_CONCURRENCY = 32
+# The largest request, step output or reply (bytes). One over the broker's max payload
+# travels through the version's claim bucket (runner.transport.base: the claim check).
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers Nats-Msg-Id values
 
 # The runner image's command; the subcommand selects the process role.
@@ -88,6 +92,7 @@ HDR_STATUS = "Kai-Status"  # on error replies: a grpc.StatusCode name (absent: O
 HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
 HDR_REQUEST_ID = "Kai-Request-Id"  # the client's x-request-id, when it sent one
 HDR_WORKFLOW = "Kai-Workflow"  # no longer sent: the subject names the workflow
+HDR_CLAIM = "Kai-Claim"  # a payload too large for one message: its object in claims_bucket
 
 # --- request ids -------------------------------------------------------------
 
@@ -132,6 +137,11 @@ def step_subject(project: str, version: str, workflow: str, step: int) -> str:
 def consumer_name(step: int, node: str) -> str:
     """The durable consumer of one step, shared by all replicas of its node."""
     return f"s{step}-{_token(node)}"
+
+
+def claims_bucket(project: str, version: str) -> str:
+    """The version's object store bucket of payloads too large for one message."""
+    return f"KAI_{_token(project)}_{_token(version)}_CLAIMS"
 
 
 def reply_prefix(project: str, version: str) -> str:
@@ -212,6 +222,7 @@ class RunnerEnv:
     log_level: str = "INFO"
     bind_host: str = DEFAULT_BIND_HOST
     concurrency: int = DEFAULT_CONCURRENCY
+    max_message: int = DEFAULT_MAX_MESSAGE
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
@@ -237,6 +248,7 @@ class RunnerEnv:
             ENV_LOG_LEVEL: self.log_level,
             ENV_BIND_HOST: self.bind_host,
             ENV_CONCURRENCY: str(self.concurrency),
+            ENV_MAX_MESSAGE: str(self.max_message),
         }
         if self.node is not None:
             env[ENV_NODE] = self.node
@@ -283,6 +295,7 @@ class RunnerEnv:
                 log_level=e.get(ENV_LOG_LEVEL) or "INFO",
                 bind_host=e.get(ENV_BIND_HOST) or DEFAULT_BIND_HOST,
                 concurrency=_at_least_one(e, ENV_CONCURRENCY, DEFAULT_CONCURRENCY),
+                max_message=_at_least_one(e, ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None

@@ -80,11 +80,15 @@ from .web import Response
 log = logging.getLogger("runner.entrypoint")
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
-GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
+GRPC_OPTIONS = [("grpc.so_reuseport", 0)]
+GRPC_SLACK = 1024 * 1024  # a request a little over max_message still gets our message
+
+
+def grpc_options(max_message: int) -> list[tuple[str, int]]:
+    """The gRPC server's options: requests and replies up to the runner's max message."""
+    limit = min(max_message + GRPC_SLACK, 2**31 - 1)
+    return [*GRPC_OPTIONS, ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit)]
 # Draining: how long calls the entrypoint took may delay stopping the gRPC server (calls
 # arriving meanwhile wait, unanswered), and how quiet (no call arriving) it waits to be.
 HOLD_LIMIT = 2.0
@@ -252,7 +256,7 @@ class Entrypoint(RunnerProcess):
         log.info("entrypoint ready: grpc %s:%d, web %s:%d", self.bind_host, self.grpc_port,
                  self.bind_host, web.port)
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=grpc_options(self.env.max_message))
         by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
         for b in self.bindings:
             by_service.setdefault(b.service, {})[b.rpc] = grpc.unary_unary_rpc_method_handler(
@@ -401,7 +405,7 @@ class Entrypoint(RunnerProcess):
         if size:
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the request is {len(request)} bytes ({size} with its envelope), "
-                            f"over the NATS server's max payload of {t.max_payload} bytes")
+                            + t.over_max_message())
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
         again: asyncio.Task[None] | None = None

@@ -557,11 +557,10 @@ class NodeProcess(RunnerProcess):
             raise StepError.of("INTERNAL", f"node {self.name} returned {got}, but rpc "
                                f"{route.rpc} returns {route.output_type}")
         payload = out.SerializeToString()
-        limit = self.transport.max_payload
-        if len(payload) > limit:
+        if self.transport.oversize(payload, {}):
             raise StepError.of("RESOURCE_EXHAUSTED",
-                               f"node {self.name}: the reply is {len(payload)} bytes, over the "
-                               f"NATS server's max payload of {limit} bytes")
+                               f"node {self.name}: the reply is {len(payload)} bytes, "
+                               + self.transport.over_max_message())
         reply = d.reply
         if reply:
             await self.transport.reply_ok(reply, payload)
@@ -578,8 +577,8 @@ class NodeProcess(RunnerProcess):
         size = self.transport.oversize(payload, headers)
         if size:
             raise StepError.of("RESOURCE_EXHAUSTED",
-                               f"node {self.name}: its output is {size} bytes, over the NATS "
-                               f"server's max payload of {self.transport.max_payload} bytes")
+                               f"node {self.name}: its output is {size} bytes, "
+                               + self.transport.over_max_message())
         until = deadline or time.time() + self.env.request_timeout
         stored = await publish_until(self.transport, route.next_subject, payload, headers,
                                      until, self._is_stopping)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from .. import contract
 from .base import (
+    CLAIM_MARGIN,
     RETRYABLE,
     STORE_TIMEOUT,
+    ClaimedDelivery,
     ConnectionEvents,
     Consumer,
     Delivery,
@@ -18,6 +20,7 @@ from .base import (
     Handle,
     NoStream,
     NotStored,
+    ObjectGone,
     OnGaveUp,
     OnReply,
     StepError,
@@ -26,6 +29,7 @@ from .base import (
     TransportError,
     Unreachable,
     call_id_of,
+    claim_name,
     header_safe,
     headers_size,
     publish_until,
@@ -43,8 +47,10 @@ def open_transport(env: contract.RunnerEnv) -> Transport:
 
 
 __all__ = [
+    "CLAIM_MARGIN",
     "RETRYABLE",
     "STORE_TIMEOUT",
+    "ClaimedDelivery",
     "ConnectionEvents",
     "Consumer",
     "Delivery",
@@ -52,6 +58,7 @@ __all__ = [
     "Handle",
     "NoStream",
     "NotStored",
+    "ObjectGone",
     "OnGaveUp",
     "OnReply",
     "StepError",
@@ -60,6 +67,7 @@ __all__ = [
     "TransportError",
     "Unreachable",
     "call_id_of",
+    "claim_name",
     "header_safe",
     "headers_size",
     "open_transport",

@@ -22,7 +22,24 @@ A :class:`Transport` is one process's connection to the broker, for one version
   reached its maximum deliveries;
 * the data sink behind ``ctx.prediction``, ``ctx.measurement`` and ``ctx.db``:
   :meth:`~Transport.save_record` and :meth:`~Transport.scan_records`;
-* :attr:`~Transport.max_payload`, the largest message the broker takes.
+* :attr:`~Transport.max_payload`, the largest message the broker takes, and
+  :attr:`~Transport.max_message`, the largest payload the runner carries (``KAI_MAX_MESSAGE``).
+
+The claim check. A step input or a reply too large for one message (over
+:attr:`~Transport.max_payload` less its headers and :data:`CLAIM_MARGIN`) is put into the
+version's object store bucket (``contract.claims_bucket``, created with the work streams, its
+TTL the work stream's max age), and the message carries only the header HDR_CLAIM, the
+object's name (:func:`claim_name`: ``"{request_id}.s{step}"`` or ``"{request_id}.reply"``).
+This class does it in :meth:`~Transport.publish` and :meth:`~Transport.reply_ok` and undoes it
+before the handler (:meth:`~Transport.with_claims`: :attr:`Delivery.payload` is the object) and
+the reply listener see a message, so the processes never know. The object of a step's input
+is deleted once that step's message is acked or termed: a redelivered step (its replica
+died) still finds it. A reply's object is deleted once the listener has read it; a message
+given up (max deliveries) takes its object along. What is left over (a process killed
+between ack and delete, a request whose message expired unread) expires with the bucket's
+TTL. An implementation provides :meth:`~Transport.publish_message`,
+:meth:`~Transport.reply_message`, :meth:`~Transport.put_object`,
+:meth:`~Transport.get_object` and :meth:`~Transport.delete_object`.
 
 Errors of :meth:`~Transport.publish` are the :class:`TransportError` subclasses below, so
 callers need not know the broker. ``runner.transport.nats`` is the JetStream
@@ -35,6 +52,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -49,6 +67,13 @@ log = logging.getLogger("runner.transport")
 
 STORE_TIMEOUT = 5.0  # seconds to wait for the broker to store one message
 REPUBLISH_FOR = contract.DUPLICATE_WINDOW / 2  # seconds publish_until may send one message
+WORK_MAX_AGE = 3600.0  # undelivered work older than this is dropped; the claims' TTL too
+# Room left in a message for what the broker and client add (beyond the headers counted).
+CLAIM_MARGIN = 1024
+FETCH_TIMEOUT = 30.0  # seconds at most to read a claimed object
+CLAIM_RATE = 20e6  # bytes a second an object store write is allowed at least
+_NO_HEADERS: dict[str, str] = {}
+_UNSAFE_NAME = re.compile(r"[^-_=.A-Za-z0-9]")
 
 
 # --- errors --------------------------------------------------------------------------
@@ -106,6 +131,10 @@ class TooLarge(TransportError):
     """The message is over the broker's payload limit."""
 
 
+class ObjectGone(TransportError):
+    """The claimed object is not in the bucket (deleted, or expired with its TTL)."""
+
+
 # Failures worth retrying until the deadline (the broker may come back).
 RETRYABLE: tuple[type[Exception], ...] = (NotStored, NoStream, Unreachable)
 
@@ -160,6 +189,13 @@ def call_id_of(headers: Mapping[str, str]) -> str:
 def request_id_of(headers: Mapping[str, str]) -> str:
     """The request id a step message carries: HDR_REQUEST_ID, else its call id."""
     return headers.get(contract.HDR_REQUEST_ID) or call_id_of(headers)
+
+
+def claim_name(call_id: str, what: str) -> str:
+    """The object name of a claimed payload: `what` is ``"s{step}"`` or ``"reply"``.
+
+    Keyed by the call id, unique to each call (a client may repeat its x-request-id)."""
+    return _UNSAFE_NAME.sub("_", f"{call_id}.{what}")
 
 
 def header_safe(text: str, limit: int = 4000) -> str:
@@ -228,6 +264,36 @@ class Delivery(abc.ABC):
         """Never deliver it again."""
 
 
+class ClaimedDelivery(Delivery):
+    """A delivery whose payload came from the claim bucket; remembers whether it was settled
+    for good (acked or termed), when its object may go."""
+
+    __slots__ = ("done", "inner")
+
+    def __init__(self, inner: Delivery, payload: bytes) -> None:
+        super().__init__(payload, inner.headers)
+        self.inner = inner
+        self.done = False
+
+    @property
+    def delivery_count(self) -> int:
+        return self.inner.delivery_count
+
+    async def ack(self) -> None:
+        await self.inner.ack()
+        self.done = True
+
+    def nak(self, delay: float | None = None) -> Awaitable[None]:
+        return self.inner.nak(delay)
+
+    def in_progress(self) -> Awaitable[None]:
+        return self.inner.in_progress()
+
+    async def term(self) -> None:
+        await self.inner.term()
+        self.done = True
+
+
 class Consumer(abc.ABC):
     """A running subscription of one durable consumer (see :meth:`Transport.consume`)."""
 
@@ -279,6 +345,11 @@ class Transport(abc.ABC):
     def max_payload(self) -> int:
         """The largest message (payload and headers) the broker takes, in bytes."""
 
+    @property
+    def max_message(self) -> int:
+        """The largest payload (a request, step output or reply) the runner carries, in bytes."""
+        return self.env.max_message
+
     @abc.abstractmethod
     async def flush(self, limit: float) -> None:
         """Wait (up to `limit` seconds) until the broker has seen everything sent so far."""
@@ -304,14 +375,148 @@ class Transport(abc.ABC):
     # steps
 
     def oversize(self, payload: bytes, headers: Mapping[str, str]) -> int:
-        """The message's size when it is over :attr:`max_payload`, else 0."""
+        """The message's size when it is over :attr:`max_message`, else 0."""
         size = len(payload) + headers_size(headers)
-        return size if size > self.max_payload else 0
+        return size if size > self.max_message else 0
 
-    @abc.abstractmethod
+    def over_max_message(self) -> str:
+        """How a RESOURCE_EXHAUSTED message names the limit a payload is over."""
+        return (f"over the runner's max message of {self.max_message} bytes "
+                "(kai.yaml runtime.maxMessage)")
+
+    def fits(self, payload: bytes, headers: Mapping[str, str]) -> bool:
+        """Whether the payload travels in the message itself (else through a claim)."""
+        return len(payload) + headers_size(headers) + CLAIM_MARGIN <= self.max_payload
+
     def publish(self, subject: str, payload: bytes, headers: dict[str, str],
                 within: float) -> Awaitable[None]:
-        """Store a step's input within `within` seconds; else raise a :class:`TransportError`."""
+        """Store a step's input within `within` seconds; else raise a :class:`TransportError`.
+
+        A payload too large for one message goes to the claim bucket first.
+        """
+        if self.fits(payload, headers):
+            return self.publish_message(subject, payload, headers, within)
+        return self._publish_claimed(subject, payload, headers, within)
+
+    async def _publish_claimed(self, subject: str, payload: bytes, headers: dict[str, str],
+                               within: float) -> None:
+        msg_id = headers.get(contract.HDR_MSG_ID, "")
+        call_id, _, step = msg_id.rpartition(":")
+        name = claim_name(call_id, f"s{step}")
+        started = time.monotonic()
+        await self.put_object(name, payload, within + len(payload) / CLAIM_RATE)
+        claimed = {**headers, contract.HDR_CLAIM: name}
+        try:
+            await self.publish_message(subject, b"", claimed,
+                                       max(within - (time.monotonic() - started), 0.5))
+        except (NoStream, Unreachable, TooLarge):
+            await self.forget_object(name)  # surely not stored: nothing will read it
+            raise
+
+    @abc.abstractmethod
+    def publish_message(self, subject: str, payload: bytes, headers: dict[str, str],
+                        within: float) -> Awaitable[None]:
+        """Store one message (it fits) within `within` seconds; else a :class:`TransportError`."""
+
+    # the claim bucket
+
+    @abc.abstractmethod
+    async def put_object(self, name: str, data: bytes, within: float) -> None:
+        """Store `data` as object `name` of the version's claim bucket (replacing one there)."""
+
+    @abc.abstractmethod
+    async def get_object(self, name: str, within: float) -> bytes:
+        """Object `name` of the claim bucket; :class:`ObjectGone` when it is not there."""
+
+    @abc.abstractmethod
+    async def delete_object(self, name: str) -> None:
+        """Remove object `name` from the claim bucket, leaving nothing of it; none is fine."""
+
+    async def forget_object(self, name: str) -> None:
+        """Delete an object no-one needs any more; on failure it is left to the bucket's TTL."""
+        try:
+            await self.delete_object(name)
+        except Exception as exc:
+            log.debug("claim %s not deleted (%s); it expires with the bucket's TTL", name,
+                      exc)
+
+    def with_claims(self, handle: Handle) -> Handle:
+        """`handle`, fed the claimed payload of a message that carries HDR_CLAIM.
+
+        Messages without a claim go straight to `handle`. A claimed one gets its object
+        read first (unless its deadline has passed: the handler then drops it unread, and
+        the payload is empty); the object is deleted once the handler acked or termed it.
+        An object that is gone ends the request (INTERNAL) and terms the message; one that
+        cannot be read now (the broker) has the message delivered again shortly.
+        """
+        def run(d: Delivery) -> Awaitable[None]:
+            if contract.HDR_CLAIM not in d.headers:
+                return handle(d)
+            return self._claimed(handle, d)
+
+        return run
+
+    async def _claimed(self, handle: Handle, d: Delivery) -> None:
+        name = d.headers[contract.HDR_CLAIM]
+        deadline = d.deadline
+        left = deadline - time.time() if deadline else FETCH_TIMEOUT
+        payload = b""
+        if left > 0:
+            alive = asyncio.create_task(self._keep_alive(d))  # a long read is no dead replica
+            try:
+                payload = await self.get_object(name, min(left, FETCH_TIMEOUT))
+            except ObjectGone:
+                log.warning("request %s: its input %s is gone from the claim bucket",
+                            d.request_id, name)
+                if d.reply:
+                    await self.reply_error(d.reply, StepError.of(
+                        "INTERNAL", f"the input of this request's step ({name}) is no longer "
+                        "in the claim bucket (expired or deleted)"))
+                await d.term()
+                return
+            except Exception as exc:
+                log.info("request %s: cannot read its input %s now (%s); retrying",
+                         d.request_id, name, exc or type(exc).__name__)
+                await d.nak(1.0)
+                return
+            finally:
+                alive.cancel()
+        claimed = ClaimedDelivery(d, payload)
+        del payload
+        try:
+            await handle(claimed)
+        finally:
+            if claimed.done:
+                await self.forget_object(name)
+
+    async def _keep_alive(self, d: Delivery) -> None:
+        """Restart `d`'s ack wait every quarter of it (until cancelled)."""
+        period = max(0.05, self.env.ack_wait / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await d.in_progress()
+            except Exception:  # the connection: the next tick tries again
+                pass
+
+    async def _gave_up_claimed(self, headers: Mapping[str, str]) -> None:
+        """A message given up: its claimed object goes with it."""
+        name = headers.get(contract.HDR_CLAIM)
+        if name:
+            await self.forget_object(name)
+
+    async def _read_claimed_reply(self, request_id: str, name: str,
+                                  on_reply: OnReply) -> None:
+        """A reply that came through the claim bucket: read it, hand it on, delete it."""
+        answer: bytes | StepError
+        try:
+            answer = await self.get_object(name, FETCH_TIMEOUT)
+        except Exception as exc:
+            answer = StepError.of("INTERNAL", f"the reply ({name}) could not be read from the "
+                                  f"claim bucket: {exc or type(exc).__name__}")
+        on_reply(request_id, answer)
+        del answer
+        await self.forget_object(name)
 
     @abc.abstractmethod
     def consume(self, stream: str, consumer: str, handle: Handle, max_inflight: int,
@@ -332,9 +537,22 @@ class Transport(abc.ABC):
     async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
         """Receive the replies sent to ``prefix + <call id>``: `on_reply(call_id, reply)`."""
 
-    @abc.abstractmethod
     def reply_ok(self, reply: str, payload: bytes) -> Awaitable[None]:
-        """Answer the entrypoint with the rpc's serialized response."""
+        """Answer the entrypoint with the rpc's serialized response (through a claim when it
+        is too large for one message)."""
+        if self.fits(payload, _NO_HEADERS):
+            return self.reply_message(reply, payload, None)
+        return self._reply_claimed(reply, payload)
+
+    async def _reply_claimed(self, reply: str, payload: bytes) -> None:
+        name = claim_name(reply.rpartition(".")[2], "reply")
+        await self.put_object(name, payload, STORE_TIMEOUT + len(payload) / CLAIM_RATE)
+        await self.reply_message(reply, b"", {contract.HDR_CLAIM: name})
+
+    @abc.abstractmethod
+    def reply_message(self, reply: str, payload: bytes,
+                      headers: dict[str, str] | None) -> Awaitable[None]:
+        """Send one reply message (no headers: success, the payload the response)."""
 
     @abc.abstractmethod
     async def reply_error(self, reply: str, error: StepError) -> None:

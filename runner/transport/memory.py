@@ -17,7 +17,9 @@ event loop. What it keeps of JetStream:
   deliveries it is not delivered again and the stream's gave-up callbacks are called (the
   MAX_DELIVERIES advisory), the message staying in the stream;
 * replies: core subscriptions on ``prefix + "*"``;
-* the data sink: records in publish order per subject (the data stream must exist).
+* the data sink: records in publish order per subject (the data stream must exist);
+* the claim bucket, created with the work streams: objects by name, each gone after the
+  bucket's TTL (``claim_ttl``, the work stream's max age by default).
 
 :meth:`MemoryTransport.disconnect` and :meth:`MemoryTransport.reconnect` simulate an outage
 of one process's connection, with its connection events; :meth:`MemoryTransport.crash` a
@@ -37,12 +39,14 @@ from dataclasses import dataclass, field
 
 from .. import contract
 from .base import (
+    WORK_MAX_AGE,
     ConnectionEvents,
     Consumer,
     Delivery,
     GaveUp,
     Handle,
     NoStream,
+    ObjectGone,
     OnGaveUp,
     OnReply,
     StepError,
@@ -196,11 +200,16 @@ class MemoryBroker:
     """The in-process stand-in for the NATS server, shared by the transports of a test."""
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 duplicate_window: float = contract.DUPLICATE_WINDOW) -> None:
+                 duplicate_window: float = contract.DUPLICATE_WINDOW,
+                 claim_ttl: float = WORK_MAX_AGE) -> None:
         self.max_payload = max_payload
         self.duplicate_window = duplicate_window
+        self.claim_ttl = claim_ttl
+        # bucket -> object name -> (monotonic time stored, data)
+        self.buckets: dict[str, dict[str, tuple[float, bytes]]] = {}
         self.streams: dict[str, _Stream] = {}
-        self.subscriptions: list[tuple[str, OnReply]] = []  # (prefix, callback)
+        # (prefix, callback, the listening transport)
+        self.subscriptions: list[tuple[str, OnReply, MemoryTransport]] = []
         self.records: list[tuple[str, bytes]] = []  # the data stream, in order
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -215,6 +224,12 @@ class MemoryBroker:
             if subject.startswith(s.prefix):
                 return s
         return None
+
+    def objects(self, bucket: str) -> list[str]:
+        """The names of the objects in `bucket` not yet expired, sorted (for tests)."""
+        now = time.monotonic()
+        found = self.buckets.get(bucket, {})
+        return sorted(n for n, (at, _) in found.items() if now - at < self.claim_ttl)
 
     def pending(self, stream: str) -> int:
         """How many messages `stream` still holds (for tests: work left or given up)."""
@@ -379,7 +394,12 @@ class MemoryTransport(Transport):
         name = contract.stream_name(env.project, env.version, workflow)
         prefix = contract.stream_subjects(env.project, env.version, workflow).rstrip(">")
         self.broker.stream(name, prefix, work_queue=True)
+        self.broker.buckets.setdefault(self._bucket, {})
         return name
+
+    @property
+    def _bucket(self) -> str:
+        return contract.claims_bucket(self.env.project, self.env.version)
 
     async def ensure_data_stream(self) -> str:
         self._check()
@@ -406,8 +426,8 @@ class MemoryTransport(Transport):
 
     # steps
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str],
-                      within: float) -> None:
+    async def publish_message(self, subject: str, payload: bytes, headers: dict[str, str],
+                              within: float) -> None:
         self._check()
         if len(payload) + headers_size(headers) > self.broker.max_payload:
             raise TooLarge(f"{len(payload)} bytes")
@@ -416,12 +436,39 @@ class MemoryTransport(Transport):
             raise NoStream(f"no stream takes {subject}")
         stream.store(subject, payload, headers)
 
+    # the claim bucket
+
+    def _objects(self) -> dict[str, tuple[float, bytes]]:
+        self._check()
+        found = self.broker.buckets.get(self._bucket)
+        if found is None:
+            raise NoStream(f"no bucket {self._bucket}")
+        return found
+
+    async def put_object(self, name: str, data: bytes, within: float) -> None:
+        objects = self._objects()
+        await asyncio.sleep(0)
+        objects[name] = (time.monotonic(), bytes(data))
+
+    async def get_object(self, name: str, within: float) -> bytes:
+        objects = self._objects()
+        await asyncio.sleep(0)
+        found = objects.get(name)
+        if found is None or time.monotonic() - found[0] >= self.broker.claim_ttl:
+            objects.pop(name, None)
+            raise ObjectGone(f"no object {name} in {self._bucket}")
+        return found[1]
+
+    async def delete_object(self, name: str) -> None:
+        self._objects().pop(name, None)
+
     def consume(self, stream: str, consumer: str, handle: Handle, max_inflight: int,
                 on_lost: Callable[[], None] | None = None) -> Consumer:
         found = self.broker.streams.get(stream)
         if found is None or consumer not in found.consumers:
             raise NoStream(f"no consumer {consumer} on {stream}")
-        c = MemoryConsumer(self, found.consumers[consumer], handle, max_inflight)
+        c = MemoryConsumer(self, found.consumers[consumer], self.with_claims(handle),
+                           max_inflight)
         self._consumers.append(c)
         return c
 
@@ -429,23 +476,45 @@ class MemoryTransport(Transport):
         found = self.broker.streams.get(stream)
         if found is None:
             raise NoStream(f"no stream {stream}")
-        found.on_gave_up.append(callback)
+
+        async def with_claim(event: GaveUp) -> None:
+            async def delete() -> None:
+                await event.delete()
+                await self._gave_up_claimed(event.headers)
+
+            await callback(GaveUp(event.stream, event.consumer, event.deliveries,
+                                  event.headers, delete))
+
+        found.on_gave_up.append(with_claim)
 
     # replies
 
     async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
         self._check()
-        self.broker.subscriptions.append((prefix, on_reply))
+        self.broker.subscriptions.append((prefix, on_reply, self))
 
-    def _send(self, reply: str, answer: bytes | StepError) -> None:
+    def _send(self, reply: str, answer: bytes | StepError,
+              claim: str | None = None) -> None:
         self._check()
-        for prefix, callback in list(self.broker.subscriptions):
+        for prefix, callback, owner in list(self.broker.subscriptions):
             token = reply[len(prefix):]
             if reply.startswith(prefix) and token and "." not in token:
-                callback(token, answer)
+                if claim is None:
+                    callback(token, answer)
+                else:  # read by the listener's own transport, as a subscription would
+                    task = asyncio.get_running_loop().create_task(
+                        owner._read_claimed_reply(token, claim, callback))
+                    self.broker.tasks.add(task)
+                    task.add_done_callback(self.broker.tasks.discard)
 
-    async def reply_ok(self, reply: str, payload: bytes) -> None:
-        self._send(reply, payload)
+    async def reply_message(self, reply: str, payload: bytes,
+                            headers: dict[str, str] | None) -> None:
+        claim = (headers or {}).get(contract.HDR_CLAIM)
+        if headers and claim is None:
+            raise ValueError("a reply message's only header is a claim")
+        if len(payload) + headers_size(headers or {}) > self.broker.max_payload:
+            raise TooLarge(f"{len(payload)} bytes")
+        self._send(reply, payload, claim)
 
     async def reply_error(self, reply: str, error: StepError) -> None:
         self._send(reply, StepError(error.code, header_safe(error.message)))

@@ -7,7 +7,9 @@
 * :class:`Publisher`: publish to JetStream and wait for the PubAck, cheaply;
 * :class:`Puller`: a pull consumer that keeps a bounded number of messages in flight,
   asking the server for more as work finishes (one subscription, batched pull requests);
-* :func:`scan`: read every message of one subject of a stream (for `ctx.db.find`).
+* :func:`scan`: read every message of one subject of a stream (for `ctx.db.find`);
+* :class:`Claims`: the version's claim bucket, a JetStream object store (runner.transport.base
+  has the claim check).
 
 Wire protocol (see also runner.contract for the names):
 
@@ -19,7 +21,10 @@ Wire protocol (see also runner.contract for the names):
   the request id (``x-request-id``), which then differs from the call id;
 * reply (core NATS, to HDR_REPLY): on success no headers at all, the payload is the
   serialized rpc response; otherwise HDR_STATUS (a grpc.StatusCode name) and HDR_ERROR.
-  The entrypoint matches the answer to its call by the last token of the subject.
+  The entrypoint matches the answer to its call by the last token of the subject;
+* a payload too large for one message (the claim check): the message carries no payload
+  and one more header, HDR_CLAIM, the name of the object in the object store bucket
+  ``contract.claims_bucket(p, v)`` that holds it (a claimed reply has that header only).
 
 Every header costs a Python encode on one side and a Python parse on the other (nats-py),
 on every hop, so the envelope carries no more than these.
@@ -28,6 +33,8 @@ on every hop, so the envelope carries no more than these.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import time
@@ -41,10 +48,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
+from nats.js.client import JetStreamContext
 from nats.js.manager import JetStreamManager
+from nats.js.object_store import ObjectStore
 
 from .. import contract
 from .base import (
+    CLAIM_MARGIN,
+    WORK_MAX_AGE,
     ConnectionEvents,
     Consumer,
     Delivery,
@@ -52,6 +63,7 @@ from .base import (
     Handle,
     NoStream,
     NotStored,
+    ObjectGone,
     OnGaveUp,
     OnReply,
     StepError,
@@ -69,7 +81,6 @@ log = logging.getLogger("runner.transport")
 STATUS_HDR = "Status"  # NATS status header on pull responses
 PENDING_HDR = "Nats-Pending-Messages"
 JS_TIMEOUT = 5.0  # seconds for JetStream API calls
-WORK_MAX_AGE = 3600.0  # undelivered work older than this is dropped by the server
 
 
 # --- connection ------------------------------------------------------------------
@@ -534,6 +545,134 @@ async def scan(nc: Client, js_mgr: JetStreamManager, stream: str, subject: str,
     return out
 
 
+# --- the claim bucket ------------------------------------------------------------------
+
+
+def _transport_error(exc: Exception) -> TransportError:
+    """A nats-py error as the transport's."""
+    if isinstance(exc, (nats.errors.TimeoutError, TimeoutError)):
+        return NotStored("the object store did not answer in time")
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return Unreachable(exc.description or "JetStream unavailable")
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return NoStream(str(exc) or "no such stream")
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return TooLarge(str(exc))
+    if isinstance(exc, nats.errors.Error):  # closed, no responders, reconnecting ...
+        return Unreachable(type(exc).__name__)
+    return TransportError(str(exc) or type(exc).__name__)
+
+
+class Claims:
+    """The version's claim bucket: a JetStream object store (stream ``OBJ_<bucket>``).
+
+    Objects are written in chunks as large as a message allows (nats-py's default of
+    128 KiB would cost a PubAck per 128 KiB). A delete purges the object's meta and its
+    chunks, so nothing of it stays (nats-py's delete leaves a tombstone until the TTL).
+    """
+
+    def __init__(self, js: JetStreamContext, env: contract.RunnerEnv, chunk: int) -> None:
+        self.js = js
+        self.bucket = contract.claims_bucket(env.project, env.version)
+        self.stream = f"OBJ_{self.bucket}"
+        self.env = env
+        self.chunk = chunk
+        self._store: ObjectStore | None = None
+
+    async def ensure(self) -> None:
+        """Create the bucket (its TTL the work stream's max age), or find it."""
+        config = api.ObjectStoreConfig(ttl=WORK_MAX_AGE, storage=_storage(self.env.storage),
+                                       description="payloads too large for one message")
+        try:
+            self._store = await self.js.create_object_store(self.bucket, config=config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # exists with another configuration: use it as it is
+                raise
+            self._store = await self.js.object_store(self.bucket)
+
+    async def _obs(self) -> ObjectStore:
+        if self._store is None:
+            try:
+                self._store = await self.js.object_store(self.bucket)
+            except nats.js.errors.NotFoundError:
+                raise NoStream(f"no object store {self.bucket}") from None
+        return self._store
+
+    def _meta_subject(self, name: str) -> str:
+        token = base64.urlsafe_b64encode(name.encode()).decode()
+        return f"$O.{self.bucket}.M.{token}"
+
+    async def put(self, name: str, data: bytes, within: float) -> None:
+        meta = api.ObjectMeta(name=name,
+                              options=api.ObjectMetaOptions(max_chunk_size=self.chunk))
+        try:
+            obs = await self._obs()
+            await asyncio.wait_for(obs.put(name, data, meta=meta), within)
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise _transport_error(exc) from None
+
+    async def get(self, name: str, within: float) -> bytes:
+        """The object's bytes, its chunks read one direct get each (nats-py's get streams
+        them through an ordered push consumer, whose flow control costs ~60 ms per MiB).
+
+        An object replaced while it is read (a redelivered step storing its output again)
+        loses its old chunks: it is read again, from its new metadata.
+        """
+        try:
+            async with asyncio.timeout(within):
+                obs = await self._obs()
+                for _ in range(3):
+                    info = await obs.get_info(name)
+                    whole = await self._chunks(info)
+                    if whole is not None:
+                        return whole
+        except nats.js.errors.ObjectNotFoundError:
+            raise ObjectGone(f"no object {name} in {self.bucket}") from None
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise _transport_error(exc) from None
+        raise ObjectGone(f"object {name} in {self.bucket} is incomplete")
+
+    async def _chunks(self, info: api.ObjectInfo) -> bytes | None:
+        """The chunks of the object `info` describes, joined; None when some are missing or
+        they do not match its digest."""
+        subject = f"$O.{self.bucket}.C.{info.nuid}"
+        chunks: list[bytes] = []
+        digest = hashlib.sha256()
+        seq = 1
+        for _ in range(info.chunks or 0):
+            try:
+                msg = await self.js.get_msg(self.stream, seq=seq, subject=subject,
+                                            direct=True, next=True)
+            except nats.js.errors.NotFoundError:
+                return None
+            data = msg.data or b""
+            digest.update(data)
+            chunks.append(data)
+            seq = (msg.seq or seq) + 1
+        whole = b"".join(chunks)
+        expected = (info.digest or "").partition("=")[2]
+        if len(whole) != (info.size or 0) or (
+                expected and base64.urlsafe_b64decode(expected) != digest.digest()):
+            return None
+        return whole
+
+    async def delete(self, name: str) -> None:
+        try:
+            obs = await self._obs()
+            info = await obs.get_info(name)
+        except (nats.js.errors.ObjectNotFoundError, NoStream):
+            return
+        except Exception as exc:
+            raise _transport_error(exc) from None
+        # The meta first: a reader never finds meta whose chunks are gone.
+        await self.js.purge_stream(self.stream, subject=self._meta_subject(name))
+        await self.js.purge_stream(self.stream, subject=f"$O.{self.bucket}.C.{info.nuid}")
+
+
 # --- the transport ----------------------------------------------------------------------
 
 
@@ -545,11 +684,16 @@ class NatsTransport(Transport):
         self.nc: Client | None = None
         self._publisher: Publisher | None = None
         self._jsm: JetStreamManager | None = None
+        self._claims: Claims | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self, name: str, events: ConnectionEvents | None = None) -> None:
         nc = await connect(self.env.nats_url, name, events)
         self.nc = nc
         self._jsm = nc.jsm(timeout=JS_TIMEOUT)
+        # a chunk is a message with no headers: as large as the server takes, less a margin
+        self._claims = Claims(nc.jetstream(timeout=JS_TIMEOUT), self.env,
+                              max(nc.max_payload - CLAIM_MARGIN, nc.max_payload // 2))
         self._publisher = Publisher(nc)
         await self._publisher.start()
 
@@ -557,6 +701,11 @@ class NatsTransport(Transport):
         if self.nc is None:
             raise Unreachable("not connected")
         return self.nc
+
+    def _bucket(self) -> Claims:
+        if self._claims is None:
+            raise Unreachable("not connected")
+        return self._claims
 
     def _manager(self) -> JetStreamManager:
         if self._jsm is None:
@@ -587,7 +736,9 @@ class NatsTransport(Transport):
         await nc.close()
 
     async def ensure_work_stream(self, workflow: str) -> str:
-        return await ensure_work_stream(self._manager(), self.env, workflow)
+        name = await ensure_work_stream(self._manager(), self.env, workflow)
+        await self._bucket().ensure()  # the version's claim bucket goes with its work
+        return name
 
     async def ensure_data_stream(self) -> str:
         return await ensure_data_stream(self._manager(), self.env)
@@ -595,16 +746,25 @@ class NatsTransport(Transport):
     async def ensure_consumer(self, workflow: str, step: int, node: str) -> str:
         return await ensure_consumer(self._manager(), self.env, workflow, step, node)
 
-    def publish(self, subject: str, payload: bytes, headers: dict[str, str],
-                within: float) -> Awaitable[None]:
+    def publish_message(self, subject: str, payload: bytes, headers: dict[str, str],
+                        within: float) -> Awaitable[None]:
         if self._publisher is None:
             raise Unreachable("not connected")
         return self._publisher.publish(subject, payload, headers, within)
 
+    async def put_object(self, name: str, data: bytes, within: float) -> None:
+        await self._bucket().put(name, data, within)
+
+    async def get_object(self, name: str, within: float) -> bytes:
+        return await self._bucket().get(name, within)
+
+    async def delete_object(self, name: str) -> None:
+        await self._bucket().delete(name)
+
     def consume(self, stream: str, consumer: str, handle: Handle, max_inflight: int,
                 on_lost: Callable[[], None] | None = None) -> Consumer:
-        return Puller(self._client(), stream, consumer, handle, max_inflight=max_inflight,
-                      on_lost=on_lost)
+        return Puller(self._client(), stream, consumer, self.with_claims(handle),
+                      max_inflight=max_inflight, on_lost=on_lost)
 
     async def on_gave_up(self, stream: str, callback: OnGaveUp) -> None:
         jsm = self._manager()
@@ -619,10 +779,13 @@ class NatsTransport(Transport):
                 log.debug("max-deliveries advisory not handled: %s", exc)
                 return
 
+            headers = stored.headers or {}
+
             async def delete() -> None:
                 await jsm.delete_msg(stream, seq)
+                await self._gave_up_claimed(headers)
 
-            await callback(GaveUp(stream, consumer, deliveries, stored.headers or {}, delete))
+            await callback(GaveUp(stream, consumer, deliveries, headers, delete))
 
         await self._client().subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*", cb=on_advisory)
@@ -634,6 +797,13 @@ class NatsTransport(Transport):
         async def on_msg(msg: Msg) -> None:
             hdrs = msg.headers
             if hdrs:
+                claim = hdrs.get(contract.HDR_CLAIM)
+                if claim is not None:  # read it aside: the other replies need not wait
+                    task = asyncio.create_task(
+                        self._read_claimed_reply(msg.subject[n:], claim, on_reply))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
                 code = hdrs.get(contract.HDR_STATUS, ok)
                 if code != ok:
                     on_reply(msg.subject[n:], StepError(status_code(code),
@@ -644,8 +814,9 @@ class NatsTransport(Transport):
         await self._client().subscribe(prefix + "*", cb=on_msg, pending_msgs_limit=1_000_000,
                                        pending_bytes_limit=512 * 1024 * 1024)
 
-    def reply_ok(self, reply: str, payload: bytes) -> Awaitable[None]:
-        return self._client().publish(reply, payload)  # no headers: success
+    def reply_message(self, reply: str, payload: bytes,
+                      headers: dict[str, str] | None) -> Awaitable[None]:
+        return self._client().publish(reply, payload, headers=headers)  # none: success
 
     async def reply_error(self, reply: str, error: StepError) -> None:
         await self._client().publish(
@@ -665,4 +836,4 @@ class NatsTransport(Transport):
                           contract.data_stream_name(self.env.project), subject)
 
 
-__all__ = ["NatsTransport", "Publisher", "Puller", "connect", "request_id_of", "scan"]
+__all__ = ["Claims", "NatsTransport", "Publisher", "Puller", "connect", "request_id_of", "scan"]

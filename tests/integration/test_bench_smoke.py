@@ -49,8 +49,14 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     assert {("floor-grpc", 0), ("floor-nats", 2), ("floor-nats", 3), ("kai", 2), ("kai", 3)} <= (
         systems
     )
+    # the large cells: 1 MiB once, the 3-node chain through the claim bucket, and its floors
+    assert {("floor-grpc-large", 0), ("floor-nats-large", 3), ("kai-claims", 3)} <= systems
     for run in result["runs"]:
-        assert len(run["cells"]) == 4  # 2 payloads × 2 concurrencies
+        large = run["system"].endswith(("-large", "-claims"))
+        # 2 payloads × 2 concurrencies; a large run: 1 MiB, 1 in flight
+        assert len(run["cells"]) == (1 if large else 4), run["system"]
+        if large:
+            assert run["cells"][0]["payload"] == 1024 * 1024
         for cell in run["cells"]:
             assert cell["requests"] > 0
             for key in LATENCY_KEYS:
@@ -59,7 +65,10 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
             assert positive(p["peak_rss_mb"]), p
     kai_processes = [p for r in result["runs"] if r["system"] == "kai" for p in r["processes"]]
     assert {p["role"] for p in kai_processes} == {"entrypoint", "node"}
-    for row in result["analysis"]["rows"]:
+    (large_row,) = result["analysis"]["large_rows"]
+    assert large_row["kai"]["requests"] > 0 and large_row["kai"]["errors"] == 0, large_row
+    assert "kai (claims)" in proc.stdout
+    for row in result["analysis"]["rows"] + result["analysis"]["large_rows"]:
         assert row["kai"] is not None and row["floor"] is not None
         assert all(positive(v) for v in row["ratio"].values()), row
     assert {t["target"].split(":")[0] for t in result["analysis"]["targets"]}

@@ -83,21 +83,25 @@ def test_startup_failures_exit_non_zero(tmp_path: Path, shared_nats: NatsServer,
 
 
 def test_too_large_is_resource_exhausted(tmp_path: Path) -> None:
+    # Over the server's max payload travels through the claim bucket; over the runner's max
+    # message is refused.
     with NatsServer(store_dir=tmp_path / "nats", max_payload=4096) as server:
-        version = _version(tmp_path, server.url)
+        version = _version(tmp_path, server.url, max_message=8000)
         try:
             wait_ready(version.entrypoint(), version.node("echo"))
             assert _call(version, text="ok").text == "ok"  # type: ignore[attr-defined]
+            assert _call(version, blob=b"y" * 5000).text == ""  # type: ignore[attr-defined]
+            assert _call(version, grow=6000).blob == b"x" * 6000  # type: ignore[attr-defined]
             with pytest.raises(grpc.RpcError) as err:
-                _call(version, blob=b"y" * 5000)
+                _call(version, blob=b"y" * 9000)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "the request is 5003 bytes" in err.value.details()
-            assert "max payload of 4096 bytes" in err.value.details()
+            assert "the request is 9003 bytes" in err.value.details()
+            assert "max message of 8000 bytes" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
-                _call(version, grow=6000)
+                _call(version, grow=9000)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "node echo: the reply is" in err.value.details()
-            assert "max payload of 4096 bytes" in err.value.details()
+            assert "max message of 8000 bytes" in err.value.details()
         finally:
             version.close()
 

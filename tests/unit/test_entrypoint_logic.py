@@ -92,11 +92,14 @@ def test_a_lost_stream_answers_unavailable_and_is_created_again(tmp_path: Path) 
 
 def test_payload_limits_are_resource_exhausted(tmp_path: Path) -> None:
     async def scenario() -> None:
-        broker = MemoryBroker(max_payload=2000)
-        async with memory_run(tmp_path, {"echo": ECHO}, broker=broker) as r:
-            code, details = await failure(r, text="x" * 3000)
+        broker = MemoryBroker(max_payload=2000)  # larger payloads go through claims
+        async with memory_run(tmp_path, {"echo": ECHO}, broker=broker, max_message=4000) as r:
+            assert (await r.call(text="x" * 3000)).text == "x" * 3000
+            code, details = await failure(r, text="x" * 5000)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "over the NATS server's max payload of 2000 bytes" in details
+            assert details.startswith("the request is 5003 bytes (")
+            assert details.endswith("with its envelope), over the runner's max message of "
+                                    "4000 bytes (kai.yaml runtime.maxMessage)")
             code, details = await failure(r, text="small", grow=5000)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details.startswith("node echo: the reply is")

@@ -197,18 +197,18 @@ def test_a_consumer_created_later_gets_what_was_stored_before(tmp_path: Path) ->
 def test_publish_errors(tmp_path: Path) -> None:
     async def scenario() -> None:
         broker = MemoryBroker(max_payload=1000)
-        t = MemoryTransport(broker, env(tmp_path))
+        t = MemoryTransport(broker, env(tmp_path, max_message=2000))
         with pytest.raises(Unreachable):
             await t.publish(SUBJECT, b"x", {}, 1.0)
         await t.connect("t")
         with pytest.raises(NoStream):
             await t.publish(SUBJECT, b"x", {}, 1.0)
         await t.ensure_work_stream("wf")
-        assert t.oversize(b"x" * 900, step_headers("r", 0, "0", "")) == 0
         headers = step_headers("r", 0, "0", "")
-        assert t.oversize(b"x" * 1000, headers) > 1000
-        with pytest.raises(TooLarge):
-            await t.publish(SUBJECT, b"x" * 1000, headers, 1.0)
+        assert t.oversize(b"x" * 1900, headers) == 0  # over max_payload: it goes as a claim
+        assert t.oversize(b"x" * 2000, headers) > 2000  # over max_message
+        with pytest.raises(TooLarge):  # a message itself over the broker's limit
+            await t.publish_message(SUBJECT, b"x" * 1000, headers, 1.0)
         with pytest.raises(NoStream):
             await t.save_record(contract.data_subject("p", "db", "c"), b"{}")
 

@@ -143,6 +143,7 @@ def test_left_out_is_the_runners_defaults(tmp_path: Path) -> None:
     assert p.runtime_of("a-v1").settings() == RunnerSettings(
         ack_wait=contract.DEFAULT_ACK_WAIT, max_deliver=contract.DEFAULT_MAX_DELIVER,
         request_timeout=contract.DEFAULT_REQUEST_TIMEOUT,
+        max_message=contract.DEFAULT_MAX_MESSAGE,
         data_max_age=contract.DEFAULT_DATA_MAX_AGE, data_max_bytes=contract.DEFAULT_DATA_MAX_BYTES)
     assert contract.DEFAULT_DATA_MAX_AGE == 0 and contract.DEFAULT_DATA_MAX_BYTES == 0
     # and a project-wide setting reaches the versions that set nothing
@@ -170,7 +171,7 @@ def test_schema_errors(tmp_path: Path) -> None:
         "kai.yaml:6:19: runtime.requestTimeout: expected a string or a number, got a boolean "
         "(true); put it in quotes if it is meant as text",
         'kai.yaml:7:3: runtime.ackwait: unknown field "ackwait" (did you mean "ackWait"?); '
-        "allowed: ackWait, maxDeliver, requestTimeout, dataStream",
+        "allowed: ackWait, maxDeliver, requestTimeout, maxMessage, dataStream",
         "kai.yaml:8:24: runtime.dataStream.maxAge: must be at least 0, got -1",
         f'kai.yaml:8:38: runtime.dataStream.maxBytes: "100m" does not match the pattern '
         f'{SIZE_PATTERN}: a size in bytes like "512Mi", "1Gi" or "1000000" (e.g. 1Gi)',
@@ -179,7 +180,7 @@ def test_schema_errors(tmp_path: Path) -> None:
         "kai.yaml:10:32: versions.a-v1.runtime.maxDeliver: expected an integer, got a number "
         "(1.5)",
         'kai.yaml:10:37: versions.a-v1.runtime.retries: unknown field "retries"; allowed: '
-        "ackWait, maxDeliver, requestTimeout, dataStream",
+        "ackWait, maxDeliver, requestTimeout, maxMessage, dataStream",
     ]
 
 
@@ -389,5 +390,43 @@ def test_readme_reference_is_a_valid_kai_yaml(tmp_path: Path) -> None:
     section = readme[readme.index("## kai.yaml reference"):]
     block = section[section.index("```yaml\n") + 8:section.index("```\n", 1)]
     p = load_project(write(tmp_path, block))
-    assert p.runtime == Runtime(30.0, 5, 60.0, DataStream(2_592_000.0, 1024**3))
+    assert p.runtime == Runtime(30.0, 5, 60.0, DataStream(2_592_000.0, 1024**3), 64 * 1024**2)
     assert p.runtime_of("fraud-v3") == replace(p.runtime, max_deliver=3)
+
+
+def test_max_message_from_kai_yaml_to_the_runner(tmp_path: Path) -> None:
+    text = HEAD + ("runtime: {maxMessage: 16Mi}\n"
+                   "versions:\n"
+                   "  a-v1: {state: started, runtime: {maxMessage: 128Mi}}\n"
+                   "  c-v1: {state: started}\n")
+    p = load_project(write(tmp_path, text))
+    assert p.runtime == Runtime(max_message=16 * 1024**2)
+    assert p.runtime_of("a-v1").settings().max_message == 128 * 1024**2
+    assert p.runtime_of("c-v1").settings().max_message == 16 * 1024**2
+    for name, size in (("a-v1", 128 * 1024**2), ("c-v1", 16 * 1024**2)):
+        for process in build_plan(p, make_version(tmp_path, name)).processes:
+            assert process.env[contract.ENV_MAX_MESSAGE] == str(size)
+            assert contract.RunnerEnv.from_environ(process.env).max_message == size
+    dumped = dump_project(p)
+    assert "runtime:\n  maxMessage: 16Mi\n" in dumped
+    assert load_project(write(tmp_path, dumped)) == p
+    left_out = load_project(write(tmp_path, HEAD + "versions: {a-v1: {state: started}}\n"))
+    assert left_out.runtime_of("a-v1").settings().max_message == contract.DEFAULT_MAX_MESSAGE
+
+
+def test_max_message_bounds(tmp_path: Path) -> None:
+    text = HEAD + ("runtime: {maxMessage: 1000}\n"
+                   "versions:\n"
+                   "  a-v1: {runtime: {maxMessage: 2Gi}}\n"
+                   "  b-v1: {runtime: {maxMessage: '1.5'}}\n"
+                   "  c-v1: {runtime: {maxMessage: 1Gi}}\n")
+    assert problems(tmp_path, text) == [
+        "kai.yaml:3:23: runtime.maxMessage: must be a whole number of bytes from 1Ki to 1Gi, "
+        "got 1000",
+        "kai.yaml:5:32: versions.a-v1.runtime.maxMessage: must be a whole number of bytes "
+        'from 1Ki to 1Gi, got "2Gi"',
+        "kai.yaml:6:32: versions.b-v1.runtime.maxMessage: must be a whole number of bytes "
+        'from 1Ki to 1Gi, got "1.5"',
+    ]
+    bad = problems(tmp_path, HEAD + "runtime: {maxMessage: 64MB}\n")
+    assert len(bad) == 1 and bad[0].startswith("kai.yaml:3:23: runtime.maxMessage: "), bad
