@@ -62,12 +62,13 @@ DEFAULT_MAX_DELIVER = 5
 # seconds. A node keeps the messages it works on alive (in_progress every ack_wait / 4), so
 # a slow handler is not redelivered however long it takes.
 DEFAULT_ACK_WAIT = 5.0
-# The data stream keeps everything by default, as it always did: it holds the db
-# documents too, which a node expects back however old they are. A size is no default
-# either: JetStream reserves a stream's max_bytes of the server's storage when it creates
+# The data stream keeps predictions and measurements 30 days by default, so it does not
+# grow forever. db documents are kept however old they are (each is stored with a
+# `Nats-TTL: never` header, see DATA_KEPT_KINDS): a node expects them back. A size is no
+# default: JetStream reserves a stream's max_bytes of the server's storage when it creates
 # the stream, so every project would take that much, and a server with less room (memory
 # storage, say) would refuse the stream. kai.yaml sets both (runtime.dataStream).
-DEFAULT_DATA_MAX_AGE = 0.0
+DEFAULT_DATA_MAX_AGE = 30 * 24 * 3600.0
 DEFAULT_DATA_MAX_BYTES = 0
 DEFAULT_BIND_HOST = "0.0.0.0"
 DEFAULT_CONCURRENCY = 32
@@ -162,6 +163,15 @@ def data_subject(project: str, kind: str, *parts: str) -> str:
     """A subject in the project's data stream, e.g. (p, "db", version, collection)."""
     tail = ".".join(_token(p) for p in parts)
     return f"kai-data.{_token(project)}.{_token(kind)}" + (f".{tail}" if tail else "")
+
+
+DATA_KEPT_KINDS = frozenset({"db"})  # records never aged out of the data stream
+
+
+def data_kept_forever(subject: str) -> bool:
+    """Whether a record on `subject` (of the data stream) outlives the stream's max age."""
+    parts = subject.split(".", 3)
+    return len(parts) > 2 and parts[0] == "kai-data" and parts[2] in DATA_KEPT_KINDS
 
 
 # --- typed view of the environment ---------------------------------------------

@@ -81,6 +81,7 @@ log = logging.getLogger("runner.transport")
 STATUS_HDR = "Status"  # NATS status header on pull responses
 PENDING_HDR = "Nats-Pending-Messages"
 JS_TIMEOUT = 5.0  # seconds for JetStream API calls
+_KEEP_FOREVER = {"Nats-TTL": "never"}  # a data record the stream's max age never removes
 
 
 # --- connection ------------------------------------------------------------------
@@ -191,6 +192,7 @@ async def ensure_data_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv) 
         max_age=max_age,
         max_bytes=max_bytes,
         discard=api.DiscardPolicy.OLD,
+        allow_msg_ttl=True,  # db documents carry `Nats-TTL: never` (contract.data_kept_forever)
     )
     if not await _ensure_stream(js_mgr, config):
         # Kept with its other settings (another storage, say), the stream still gets
@@ -198,7 +200,7 @@ async def ensure_data_stream(js_mgr: JetStreamManager, env: contract.RunnerEnv) 
         existing = (await js_mgr.stream_info(name)).config
         try:
             await js_mgr.update_stream(replace(existing, max_age=max_age, max_bytes=max_bytes,
-                                               duplicate_window=window))
+                                               duplicate_window=window, allow_msg_ttl=True))
         except nats.js.errors.APIError as exc:
             log.warning("stream %s: cannot set its limits (%s)", name, exc.description)
     return name
@@ -826,8 +828,9 @@ class NatsTransport(Transport):
 
     async def save_record(self, subject: str, record: bytes) -> None:
         js = self._client().jetstream(timeout=JS_TIMEOUT)
+        headers = _KEEP_FOREVER if contract.data_kept_forever(subject) else None
         try:
-            await js.publish(subject, record, timeout=JS_TIMEOUT)
+            await js.publish(subject, record, timeout=JS_TIMEOUT, headers=headers)
         except nats.js.errors.NoStreamResponseError:
             raise NoStream(f"no stream takes {subject}") from None
 

@@ -68,12 +68,41 @@ def test_created_with_the_limits_and_updated_when_they_change(nats_server: NatsS
     _run(nats_server, body)
 
 
-def test_the_defaults_keep_everything(nats_server: NatsServer) -> None:
+def test_the_defaults_bound_the_stream_by_age(nats_server: NatsServer) -> None:
     async def body(jsm: JetStreamManager) -> None:
         await jetstream.ensure_data_stream(jsm, _env(nats_server.url))
-        assert await _limits(jsm) == (0.0, -1, contract.DUPLICATE_WINDOW)
+        assert await _limits(jsm) == (30 * 24 * 3600.0, -1, contract.DUPLICATE_WINDOW)
+        assert (await jsm.stream_info(STREAM)).config.allow_msg_ttl
 
     _run(nats_server, body)
+
+
+def test_db_documents_outlive_the_max_age_and_predictions_do_not(
+        nats_server: NatsServer) -> None:
+    """The stream's max age drops old predictions; db documents stay however old."""
+    env = _env(nats_server.url, data_max_age=1.0)
+
+    async def main() -> None:
+        t = jetstream.NatsTransport(env)
+        await t.connect("test")
+        try:
+            await t.ensure_data_stream()
+            prediction = contract.data_subject(PROJECT, "prediction", "v1", "n1")
+            document = contract.data_subject(PROJECT, "db", "users")
+            await t.save_record(prediction, b'{"p": 1}')
+            await t.save_record(document, b'{"name": "ada"}')
+            found: list[bytes] = [b"?"]
+            for _ in range(100):  # bounded: the server ages messages out about once a second
+                await asyncio.sleep(0.1)
+                found = await t.scan_records(prediction)
+                if not found:
+                    break
+            assert found == []
+            assert await t.scan_records(document) == [b'{"name": "ada"}']
+        finally:
+            await t.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def test_max_bytes_drops_the_oldest_records(nats_server: NatsServer) -> None:

@@ -145,7 +145,7 @@ def test_left_out_is_the_runners_defaults(tmp_path: Path) -> None:
         request_timeout=contract.DEFAULT_REQUEST_TIMEOUT,
         max_message=contract.DEFAULT_MAX_MESSAGE,
         data_max_age=contract.DEFAULT_DATA_MAX_AGE, data_max_bytes=contract.DEFAULT_DATA_MAX_BYTES)
-    assert contract.DEFAULT_DATA_MAX_AGE == 0 and contract.DEFAULT_DATA_MAX_BYTES == 0
+    assert contract.DEFAULT_DATA_MAX_AGE == 30 * 24 * 3600 and contract.DEFAULT_DATA_MAX_BYTES == 0
     # and a project-wide setting reaches the versions that set nothing
     p = load_project(write(tmp_path, HEAD + "runtime: {maxDeliver: 2}\n"
                                             "versions: {a-v1: {runtime: {}}}\n"))
