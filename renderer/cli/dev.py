@@ -54,7 +54,7 @@ from runner.supervisor import (
     Supervisor,
 )
 
-from . import devconfig
+from . import devconfig, devpod
 from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
 
 T = TypeVar("T")
@@ -151,22 +151,26 @@ def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[
     return plan, render_version(local, plan)
 
 
-def rendered_specs(objects: list[dict[str, Any]], version_dir: Path, nats_url: str,
-                   config_dir: Path, secrets: Mapping[str, str], grpc_port: int,
-                   web_port: int) -> list[ProcessSpec]:
+def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
+                   config: devconfig.DevConfig, grpc_port: int, web_port: int,
+                   guard: devpod.Guard = devpod.Guard(devpod.OWN)) -> list[ProcessSpec]:
     """The Deployments among a version's rendered objects (renderer.render.render_version,
     what `kai render` writes) as processes of this machine: each container's command, env
-    (a secretKeyRef's value from `secrets`), replicas, probes and
+    (a secretKeyRef's value from `config`), replicas, probes and
     terminationGracePeriodSeconds, with this machine's paths and ports (the entrypoint's:
-    `grpc_port`, `web_port`; nodes': free ones).
+    `grpc_port`, `web_port`; nodes': free ones). Each pod's volumes are written under
+    `work/pods/<Deployment>` (renderer.cli.devpod); `guard` says as whom they run.
     """
-    return [deployment_spec(obj, version_dir, nats_url, config_dir, secrets, grpc_port,
-                            web_port)
+    configmaps = {str(o["metadata"]["name"]): o for o in objects if o.get("kind") == "ConfigMap"}
+    return [deployment_spec(obj, configmaps, work / "pods", nats_url, config, grpc_port,
+                            web_port, guard)
             for obj in objects if obj.get("kind") == "Deployment"]
 
 
-def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, config_dir: Path,
-                    secrets: Mapping[str, str], grpc_port: int, web_port: int) -> ProcessSpec:
+def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, Any]],
+                    pods_dir: Path, nats_url: str, config: devconfig.DevConfig,
+                    grpc_port: int, web_port: int,
+                    guard: devpod.Guard = devpod.Guard(devpod.OWN)) -> ProcessSpec:
     """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
     name = str(obj["metadata"]["name"])
     pod = obj["spec"]["template"]["spec"]
@@ -187,16 +191,21 @@ def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, co
             raise DevError(f"Deployment {name}: env {item['name']}: kai dev runs only a "
                            "value or a secretKeyRef")
         key = str(ref["key"])
-        if key not in secrets:
+        if key not in config.variables:
             raise DevError(f"Deployment {name}: config {key} is not set: pass "
                            f"--config {key}=... or set it in the environment")
-        env[item["name"]] = secrets[key]
+        env[item["name"]] = config.variables[key]
     ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports", ())}
     readiness = _probe(name, container.get("readinessProbe"), ports, env)
     liveness = _probe(name, container.get("livenessProbe"), ports, env)
-    env[contract.ENV_VERSION_DIR] = str(version_dir)
+    user = devpod.pod_user(guard, pod, container)
+    try:
+        mounts = devpod.materialise(name, pod, container, configmaps, config.files,
+                                    pods_dir / name, user)
+    except devpod.PodError as exc:
+        raise DevError(str(exc)) from None
+    env = devpod.local_env(env, mounts)
     env[contract.ENV_NATS_URL] = nats_url
-    env[contract.ENV_CONFIG_DIR] = str(config_dir)
     env[contract.ENV_BIND_HOST] = HOST  # loopback only: nothing is exposed off this machine
     free: tuple[str, ...] = ()
     if role == contract.ROLE_ENTRYPOINT:
@@ -205,7 +214,8 @@ def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, co
         free = (contract.ENV_WEB_PORT,)
     grace = float(pod.get("terminationGracePeriodSeconds", K8S_GRACE))
     return ProcessSpec(name, role, env, int(obj["spec"].get("replicas", 1)), free,
-                       readiness=readiness, liveness=liveness, grace=grace)
+                       readiness=readiness, liveness=liveness, grace=grace, user=user.uid,
+                       group=user.gid, groups=user.groups, drop_caps=user.drop_caps)
 
 
 def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],
@@ -272,18 +282,25 @@ def _say(message: str, err: bool) -> None:
     click.echo(message, err=err)
 
 
-async def run(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
-              compiled: CompiledProto, opts: Options, config: devconfig.DevConfig,
+async def run(project: Project, version: Version, plan: VersionPlan,
+              objects: list[dict[str, Any]], compiled: CompiledProto, opts: Options, config: devconfig.DevConfig,
               nats_url: str, work: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    config_dir = work / "config"
-    config.write_files(config_dir)
+    for line in devpod.custom_image_lines(project, objects):
+        _say(line, True)
+    guard = devpod.choose_guard(devpod.pod_uid(o["spec"]["template"]["spec"], c)[0]
+                                for o in objects if o.get("kind") == "Deployment"
+                                for c in o["spec"]["template"]["spec"]["containers"])
+    for line in guard.lines:
+        _say(line, True)
+    if guard.mode == devpod.USER:
+        work.chmod(0o711)  # the pods' users reach their own folders, list nothing
     try:
-        specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
-                               config.variables, opts.port, opts.web_port)
+        specs = rendered_specs(objects, work, nats_url, config, opts.port, opts.web_port,
+                               guard)
     except DevError as exc:
         _say(f"error: {exc}", True)
         return EXIT_INPUT
@@ -395,7 +412,8 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
         check_port(web_port, "--web-port")
         if nats_url:
             check_nats(nats_url)
-        plan, objects = render_local(find_project(version.directory), version)
+        project = find_project(version.directory)
+        plan, objects = render_local(project, version)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -403,10 +421,10 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     except (CallUsageError, devconfig.ConfigError, DevError, PlanError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
-    sys.exit(_serve(version, plan, objects, compiled, opts, config))
+    sys.exit(_serve(project, version, plan, objects, compiled, opts, config))
 
 
-def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
+def _serve(project: Project, version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
            compiled: CompiledProto, opts: Options, config: devconfig.DevConfig) -> int:
     for line in remove_stale_work_dirs(Path(tempfile.gettempdir())):
         click.echo(line, err=True)
@@ -422,7 +440,8 @@ def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
                     click.echo(f"error: {exc}", err=True)
                     return EXIT_INPUT
             url = opts.nats_url or (nats.url if nats else "")
-            return asyncio.run(run(version, plan, objects, compiled, opts, config, url, work))
+            return asyncio.run(run(project, version, plan, objects, compiled, opts, config,
+                                   url, work))
         finally:
             if nats is not None:
                 if nats.proc is not None and nats.proc.poll() is None:
