@@ -153,7 +153,7 @@ def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[
 
 def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
                    config: devconfig.DevConfig, grpc_port: int, web_port: int,
-                   guard: devpod.Guard = devpod.Guard(devpod.OWN)) -> list[ProcessSpec]:
+                   guard: devpod.Guard = devpod.NOT_ROOT) -> list[ProcessSpec]:
     """The Deployments among a version's rendered objects (renderer.render.render_version,
     what `kai render` writes) as processes of this machine: each container's command, env
     (a secretKeyRef's value from `config`), replicas, probes and
@@ -170,7 +170,7 @@ def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
 def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, Any]],
                     pods_dir: Path, nats_url: str, config: devconfig.DevConfig,
                     grpc_port: int, web_port: int,
-                    guard: devpod.Guard = devpod.Guard(devpod.OWN)) -> ProcessSpec:
+                    guard: devpod.Guard = devpod.NOT_ROOT) -> ProcessSpec:
     """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
     name = str(obj["metadata"]["name"])
     pod = obj["spec"]["template"]["spec"]
@@ -283,21 +283,20 @@ def _say(message: str, err: bool) -> None:
 
 
 async def run(project: Project, version: Version, plan: VersionPlan,
-              objects: list[dict[str, Any]], compiled: CompiledProto, opts: Options, config: devconfig.DevConfig,
-              nats_url: str, work: Path) -> int:
+              objects: list[dict[str, Any]], compiled: CompiledProto, opts: Options,
+              config: devconfig.DevConfig, nats_url: str, work: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     for line in devpod.custom_image_lines(project, objects):
         _say(line, True)
-    guard = devpod.choose_guard(devpod.pod_uid(o["spec"]["template"]["spec"], c)[0]
-                                for o in objects if o.get("kind") == "Deployment"
-                                for c in o["spec"]["template"]["spec"]["containers"])
+    uids = [devpod.pod_uid(o["spec"]["template"]["spec"], c)[0]
+            for o in objects if o.get("kind") == "Deployment"
+            for c in o["spec"]["template"]["spec"]["containers"]]
+    guard = devpod.choose_guard(uids, work)
     for line in guard.lines:
         _say(line, True)
-    if guard.mode == devpod.USER:
-        work.chmod(0o711)  # the pods' users reach their own folders, list nothing
     try:
         specs = rendered_specs(objects, work, nats_url, config, opts.port, opts.web_port,
                                guard)
@@ -430,6 +429,7 @@ def _serve(project: Project, version: Version, plan: VersionPlan, objects: list[
         click.echo(line, err=True)
     with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
+        work.chmod(0o711)  # the pods' users reach their own folders in it, list nothing
         nats: NatsServer | None = None
         try:
             if opts.nats_url is None:

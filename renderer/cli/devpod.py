@@ -52,6 +52,9 @@ class Guard:
     lines: tuple[str, ...] = ()  # what kai dev says about it, once
 
 
+NOT_ROOT = Guard(OWN)
+
+
 @dataclass(frozen=True)
 class PodUser:
     """The user a pod's processes run as on this machine (None: this process's)."""
@@ -72,16 +75,17 @@ def pod_uid(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, 
     return uid, gid, None if fs is None else int(fs)
 
 
-def choose_guard(uids: Iterable[int], python: str = sys.executable,
+def choose_guard(uids: Iterable[int], work: Path, python: str = sys.executable,
                  environ: Mapping[str, str] | None = None) -> Guard:
-    """The Guard for this run: USER when every uid can run the runner with `python`."""
+    """The Guard for this run: USER when every uid can run the runner with `python` and
+    reach the run's folder `work`."""
     if os.geteuid() != 0:
         return Guard(OWN)
-    bad = sorted(uid for uid in set(uids) if not _can_run(uid, python, environ))
+    bad = sorted(uid for uid in set(uids) if not _can_run(uid, work, python, environ))
     if not bad:
         return Guard(USER)
-    why = (f"kai dev: this Python environment ({sys.prefix}) cannot be run by uid "
-           f"{', '.join(map(str, bad))} (the pods' runAsUser)")
+    why = (f"kai dev: this Python environment ({sys.prefix}) or the run's folder ({work}) "
+           f"is out of reach of uid {', '.join(map(str, bad))} (the pods' runAsUser)")
     if _can_drop_caps():
         return Guard(NO_CAPS, (f"{why}: running the processes as root without capabilities "
                                "instead (the version's files stay read-only)",))
@@ -90,9 +94,10 @@ def choose_guard(uids: Iterable[int], python: str = sys.executable,
                              "files are not prevented"))
 
 
-def _can_run(uid: int, python: str, environ: Mapping[str, str] | None) -> bool:
+def _can_run(uid: int, work: Path, python: str, environ: Mapping[str, str] | None) -> bool:
+    code = f"import os, runner.node, runner.entrypoint; os.stat({str(work)!r})"
     try:
-        done = subprocess.run([python, "-c", "import runner.node, runner.entrypoint"],
+        done = subprocess.run([python, "-c", code],
                               user=uid, group=uid, extra_groups=[], cwd="/",
                               env=dict(os.environ if environ is None else environ),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -101,7 +101,6 @@ async def running(version_dir: Path, nats_url: str, work: Path,
     version = load_version(version_dir)
     _, objects = render_local(PROJECT, version)
     port, web_port = free_port(), free_port()
-    work.mkdir(parents=True, exist_ok=True)
     config = DevConfig(variables={n: (env or {})[n] for n in version.config.variables
                                   if n in (env or {})},
                        files={n: (env or {})[n].encode() for n in version.config.files

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,7 +335,7 @@ def test_stop_is_ordered_entrypoint_first_and_kills_after_each_grace(
     assert not any(alive(c.pid) for c in children)
 
 
-def _write_check(fake_python: str, tmp_path: Path, **kw: object) -> list[str]:
+def _write_check(fake_python: str, tmp_path: Path, **kw: Any) -> list[str]:
     """Run one "write" child with the spec fields `kw`; its `uid N write OUTCOME` line."""
     folder = tmp_path / "ro"
     folder.mkdir(parents=True)
