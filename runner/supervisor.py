@@ -20,6 +20,10 @@ supervisor
   (they finish what they hold); each with SIGTERM, then SIGKILL once its grace period
   (the Deployment's terminationGracePeriodSeconds) has passed.
 
+A spec may name a user (`user`, `group`, `groups`: the pod's runAsUser, set before exec)
+or ask for no capabilities at all (`drop_caps`, Linux: even uid 0 then obeys permission
+bits), so a read-only volume stays read-only when the supervisor runs as root.
+
 Children run in their own session (process group): a Ctrl-C in the terminal reaches
 only the supervisor, which then stops them in order. On Linux a child also gets SIGTERM
 when the supervisor dies, even by SIGKILL (PR_SET_PDEATHSIG, see :func:`die_with_parent`),

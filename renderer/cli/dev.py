@@ -1,7 +1,9 @@
 """`kai dev`: run a version on this machine from the same Deployments the cluster gets.
 
 The version is rendered in memory (renderer.render.render_version); each Deployment
-becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period).
+becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period),
+its volumes written into the run's folder (renderer.cli.devpod: the ConfigMap's files,
+read-only, and as root the pod's user).
 An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unless
 `--nats URL`, then the entrypoint and every node under runner.supervisor, which restarts
 what exits and stops them in order; nats-server is stopped last.
@@ -380,7 +382,9 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
 
     The processes get the command, environment, replicas and probes the
     rendered Deployments give them, on this machine's paths and ports; their
-    output is printed with their name in front. "ready" is printed once every
+    output is printed with their name in front. A node sees the rendered
+    ConfigMap's files only, read-only (as root: run as the pod's runAsUser, or
+    without capabilities), never the version directory itself. "ready" is printed once every
     replica's readiness probe passes. A process that exits, or fails its
     liveness probe, is restarted after 0.5 s, doubling up to 10 s. Ctrl-C stops
     the entrypoint, then the nodes, then NATS, each within its grace period
@@ -457,6 +461,9 @@ def remove_stale_work_dirs(tmp: Path) -> list[str]:
         pid = path.name[len(WORK_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or pid_alive(int(pid)) or not path.is_dir() or path.is_symlink():
             continue
+        for folder, _, _ in os.walk(path):  # its read-only volumes (0555) become removable
+            with contextlib.suppress(OSError):
+                os.chmod(folder, 0o700)
         shutil.rmtree(path, ignore_errors=True)
         said.append(f"removed {path}: left by kai dev (pid {pid}), which was killed")
     return said
