@@ -20,6 +20,10 @@ supervisor
   (they finish what they hold); each with SIGTERM, then SIGKILL once its grace period
   (the Deployment's terminationGracePeriodSeconds) has passed.
 
+A spec may name a user (`user`, `group`, `groups`: the pod's runAsUser, set before exec)
+or ask for no capabilities at all (`drop_caps`, Linux: even uid 0 then obeys permission
+bits), so a read-only volume stays read-only when the supervisor runs as root.
+
 Children run in their own session (process group): a Ctrl-C in the terminal reaches
 only the supervisor, which then stops them in order. On Linux a child also gets SIGTERM
 when the supervisor dies, even by SIGKILL (PR_SET_PDEATHSIG, see :func:`die_with_parent`),
@@ -146,6 +150,10 @@ class ProcessSpec:
     readiness: Probe | None = None  # None: ready once it prints its ready line
     liveness: Probe | None = None
     grace: float | None = None  # seconds from SIGTERM to SIGKILL; None: the supervisor's
+    user: int | None = None  # run as this uid (this process's when None)
+    group: int | None = None  # ... and gid, with `groups` as the supplementary groups
+    groups: tuple[int, ...] = ()
+    drop_caps: bool = False  # Linux: start without any capability (root ignores no bits then)
 
 
 class StartupError(Exception):
@@ -209,18 +217,34 @@ def free_port(host: str = "127.0.0.1") -> int:
 # program with execv: the setting survives exec. It runs in the child's own fresh
 # interpreter, never between fork and exec of the parent (a preexec_fn there is
 # unsafe next to gRPC's threads).
+# With KAI_SUPERVISOR_NO_CAPS=1 it first empties the capability bounding set and every
+# capability set (capset), so even uid 0 obeys permission bits after the exec.
 _LAUNCHER = """\
 import ctypes, os, signal, sys
 parent = int(os.environ.pop("KAI_SUPERVISOR_PID", "0"))
+no_caps = os.environ.pop("KAI_SUPERVISOR_NO_CAPS", "") == "1"
+libc = ctypes.CDLL(None, use_errno=True)
 try:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    libc.prctl(1, signal.SIGTERM)
 except Exception:
     pass
 if parent and os.getppid() != parent:
     sys.exit(1)
+if no_caps:
+    class Head(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; past the last cap: EINVAL
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if libc.capset(ctypes.byref(Head(0x20080522, 0)), (Data * 2)()) != 0:
+        sys.stderr.write("cannot drop capabilities: " + os.strerror(ctypes.get_errno()) + "\\n")
+        sys.exit(1)
 os.execv(sys.argv[1], sys.argv[1:])
 """
 _PARENT_ENV = "KAI_SUPERVISOR_PID"
+_NO_CAPS_ENV = "KAI_SUPERVISOR_NO_CAPS"
 _USE_LAUNCHER = sys.platform.startswith("linux")
 
 
@@ -333,6 +357,12 @@ class Supervisor:
         for key in spec.free_ports:
             env[key] = str(free_port())
         argv, full_env = die_with_parent([self.python, "-m", "runner", spec.role], env)
+        if spec.drop_caps:
+            full_env[_NO_CAPS_ENV] = "1"
+        who: dict[str, object] = {}
+        if spec.user is not None:
+            who = {"user": spec.user, "group": spec.user if spec.group is None else spec.group,
+                   "extra_groups": list(spec.groups)}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -341,6 +371,7 @@ class Supervisor:
             env=full_env,
             start_new_session=True,
             limit=1 << 20,
+            **who,  # type: ignore[arg-type]
         )
         _LIVE.add(proc.pid)
         child = Child(spec, index, _label(spec, index), proc, env, restarts, backoff)

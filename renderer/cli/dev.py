@@ -1,7 +1,9 @@
 """`kai dev`: run a version on this machine from the same Deployments the cluster gets.
 
 The version is rendered in memory (renderer.render.render_version); each Deployment
-becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period).
+becomes a runner.supervisor.ProcessSpec (command, env, replicas, probes, grace period),
+its volumes written into the run's folder (renderer.cli.devpod: the ConfigMap's files,
+read-only, and as root the pod's user).
 An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unless
 `--nats URL`, then the entrypoint and every node under runner.supervisor, which restarts
 what exits and stops them in order; nats-server is stopped last.
@@ -54,7 +56,7 @@ from runner.supervisor import (
     Supervisor,
 )
 
-from . import devconfig
+from . import devconfig, devpod
 from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
 
 T = TypeVar("T")
@@ -151,22 +153,26 @@ def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[
     return plan, render_version(local, plan)
 
 
-def rendered_specs(objects: list[dict[str, Any]], version_dir: Path, nats_url: str,
-                   config_dir: Path, secrets: Mapping[str, str], grpc_port: int,
-                   web_port: int) -> list[ProcessSpec]:
+def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
+                   config: devconfig.DevConfig, grpc_port: int, web_port: int,
+                   guard: devpod.Guard = devpod.NOT_ROOT) -> list[ProcessSpec]:
     """The Deployments among a version's rendered objects (renderer.render.render_version,
     what `kai render` writes) as processes of this machine: each container's command, env
-    (a secretKeyRef's value from `secrets`), replicas, probes and
+    (a secretKeyRef's value from `config`), replicas, probes and
     terminationGracePeriodSeconds, with this machine's paths and ports (the entrypoint's:
-    `grpc_port`, `web_port`; nodes': free ones).
+    `grpc_port`, `web_port`; nodes': free ones). Each pod's volumes are written under
+    `work/pods/<Deployment>` (renderer.cli.devpod); `guard` says as whom they run.
     """
-    return [deployment_spec(obj, version_dir, nats_url, config_dir, secrets, grpc_port,
-                            web_port)
+    configmaps = {str(o["metadata"]["name"]): o for o in objects if o.get("kind") == "ConfigMap"}
+    return [deployment_spec(obj, configmaps, work / "pods", nats_url, config, grpc_port,
+                            web_port, guard)
             for obj in objects if obj.get("kind") == "Deployment"]
 
 
-def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, config_dir: Path,
-                    secrets: Mapping[str, str], grpc_port: int, web_port: int) -> ProcessSpec:
+def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, Any]],
+                    pods_dir: Path, nats_url: str, config: devconfig.DevConfig,
+                    grpc_port: int, web_port: int,
+                    guard: devpod.Guard = devpod.NOT_ROOT) -> ProcessSpec:
     """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
     name = str(obj["metadata"]["name"])
     pod = obj["spec"]["template"]["spec"]
@@ -187,16 +193,21 @@ def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, co
             raise DevError(f"Deployment {name}: env {item['name']}: kai dev runs only a "
                            "value or a secretKeyRef")
         key = str(ref["key"])
-        if key not in secrets:
+        if key not in config.variables:
             raise DevError(f"Deployment {name}: config {key} is not set: pass "
                            f"--config {key}=... or set it in the environment")
-        env[item["name"]] = secrets[key]
+        env[item["name"]] = config.variables[key]
     ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports", ())}
     readiness = _probe(name, container.get("readinessProbe"), ports, env)
     liveness = _probe(name, container.get("livenessProbe"), ports, env)
-    env[contract.ENV_VERSION_DIR] = str(version_dir)
+    user = devpod.pod_user(guard, pod, container)
+    try:
+        mounts = devpod.materialise(name, pod, container, configmaps, config.files,
+                                    pods_dir / name, user)
+    except devpod.PodError as exc:
+        raise DevError(str(exc)) from None
+    env = devpod.local_env(env, mounts)
     env[contract.ENV_NATS_URL] = nats_url
-    env[contract.ENV_CONFIG_DIR] = str(config_dir)
     env[contract.ENV_BIND_HOST] = HOST  # loopback only: nothing is exposed off this machine
     free: tuple[str, ...] = ()
     if role == contract.ROLE_ENTRYPOINT:
@@ -205,7 +216,8 @@ def deployment_spec(obj: Mapping[str, Any], version_dir: Path, nats_url: str, co
         free = (contract.ENV_WEB_PORT,)
     grace = float(pod.get("terminationGracePeriodSeconds", K8S_GRACE))
     return ProcessSpec(name, role, env, int(obj["spec"].get("replicas", 1)), free,
-                       readiness=readiness, liveness=liveness, grace=grace)
+                       readiness=readiness, liveness=liveness, grace=grace, user=user.uid,
+                       group=user.gid, groups=user.groups, drop_caps=user.drop_caps)
 
 
 def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],
@@ -272,18 +284,24 @@ def _say(message: str, err: bool) -> None:
     click.echo(message, err=err)
 
 
-async def run(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
-              compiled: CompiledProto, opts: Options, config: devconfig.DevConfig,
-              nats_url: str, work: Path) -> int:
+async def run(project: Project, version: Version, plan: VersionPlan,
+              objects: list[dict[str, Any]], compiled: CompiledProto, opts: Options,
+              config: devconfig.DevConfig, nats_url: str, work: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    config_dir = work / "config"
-    config.write_files(config_dir)
+    for line in devpod.custom_image_lines(project, objects):
+        _say(line, True)
+    uids = [devpod.pod_uid(o["spec"]["template"]["spec"], c)[0]
+            for o in objects if o.get("kind") == "Deployment"
+            for c in o["spec"]["template"]["spec"]["containers"]]
+    guard = devpod.choose_guard(uids, work)
+    for line in guard.lines:
+        _say(line, True)
     try:
-        specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
-                               config.variables, opts.port, opts.web_port)
+        specs = rendered_specs(objects, work, nats_url, config, opts.port, opts.web_port,
+                               guard)
     except DevError as exc:
         _say(f"error: {exc}", True)
         return EXIT_INPUT
@@ -364,7 +382,9 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
 
     The processes get the command, environment, replicas and probes the
     rendered Deployments give them, on this machine's paths and ports; their
-    output is printed with their name in front. "ready" is printed once every
+    output is printed with their name in front. A node sees the rendered
+    ConfigMap's files only, read-only (as root: run as the pod's runAsUser, or
+    without capabilities), never the version directory itself. "ready" is printed once every
     replica's readiness probe passes. A process that exits, or fails its
     liveness probe, is restarted after 0.5 s, doubling up to 10 s. Ctrl-C stops
     the entrypoint, then the nodes, then NATS, each within its grace period
@@ -395,7 +415,8 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
         check_port(web_port, "--web-port")
         if nats_url:
             check_nats(nats_url)
-        plan, objects = render_local(find_project(version.directory), version)
+        project = find_project(version.directory)
+        plan, objects = render_local(project, version)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -403,15 +424,16 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     except (CallUsageError, devconfig.ConfigError, DevError, PlanError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
-    sys.exit(_serve(version, plan, objects, compiled, opts, config))
+    sys.exit(_serve(project, version, plan, objects, compiled, opts, config))
 
 
-def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
+def _serve(project: Project, version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
            compiled: CompiledProto, opts: Options, config: devconfig.DevConfig) -> int:
     for line in remove_stale_work_dirs(Path(tempfile.gettempdir())):
         click.echo(line, err=True)
     with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
+        work.chmod(0o711)  # the pods' users reach their own folders in it, list nothing
         nats: NatsServer | None = None
         try:
             if opts.nats_url is None:
@@ -422,7 +444,8 @@ def _serve(version: Version, plan: VersionPlan, objects: list[dict[str, Any]],
                     click.echo(f"error: {exc}", err=True)
                     return EXIT_INPUT
             url = opts.nats_url or (nats.url if nats else "")
-            return asyncio.run(run(version, plan, objects, compiled, opts, config, url, work))
+            return asyncio.run(run(project, version, plan, objects, compiled, opts, config,
+                                   url, work))
         finally:
             if nats is not None:
                 if nats.proc is not None and nats.proc.poll() is None:
@@ -438,6 +461,9 @@ def remove_stale_work_dirs(tmp: Path) -> list[str]:
         pid = path.name[len(WORK_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or pid_alive(int(pid)) or not path.is_dir() or path.is_symlink():
             continue
+        for folder, _, _ in os.walk(path):  # its read-only volumes (0555) become removable
+            with contextlib.suppress(OSError):
+                os.chmod(folder, 0o700)
         shutil.rmtree(path, ignore_errors=True)
         said.append(f"removed {path}: left by kai dev (pid {pid}), which was killed")
     return said

@@ -2,7 +2,8 @@
 
 A declared variable reaches every node as an environment variable of its name,
 as the Secret's `secretKeyRef` does in the cluster. A declared file is written
-into the local config directory under its name, where the cluster mounts it.
+into the pod's config volume under its name (renderer.cli.devpod), as the Secret's
+volume is mounted in the cluster.
 For a file, `NAME=@path` reads the value from a file; any other value is the
 file's content.
 """
@@ -23,11 +24,6 @@ class ConfigError(Exception):
 class DevConfig:
     variables: dict[str, str]
     files: dict[str, bytes]
-
-    def write_files(self, config_dir: Path) -> None:
-        config_dir.mkdir(parents=True, exist_ok=True)
-        for name, content in self.files.items():
-            (config_dir / name).write_bytes(content)
 
 
 def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:

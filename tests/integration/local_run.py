@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from renderer.cli.dev import render_local, rendered_specs
+from renderer.cli.devconfig import DevConfig
 from renderer.project import Project
 from renderer.validate import load_version
 from runner.client import call, find_rpc, parse_request
@@ -100,10 +101,11 @@ async def running(version_dir: Path, nats_url: str, work: Path,
     version = load_version(version_dir)
     _, objects = render_local(PROJECT, version)
     port, web_port = free_port(), free_port()
-    config_dir = work / "config"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    specs = rendered_specs(objects, version.directory.resolve(), nats_url, config_dir,
-                           dict(env or {}), port, web_port)
+    config = DevConfig(variables={n: (env or {})[n] for n in version.config.variables
+                                  if n in (env or {})},
+                       files={n: (env or {})[n].encode() for n in version.config.files
+                              if n in (env or {})})
+    specs = rendered_specs(objects, work, nats_url, config, port, web_port)
     if process_env:
         specs = [replace(s, env={**s.env, **process_env}) for s in specs]
     specs = [replace(s, grace=grace) for s in specs]

@@ -75,12 +75,10 @@ def test_shared_src_and_imported_protos_win_over_stale_pb2_files(
         (version / stale).write_text(STALE_PB2)
     (version / "src" / "common").mkdir()
     (version / "src" / "common" / "text.py").write_text(TEXT)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = tmp_path / "work" / "pods" / "shared-v1-shout" / "tmp"  # the pod's /tmp
 
     async def scenario() -> None:
-        async with running(version, shared_nats.url, tmp_path / "work",
-                           env={"TMPDIR": str(tmp)}) as run:
+        async with running(version, shared_nats.url, tmp_path / "work") as run:
             reply = await run.call("Shout", {"word": {"text": "hi"}})
             assert _pb2_folders(tmp)  # the running node's
         assert reply.word.text == "HI!"  # type: ignore[attr-defined]

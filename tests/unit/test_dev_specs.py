@@ -16,6 +16,7 @@ from renderer.cli.dev import (
     render_local,
     rendered_specs,
 )
+from renderer.cli.devconfig import DevConfig
 from renderer.krt import Config
 from renderer.project import Project
 from renderer.validate import load_version
@@ -33,14 +34,14 @@ def objects() -> list[dict[str, Any]]:
     return render_local(PROJECT, version)[1]  # no config source in kai.yaml: kai dev needs none
 
 
-def specs(secrets: dict[str, str] | None = None) -> dict[str, Any]:
-    out = rendered_specs(objects(), Path("/v"), "nats://127.0.0.1:1", Path("/cfg"),
-                         {"API_KEY": "s3cret"} if secrets is None else secrets, 7000, 7001)
+def specs(work: Path, secrets: dict[str, str] | None = None) -> dict[str, Any]:
+    config = DevConfig({"API_KEY": "s3cret"} if secrets is None else secrets, {})
+    out = rendered_specs(objects(), work, "nats://127.0.0.1:1", config, 7000, 7001)
     return {s.name: s for s in out}
 
 
-def test_each_deployment_runs_with_its_command_env_probes_and_grace() -> None:
-    by_name = specs()
+def test_each_deployment_runs_with_its_command_env_probes_and_grace(tmp_path: Path) -> None:
+    by_name = specs(tmp_path)
     assert sorted(by_name) == ["greeter-v1-entrypoint", "greeter-v1-etl",
                                "greeter-v1-inference", "greeter-v1-output"]
     ep, etl = by_name["greeter-v1-entrypoint"], by_name["greeter-v1-etl"]
@@ -48,9 +49,13 @@ def test_each_deployment_runs_with_its_command_env_probes_and_grace() -> None:
     assert ep.env[contract.ENV_GRPC_PORT] == "7000" and ep.env[contract.ENV_WEB_PORT] == "7001"
     assert etl.free_ports == (contract.ENV_WEB_PORT,)
     for spec in (ep, etl):
-        assert spec.env[contract.ENV_VERSION_DIR] == "/v"
+        # the version volume of its own pod, on this machine
+        pod = tmp_path / "pods" / spec.name
+        assert spec.env[contract.ENV_VERSION_DIR] == str(pod / "version")
+        assert spec.env["TMPDIR"] == spec.env["HOME"] == str(pod / "tmp")
         assert spec.env[contract.ENV_NATS_URL] == "nats://127.0.0.1:1"
-        assert spec.env[contract.ENV_CONFIG_DIR] == "/cfg"
+        # no config file declared: no config volume, the pod's path is left as it is
+        assert spec.env[contract.ENV_CONFIG_DIR] == contract.CONFIG_MOUNT
         assert spec.env[contract.ENV_BIND_HOST] == "127.0.0.1"
     # a secretKeyRef gets its value; the entrypoint, as in the cluster, does not get it
     assert etl.env["API_KEY"] == "s3cret" and "API_KEY" not in ep.env
@@ -66,28 +71,28 @@ def test_each_deployment_runs_with_its_command_env_probes_and_grace() -> None:
                                          etl.liveness.failure_threshold) == (20, 10, 3)
 
 
-def test_the_rendered_grace_period_covers_the_runners_drain() -> None:
-    for spec in specs().values():
+def test_the_rendered_grace_period_covers_the_runners_drain(tmp_path: Path) -> None:
+    for spec in specs(tmp_path).values():
         assert spec.grace is not None and spec.grace >= runner_main.DEFAULT_GRACE, spec.name
 
 
-def test_what_kai_dev_cannot_run_gets_one_line() -> None:
+def test_what_kai_dev_cannot_run_gets_one_line(tmp_path: Path) -> None:
     with pytest.raises(DevError, match="config API_KEY is not set: pass --config API_KEY="):
-        specs({})
+        specs(tmp_path / "a", {})
     [deployment] = [o for o in objects() if o["metadata"]["name"] == "greeter-v1-etl"]
     odd = copy.deepcopy(deployment)
     odd["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", "serve"]
     with pytest.raises(DevError, match="greeter-v1-etl: cannot run its command"):
-        deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
+        deployment_spec(odd, {}, tmp_path, "", DevConfig({"API_KEY": "x"}, {}), 1, 2)
     odd = copy.deepcopy(deployment)
     odd["spec"]["template"]["spec"]["containers"][0]["env"].append(
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     with pytest.raises(DevError, match="env POD_IP: kai dev runs only a value or a secretKeyRef"):
-        deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
+        deployment_spec(odd, {}, tmp_path, "", DevConfig({"API_KEY": "x"}, {}), 1, 2)
     odd = copy.deepcopy(deployment)
     odd["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = 1
     with pytest.raises(DevError, match="probe port 1 is neither"):
-        deployment_spec(odd, Path("/v"), "", Path("/c"), {"API_KEY": "x"}, 1, 2)
+        deployment_spec(odd, {}, tmp_path, "", DevConfig({"API_KEY": "x"}, {}), 1, 2)
 
 
 def test_only_the_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:

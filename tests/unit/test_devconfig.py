@@ -17,8 +17,6 @@ def test_values_come_from_the_command_line_first_then_the_environment(tmp_path: 
                      {"API_KEY": "from-env", "REGION": "eu", "INLINE": "text"})
     assert config.variables == {"API_KEY": "from-flag", "REGION": "eu", "EMPTY": ""}
     assert config.files == {"CERT": b"-----BEGIN-----\n", "INLINE": b"text"}
-    config.write_files(tmp_path / "cfg")
-    assert (tmp_path / "cfg" / "INLINE").read_text() == "text"
 
 
 @pytest.mark.parametrize(

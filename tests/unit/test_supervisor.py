@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,14 @@ if mode == "fail":
     sys.exit(3)
 if mode == "silent":
     time.sleep(30)
+if mode == "write":  # reports who it runs as and whether it can write FAKE_WRITE
+    try:
+        with open(os.environ["FAKE_WRITE"], "a") as f:
+            f.write("x")
+        outcome = "ok"
+    except OSError as exc:
+        outcome = __import__("errno").errorcode[exc.errno]
+    print("uid " + str(os.getuid()) + " write " + outcome, flush=True)
 if mode == "http":  # /readyz and /healthz fail while FAKE_DIR/readyz or FAKE_DIR/healthz exist
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -324,3 +333,55 @@ def test_stop_is_ordered_entrypoint_first_and_kills_after_each_grace(
     assert "v1-stubborn did not stop within 0.5s: killing it" in lines
     assert lines.index("stopping v1-entrypoint") < lines.index("stopping v1-a, v1-stubborn")
     assert not any(alive(c.pid) for c in children)
+
+
+def _write_check(fake_python: str, tmp_path: Path, **kw: Any) -> list[str]:
+    """Run one "write" child with the spec fields `kw`; its `uid N write OUTCOME` line."""
+    folder = tmp_path / "ro"
+    folder.mkdir(parents=True)
+    (folder / "file").write_text("mine")
+    for path in (folder / "file", folder):
+        os.chown(path, 65534, 65534)  # neither root's nor the child's
+    (folder / "file").chmod(0o444)
+    folder.chmod(0o555)
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        env = {"FAKE_WRITE": str(folder / "file")}
+        async with Supervisor([spec("v1-w", "write", env=env, **kw)], python=fake_python,
+                              echo=lines.append, color=False, ready_timeout=20):
+            pass
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    folder.chmod(0o755)
+    return [line.split("| ", 1)[1] for line in lines if "| uid " in line]
+
+
+root_on_linux = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="root on Linux only: that is where root would ignore the permission bits")
+
+
+@root_on_linux
+def test_without_capabilities_root_cannot_write_a_read_only_file(
+        fake_python: str, tmp_path: Path) -> None:
+    assert _write_check(fake_python, tmp_path / "a") == ["uid 0 write ok"]  # what it guards
+    assert _write_check(fake_python, tmp_path / "b", drop_caps=True) == ["uid 0 write EACCES"]
+
+
+@root_on_linux
+def test_a_child_runs_as_the_user_it_is_given(fake_python: str, tmp_path: Path) -> None:
+    import subprocess
+
+    try:
+        runs = subprocess.run([sys.executable, "-c", "pass"], user=10001, group=10001,
+                              extra_groups=[], cwd="/", capture_output=True,
+                              check=False).returncode == 0
+    except OSError:
+        runs = False
+    if not runs:
+        pytest.skip(f"{sys.executable} cannot be run by uid 10001 here")
+    tmp_path.chmod(0o755)
+    Path(fake_python).chmod(0o755)
+    assert _write_check(fake_python, tmp_path, user=10001, group=10001) == [
+        "uid 10001 write EACCES"]
