@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -32,7 +31,7 @@ from runner import contract
 
 from . import __version__, checks, output
 from .giturl import flux_url
-from .krt import Version
+from .krt import Config, Version
 from .plan import (
     ACTIVE_SERVICE,
     ENTRYPOINT,
@@ -49,10 +48,12 @@ from .project import (
     DEPLOY_DIR,
     KUSTOMIZATION,
     PROJECT_FILE,
-    PUBLISHED,
     VERSIONS_DIR,
     ConfigSource,
     Project,
+    lacks_config_source,
+    no_config_source,
+    too_many_published,
 )
 from .templateyaml import parse
 from .yamlsafe import load_yaml
@@ -129,15 +130,11 @@ def configmap_key(path: str) -> str:
 def nats_ports(url: str) -> list[int]:
     """The TCP ports of a (possibly comma-separated) NATS URL; 4222 when none is given."""
     ports = set()
-    for part in url.split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for server in contract.nats_servers(url):
         try:
-            port = urlsplit(part if "://" in part else f"nats://{part}").port
+            ports.add(contract.nats_address(server)[1])
         except ValueError:
-            port = None
-        ports.add(port or contract.NATS_PORT)
+            ports.add(contract.NATS_PORT)
     return sorted(ports) or [contract.NATS_PORT]
 
 
@@ -269,14 +266,13 @@ def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> 
 
 
 def _config_objects(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
-    declared = sorted({*plan.config_variables, *plan.config_files})
-    if not declared:
+    declared = Config(plan.config_variables, plan.config_files)
+    if not declared.declared:
         return []
     source = plan.config_source
-    if source is None or not source.secret:
-        raise _version_problem(plan, (
-            f"declares config ({', '.join(declared)}) but kai.yaml names no Secret for it; "
-            f"set versions.{plan.version}.config before starting it"))
+    if lacks_config_source(declared, source):
+        raise _version_problem(plan, no_config_source(plan.version, declared))
+    assert source is not None
     clash = sorted(set(plan.config_variables) & {k for p in plan.processes for k in p.env})
     if clash:
         raise _version_problem(plan, f"config variables {', '.join(clash)} clash with the "
@@ -381,12 +377,10 @@ def render_project(project: Project, versions: Mapping[str, Version]) -> dict[st
 
 
 def check_published(project: Project) -> None:
-    """At most one version is published (there is one active-entrypoint per project)."""
-    published = sorted(n for n, vs in project.versions.items() if vs.state == PUBLISHED)
-    if len(published) > 1:
-        raise RenderError([Problem("kai.yaml", path="versions", message=(
-            f"{len(published)} versions are published ({', '.join(published)}); at most one "
-            "may be, since there is one active-entrypoint Service per project"))])
+    """At most one version is published (renderer.project holds the rule)."""
+    message = too_many_published({n: vs.state for n, vs in sorted(project.versions.items())})
+    if message:
+        raise RenderError([Problem("kai.yaml", path="versions", message=message)])
 
 
 def versions_tree(project: Project, versions: Mapping[str, Version],

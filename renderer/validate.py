@@ -25,7 +25,14 @@ from .krtfile import extract_krt
 from .nodesource import source_problems
 from .plan import MAX_NAME, FilesTooLarge, derived_names, read_files
 from .problems import InputError, Problem
-from .project import PROJECT_FILE, PUBLISHED, STARTED, VERSIONS_DIR, Project
+from .project import (
+    PROJECT_FILE,
+    PUBLISHED,
+    STARTED,
+    VERSIONS_DIR,
+    Project,
+    lacks_config_source,
+)
 from .projectfile import read_project
 from .schemacheck import schema_problems
 from .versionfiles import VersionFilesError, left_out, shipped_files
@@ -564,7 +571,7 @@ def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Ve
         if name not in loaded or vs.state not in (STARTED, PUBLISHED):
             continue
         config = loaded[name][0].config
-        if config.declared and vs.config is None:
+        if lacks_config_source(config, vs.config):
             declared = "; ".join(
                 f"{kind}: {', '.join(names)}"
                 for kind, names in (("variables", config.variables), ("files", config.files))
