@@ -36,7 +36,6 @@ from .plan import (
     EXTERNAL_SECRET,
     MANAGED_BY,
     SEALED_SECRET,
-    SECRET,
     PlanError,
     Process,
     VersionPlan,
@@ -44,6 +43,9 @@ from .plan import (
     configmap_key,
     is_running,
     labels,
+)
+from .plan import (
+    SECRET as SECRET,  # kai dev names the kind of its local config source
 )
 from .problems import InputError, Problem
 from .project import (
