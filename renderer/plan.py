@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runner import contract
 
-from .krt import Config, Version
+from .krt import Config, Node, Version
 from .project import (
     PUBLISHED,
     STARTED,
@@ -333,74 +333,12 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
     state = state or project.state_of(version.name)
     vs = project.versions.get(version.name)
     v = version.name
-    workflows = tuple(
-        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
-    )
+    workflows = plan_workflows(version)
     files = version_files(version)
-    base = contract.RunnerEnv(
-        project=project.name,
-        version=v,
-        version_dir=contract.VERSION_MOUNT,
-        proto=version.proto,
-        workflows=workflows,
-        nats_url=project.nats.url,
-        config_variables=version.config.variables,
-        config_files=version.config.files,
-        config_dir=contract.CONFIG_MOUNT,
-        storage=project.nats.storage,
-        **asdict(project.runtime_of(v).settings()),
-    )
-    ep_name = entrypoint_name(v)
-    ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, ep_name)
-    ep_labels.update({"type": ENTRYPOINT, "version-name": ep_name})
-    processes = [
-        Process(
-            name=ep_name,
-            component=ENTRYPOINT,
-            node=None,
-            image=version.entrypoint_image,
-            command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
-            env=base.to_environ(),
-            ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
-            replicas=1,
-            gpu=False,
-            labels=ep_labels,
-            selector={"type": ENTRYPOINT, "version-name": ep_name},
-            resources=project.resources,
-            container=ENTRYPOINT,
-            limits=dict(project.resources.limits),
-            readiness=Probe(contract.GRPC_PORT, failure_threshold=3),
-            liveness=Probe("web", "/healthz", period=20, initial_delay=10),
-        )
-    ]
-    for node in sorted(version.nodes, key=lambda n: n.name):
-        name = node_process_name(v, node.name)
-        env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
-        node_labels = labels(project.name, v, NODE, node.name, name)
-        node_labels.update({"type": NODE, "version-name": v})
-        processes.append(
-            Process(
-                name=name,
-                component=NODE,
-                node=node.name,
-                image=node.image,
-                command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
-                env=env.to_environ(),
-                ports=(Port("metrics", contract.NODE_WEB_PORT),),
-                replicas=node.replicas,
-                gpu=node.gpu,
-                labels=node_labels,
-                selector={"app.kubernetes.io/instance": name},
-                resources=project.resources,
-                container=node.name,
-                limits={**project.resources.limits, **({GPU: "1"} if node.gpu else {})},
-                readiness=Probe(contract.NODE_WEB_PORT, "/readyz", failure_threshold=3),
-                liveness=Probe(contract.NODE_WEB_PORT, "/healthz", period=20, initial_delay=10),
-                tolerations=(Toleration(GPU),) if node.gpu else (),
-                secret_env=version.config.variables,
-                secret_files=version.config.files,
-            )
-        )
+    base = runner_env(project, version, workflows)
+    processes = [entrypoint_process(project, version, base)]
+    processes += [node_process(project, version, node, base)
+                  for node in sorted(version.nodes, key=lambda n: n.name)]
     return VersionPlan(
         project=project.name,
         namespace=project.namespace,
@@ -415,6 +353,88 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         config_files=version.config.files,
         config_source=vs.config if vs else None,
         workflows=workflows,
+    )
+
+
+def plan_workflows(version: Version) -> tuple[contract.Workflow, ...]:
+    """The version's workflows as the runner reads them."""
+    return tuple(
+        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
+    )
+
+
+def runner_env(project: Project, version: Version,
+               workflows: tuple[contract.Workflow, ...]) -> contract.RunnerEnv:
+    """The environment every process of the version shares (cluster paths)."""
+    return contract.RunnerEnv(
+        project=project.name,
+        version=version.name,
+        version_dir=contract.VERSION_MOUNT,
+        proto=version.proto,
+        workflows=workflows,
+        nats_url=project.nats.url,
+        config_variables=version.config.variables,
+        config_files=version.config.files,
+        config_dir=contract.CONFIG_MOUNT,
+        storage=project.nats.storage,
+        **asdict(project.runtime_of(version.name).settings()),
+    )
+
+
+def entrypoint_process(project: Project, version: Version, base: contract.RunnerEnv) -> Process:
+    """The entrypoint: the gRPC server that starts the version's workflows."""
+    v = version.name
+    name = entrypoint_name(v)
+    ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, name)
+    ep_labels.update({"type": ENTRYPOINT, "version-name": name})
+    return Process(
+        name=name,
+        component=ENTRYPOINT,
+        node=None,
+        image=version.entrypoint_image,
+        command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
+        env=base.to_environ(),
+        ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
+        replicas=1,
+        gpu=False,
+        labels=ep_labels,
+        selector={"type": ENTRYPOINT, "version-name": name},
+        resources=project.resources,
+        container=ENTRYPOINT,
+        limits=dict(project.resources.limits),
+        readiness=Probe(contract.GRPC_PORT, failure_threshold=3),
+        liveness=Probe("web", "/healthz", period=20, initial_delay=10),
+    )
+
+
+def node_process(project: Project, version: Version, node: Node,
+                 base: contract.RunnerEnv) -> Process:
+    """One node of the version, with its config and, for a GPU node, a GPU."""
+    v = version.name
+    name = node_process_name(v, node.name)
+    env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
+    node_labels = labels(project.name, v, NODE, node.name, name)
+    node_labels.update({"type": NODE, "version-name": v})
+    return Process(
+        name=name,
+        component=NODE,
+        node=node.name,
+        image=node.image,
+        command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
+        env=env.to_environ(),
+        ports=(Port("metrics", contract.NODE_WEB_PORT),),
+        replicas=node.replicas,
+        gpu=node.gpu,
+        labels=node_labels,
+        selector={"app.kubernetes.io/instance": name},
+        resources=project.resources,
+        container=node.name,
+        limits={**project.resources.limits, **({GPU: "1"} if node.gpu else {})},
+        readiness=Probe(contract.NODE_WEB_PORT, "/readyz", failure_threshold=3),
+        liveness=Probe(contract.NODE_WEB_PORT, "/healthz", period=20, initial_delay=10),
+        tolerations=(Toleration(GPU),) if node.gpu else (),
+        secret_env=version.config.variables,
+        secret_files=version.config.files,
     )
 
 
