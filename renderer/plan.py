@@ -58,6 +58,13 @@ class Port:
 
 
 @dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int  # the Service's port
+    target: int  # the entrypoint container's port
+
+
+@dataclass(frozen=True)
 class Probe:
     """A readiness or liveness probe: gRPC health on `port`, or HTTP GET `path` when set."""
 
@@ -155,6 +162,12 @@ class VersionPlan:
     @property
     def secret_name(self) -> str | None:
         return self.config_source.secret if self.config_source else None
+
+    @property
+    def service_ports(self) -> tuple[ServicePort, ...]:
+        """The ports of the version's Service, in front of its entrypoint."""
+        return (ServicePort("grpc", contract.GRPC_PORT, contract.GRPC_PORT),
+                ServicePort("web", 80, contract.WEB_PORT))
 
     @property
     def configmap_labels(self) -> dict[str, str]:

@@ -142,14 +142,7 @@ def _deployment(plan: VersionPlan, process: Process) -> dict[str, Any]:
 
 
 def _service(plan: VersionPlan) -> dict[str, Any]:
-    return render_template(
-        "service",
-        name=plan.service_name,
-        namespace=plan.namespace,
-        selector=plan.entrypoint.selector,
-        grpc_port=contract.GRPC_PORT,
-        web_port=contract.WEB_PORT,
-    )
+    return render_template("service", plan=plan)
 
 
 def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
