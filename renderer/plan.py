@@ -132,6 +132,18 @@ class Process:
 
 
 @dataclass(frozen=True)
+class ExternalSecret:
+    """The ExternalSecret (external-secrets.io) that fills a version's config Secret."""
+
+    name: str  # the Secret's name, and the ExternalSecret's
+    labels: dict[str, str]
+    store: str
+    store_kind: str
+    remote_key: str
+    keys: tuple[str, ...]  # every declared config name, sorted
+
+
+@dataclass(frozen=True)
 class VersionPlan:
     project: str
     namespace: str
@@ -182,6 +194,21 @@ class VersionPlan:
     def config(self) -> Config:
         """The config the version declares."""
         return Config(self.config_variables, self.config_files)
+
+    @property
+    def external_secret(self) -> ExternalSecret | None:
+        """The ExternalSecret to render, when declared config comes from one."""
+        source = self.config_source
+        if not self.config.declared or source is None or source.kind != EXTERNAL_SECRET:
+            return None
+        return ExternalSecret(
+            name=source.secret,
+            labels=labels(self.project, self.version, "config", "config", source.secret),
+            store=source.store,
+            store_kind=source.store_kind or "ClusterSecretStore",
+            remote_key=source.remote_key or source.secret,
+            keys=tuple(sorted({*self.config_variables, *self.config_files})),
+        )
 
     @property
     def config_problem(self) -> str | None:

@@ -160,17 +160,8 @@ def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
     )
 
 
-def _externalsecret(plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
-    return render_template(
-        "externalsecret",
-        name=source.secret,
-        namespace=plan.namespace,
-        labels=labels(plan.project, plan.version, "config", "config", source.secret),
-        store=source.store,
-        store_kind=source.store_kind or "ClusterSecretStore",
-        remote_key=source.remote_key or source.secret,
-        keys=sorted({*plan.config_variables, *plan.config_files}),
-    )
+def _externalsecret(plan: VersionPlan) -> dict[str, Any]:
+    return render_template("externalsecret", plan=plan, es=plan.external_secret)
 
 
 def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
@@ -218,7 +209,7 @@ def _config_objects(project: Project, plan: VersionPlan) -> list[dict[str, Any]]
     if source.kind == SECRET:
         return []  # the user creates the Secret; nothing of it enters git
     if source.kind == EXTERNAL_SECRET:
-        return [_externalsecret(plan, source)]
+        return [_externalsecret(plan)]
     return [_sealedsecret(project, plan, source)]
 
 
