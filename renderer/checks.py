@@ -79,6 +79,11 @@ def bundled_versions() -> tuple[tuple[int, int, int], ...]:
     return tuple(sorted(found))
 
 
+def bundled_kubernetes_versions() -> tuple[str, ...]:
+    """The Kubernetes minor versions (like "1.35") there are bundled schemas for, oldest first."""
+    return tuple(dict.fromkeys(f"{major}.{minor}" for major, minor, _ in bundled_versions()))
+
+
 def _parse_minor(version: str) -> tuple[int, int]:
     m = re.match(r"^v?(\d+)\.(\d+)", version.strip())
     if not m:

@@ -1,12 +1,14 @@
 """The krt.yml model: a version's nodes, workflows, config and entrypoint.
 
-`load_version` reads and validates a version directory (see renderer.validate).
+`Version.from_dict` builds the model from krt.yml's data; `load_version` (renderer.validate)
+reads and validates a version directory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MANIFEST_NAMES = ("krt.yml", "krt.yaml")
 
@@ -51,6 +53,46 @@ class Version:
     directory: Path = Path(".")
     manifest: str = "krt.yml"  # file name of the manifest inside `directory`
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], directory: Path = Path("."),
+                  manifest: str = "krt.yml") -> Version:
+        """The Version krt.yml's data describes; tolerant of wrong types (the schema check
+        of renderer.validate says what is wrong)."""
+        entry = dict_or_empty(data.get("entrypoint"))
+        config = dict_or_empty(data.get("config"))
+        nodes = tuple(
+            Node(
+                name=str_or_empty(n.get("name")),
+                image=str_or_empty(n.get("image")),
+                src=str_or_empty(n.get("src")),
+                gpu=n.get("gpu") is True,
+                replicas=int_or(n.get("replicas"), 1),
+            )
+            for n in map(dict_or_empty, list_or_empty(data.get("nodes")))
+        )
+        workflows = tuple(
+            Workflow(
+                name=str_or_empty(w.get("name")),
+                entrypoint=str_or_empty(w.get("entrypoint")),
+                sequential=tuple(str_or_empty(s) for s in list_or_empty(w.get("sequential"))),
+            )
+            for w in map(dict_or_empty, list_or_empty(data.get("workflows")))
+        )
+        return cls(
+            name=str_or_empty(data.get("version")),
+            description=str_or_empty(data.get("description")),
+            proto=str_or_empty(entry.get("proto")),
+            entrypoint_image=str_or_empty(entry.get("image")),
+            nodes=nodes,
+            workflows=workflows,
+            config=Config(
+                variables=tuple(str_or_empty(v) for v in list_or_empty(config.get("variables"))),
+                files=tuple(str_or_empty(v) for v in list_or_empty(config.get("files"))),
+            ),
+            directory=directory,
+            manifest=manifest,
+        )
+
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:
@@ -59,3 +101,29 @@ class Version:
 
     def workflows_of(self, node: str) -> tuple[Workflow, ...]:
         return tuple(w for w in self.workflows if node in w.sequential)
+
+
+# --- reading data of any shape --------------------------------------------------------------
+
+
+def dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def list_or_empty(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def str_or_empty(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def int_or(value: Any, default: int) -> int:
+    """An integer value (a whole float too), else `default` (a bool is no integer here)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return default

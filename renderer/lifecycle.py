@@ -18,7 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .krt import Config
-from .project import PUBLISHED, STARTED, STOPPED, Project, VersionState
+from .project import (
+    PUBLISHED,
+    STARTED,
+    STOPPED,
+    Project,
+    VersionState,
+    lacks_config_source,
+    no_config_source,
+    too_many_published,
+)
 
 START = "start"
 STOP = "stop"
@@ -126,24 +135,13 @@ def transition(
     states = {name: vs.state for name, vs in project.versions.items()}
     for change in changes:
         states[change.version] = change.after
-    if sum(1 for s in states.values() if s == PUBLISHED) > 1:  # kai.yaml was already broken
-        raise LifecycleError(
-            "kai.yaml marks more than one version published; fix kai.yaml so at most "
-            "one version is `published`"
-        )
+    broken = too_many_published(states)
+    if broken:  # kai.yaml was already broken
+        raise LifecycleError(f"kai.yaml: {broken}; fix kai.yaml so at most one is `published`")
     return Transition(action, version, tuple(changes), dict(sorted(states.items())))
 
 
 def _require_config(project: Project, version: str, config: Config | None, action: str) -> None:
-    if config is None or not config.declared:
-        return
     vs = project.versions.get(version)
-    if vs is not None and vs.config is not None:
-        return
-    declared = ", ".join([*config.variables, *config.files])
-    raise LifecycleError(
-        f"cannot {action} {version}: its krt.yml declares config ({declared}) but kai.yaml "
-        f"gives it no source; add one in kai.yaml under `versions: {version}:`, e.g. "
-        f"`config: {{secret: {version}-config}}`, and create that Secret in the namespace "
-        "(or use `externalSecret:` / `sealedSecret:` instead of `secret:`)"
-    )
+    if config is not None and lacks_config_source(config, vs.config if vs else None):
+        raise LifecycleError(f"cannot {action} {version}: {no_config_source(version, config)}")

@@ -11,14 +11,23 @@ Environment names come from runner.contract, the one definition both sides share
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner import contract
 
-from .krt import Version
-from .project import PUBLISHED, STARTED, ConfigSource, Project, Resources
+from .krt import Config, Node, Version
+from .project import (
+    PUBLISHED,
+    STARTED,
+    ConfigSource,
+    Project,
+    Resources,
+    lacks_config_source,
+    no_config_source,
+)
 from .versionfiles import VersionFilesError, shipped_files
 
 MANAGED_BY = "kai"
@@ -28,6 +37,17 @@ ACTIVE_SERVICE = "active-entrypoint"
 MAX_NAME = 63  # DNS-1123 / DNS-1035 label and label-value limit
 HASH_LEN = 10
 CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024  # leave room for metadata under etcd's 1 MiB
+CONFIGMAP_KEY_MAX = 253
+RUN_AS = 10001  # uid and gid of every container
+GRACE_SECONDS = 30
+TMP_SIZE = "256Mi"
+GPU = "nvidia.com/gpu"  # the extended resource (and taint) of a GPU node
+SECRET = "secret"
+EXTERNAL_SECRET = "externalSecret"
+SEALED_SECRET = "sealedSecret"
+CONFIG_KINDS = (SECRET, EXTERNAL_SECRET, SEALED_SECRET)
+
+_KEY_SAFE = re.compile(r"[^-.A-Za-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,41 @@ class Port:
     name: str
     port: int
     protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int  # the Service's port
+    target: int  # the entrypoint container's port
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A readiness or liveness probe: gRPC health on `port`, or HTTP GET `path` when set."""
+
+    port: int | str  # a port number, or the name of one of the container's ports
+    path: str = ""
+    period: int = 10
+    failure_threshold: int | None = None
+    initial_delay: int | None = None
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: str = "Exists"
+    effect: str = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """Where a process finds its files: the version's, its config files and scratch space."""
+
+    version: str = contract.VERSION_MOUNT
+    config: str = contract.CONFIG_MOUNT
+    tmp: str = contract.TMP_DIR
+    tmp_size: str = TMP_SIZE
 
 
 @dataclass(frozen=True)
@@ -53,8 +108,16 @@ class Process:
     labels: dict[str, str]
     selector: dict[str, str]
     resources: Resources
+    container: str  # the container's name: the node's, or ENTRYPOINT
+    limits: dict[str, str]  # the resource limits, with a GPU for a GPU node
+    readiness: Probe
+    liveness: Probe
+    tolerations: tuple[Toleration, ...] = ()
     secret_env: tuple[str, ...] = ()  # config variables, from the version's Secret
     secret_files: tuple[str, ...] = ()  # config files, mounted from the version's Secret
+    run_as: int = RUN_AS  # uid and gid
+    grace_seconds: int = GRACE_SECONDS
+    mounts: Mounts = field(default_factory=Mounts)
 
     def local_env(self, version_dir: Path, nats_url: str, config_dir: Path,
                   ports: dict[str, int] | None = None) -> dict[str, str]:
@@ -66,6 +129,18 @@ class Process:
         for key, value in (ports or {}).items():
             env[key] = str(value)
         return env
+
+
+@dataclass(frozen=True)
+class ExternalSecret:
+    """The ExternalSecret (external-secrets.io) that fills a version's config Secret."""
+
+    name: str  # the Secret's name, and the ExternalSecret's
+    labels: dict[str, str]
+    store: str
+    store_kind: str
+    remote_key: str
+    keys: tuple[str, ...]  # every declared config name, sorted
 
 
 @dataclass(frozen=True)
@@ -100,6 +175,63 @@ class VersionPlan:
     def secret_name(self) -> str | None:
         return self.config_source.secret if self.config_source else None
 
+    @property
+    def service_ports(self) -> tuple[ServicePort, ...]:
+        """The ports of the version's Service, in front of its entrypoint."""
+        return (ServicePort("grpc", contract.GRPC_PORT, contract.GRPC_PORT),
+                ServicePort("web", 80, contract.WEB_PORT))
+
+    @property
+    def configmap_labels(self) -> dict[str, str]:
+        return labels(self.project, self.version, "files", "files", self.configmap_name)
+
+    @property
+    def configmap_items(self) -> list[dict[str, str]]:
+        """Each shipped file's ConfigMap key and its path in the version mount."""
+        return [{"key": configmap_key(path), "path": path} for path in sorted(self.files)]
+
+    @property
+    def config(self) -> Config:
+        """The config the version declares."""
+        return Config(self.config_variables, self.config_files)
+
+    @property
+    def external_secret(self) -> ExternalSecret | None:
+        """The ExternalSecret to render, when declared config comes from one."""
+        source = self.config_source
+        if not self.config.declared or source is None or source.kind != EXTERNAL_SECRET:
+            return None
+        return ExternalSecret(
+            name=source.secret,
+            labels=labels(self.project, self.version, "config", "config", source.secret),
+            store=source.store,
+            store_kind=source.store_kind or "ClusterSecretStore",
+            remote_key=source.remote_key or source.secret,
+            keys=tuple(sorted({*self.config_variables, *self.config_files})),
+        )
+
+    @property
+    def config_problem(self) -> str | None:
+        """Why the version's declared config cannot be supplied as planned, or None."""
+        declared = self.config
+        if not declared.declared:
+            return None
+        source = self.config_source
+        if lacks_config_source(declared, source):
+            return no_config_source(self.version, declared)
+        clash = sorted(set(self.config_variables) & {k for p in self.processes for k in p.env})
+        if clash:
+            return (f"config variables {', '.join(clash)} clash with the runner's own "
+                    "environment variables")
+        assert source is not None
+        if source.kind not in CONFIG_KINDS:
+            return (f"unknown config source kind {source.kind!r} "
+                    f"(allowed: {', '.join(CONFIG_KINDS)})")
+        if source.kind == EXTERNAL_SECRET and not source.store:
+            return (f"config source {EXTERNAL_SECRET} needs `store` "
+                    "(the SecretStore or ClusterSecretStore to read from)")
+        return None
+
 
 class PlanError(Exception):
     """The version cannot be planned as asked (too large for a ConfigMap, ...)."""
@@ -122,6 +254,19 @@ def configmap_name(version: str, files: dict[str, bytes]) -> str:
 
 def _files_name(version: str, digest: str) -> str:
     return f"{version}-files-{digest}"
+
+
+def configmap_key(path: str) -> str:
+    """A ConfigMap key for a version-relative path (keys cannot hold `/`).
+
+    Every character outside `[-.A-Za-z0-9]` (including `_` itself) becomes `_XX` (hex),
+    so the mapping is one-to-one: `src/main.py` -> `src_2Fmain.py`. A key that would be
+    too long becomes `_H` + a hash of the path. Pods get the tree back through `items`.
+    """
+    key = _KEY_SAFE.sub(lambda m: "".join(f"_{b:02X}" for b in m[0].encode()), path)
+    if len(key) > CONFIGMAP_KEY_MAX or key.startswith(".."):
+        key = "_H" + hashlib.sha256(path.encode()).hexdigest()
+    return key
 
 
 def content_hash(files: dict[str, bytes]) -> str:
@@ -228,65 +373,12 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
     state = state or project.state_of(version.name)
     vs = project.versions.get(version.name)
     v = version.name
-    workflows = tuple(
-        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
-    )
+    workflows = plan_workflows(version)
     files = version_files(version)
-    base = contract.RunnerEnv(
-        project=project.name,
-        version=v,
-        version_dir=contract.VERSION_MOUNT,
-        proto=version.proto,
-        workflows=workflows,
-        nats_url=project.nats.url,
-        config_variables=version.config.variables,
-        config_files=version.config.files,
-        config_dir=contract.CONFIG_MOUNT,
-        storage=project.nats.storage,
-        **asdict(project.runtime_of(v).settings()),
-    )
-    ep_name = entrypoint_name(v)
-    ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, ep_name)
-    ep_labels.update({"type": ENTRYPOINT, "version-name": ep_name})
-    processes = [
-        Process(
-            name=ep_name,
-            component=ENTRYPOINT,
-            node=None,
-            image=version.entrypoint_image,
-            command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
-            env=base.to_environ(),
-            ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
-            replicas=1,
-            gpu=False,
-            labels=ep_labels,
-            selector={"type": ENTRYPOINT, "version-name": ep_name},
-            resources=project.resources,
-        )
-    ]
-    for node in sorted(version.nodes, key=lambda n: n.name):
-        name = node_process_name(v, node.name)
-        env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
-        node_labels = labels(project.name, v, NODE, node.name, name)
-        node_labels.update({"type": NODE, "version-name": v})
-        processes.append(
-            Process(
-                name=name,
-                component=NODE,
-                node=node.name,
-                image=node.image,
-                command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
-                env=env.to_environ(),
-                ports=(Port("metrics", contract.NODE_WEB_PORT),),
-                replicas=node.replicas,
-                gpu=node.gpu,
-                labels=node_labels,
-                selector={"app.kubernetes.io/instance": name},
-                resources=project.resources,
-                secret_env=version.config.variables,
-                secret_files=version.config.files,
-            )
-        )
+    base = runner_env(project, version, workflows)
+    processes = [entrypoint_process(project, version, base)]
+    processes += [node_process(project, version, node, base)
+                  for node in sorted(version.nodes, key=lambda n: n.name)]
     return VersionPlan(
         project=project.name,
         namespace=project.namespace,
@@ -301,6 +393,88 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         config_files=version.config.files,
         config_source=vs.config if vs else None,
         workflows=workflows,
+    )
+
+
+def plan_workflows(version: Version) -> tuple[contract.Workflow, ...]:
+    """The version's workflows as the runner reads them."""
+    return tuple(
+        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
+    )
+
+
+def runner_env(project: Project, version: Version,
+               workflows: tuple[contract.Workflow, ...]) -> contract.RunnerEnv:
+    """The environment every process of the version shares (cluster paths)."""
+    return contract.RunnerEnv(
+        project=project.name,
+        version=version.name,
+        version_dir=contract.VERSION_MOUNT,
+        proto=version.proto,
+        workflows=workflows,
+        nats_url=project.nats.url,
+        config_variables=version.config.variables,
+        config_files=version.config.files,
+        config_dir=contract.CONFIG_MOUNT,
+        storage=project.nats.storage,
+        **asdict(project.runtime_of(version.name).settings()),
+    )
+
+
+def entrypoint_process(project: Project, version: Version, base: contract.RunnerEnv) -> Process:
+    """The entrypoint: the gRPC server that starts the version's workflows."""
+    v = version.name
+    name = entrypoint_name(v)
+    ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, name)
+    ep_labels.update({"type": ENTRYPOINT, "version-name": name})
+    return Process(
+        name=name,
+        component=ENTRYPOINT,
+        node=None,
+        image=version.entrypoint_image,
+        command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
+        env=base.to_environ(),
+        ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
+        replicas=1,
+        gpu=False,
+        labels=ep_labels,
+        selector={"type": ENTRYPOINT, "version-name": name},
+        resources=project.resources,
+        container=ENTRYPOINT,
+        limits=dict(project.resources.limits),
+        readiness=Probe(contract.GRPC_PORT, failure_threshold=3),
+        liveness=Probe("web", "/healthz", period=20, initial_delay=10),
+    )
+
+
+def node_process(project: Project, version: Version, node: Node,
+                 base: contract.RunnerEnv) -> Process:
+    """One node of the version, with its config and, for a GPU node, a GPU."""
+    v = version.name
+    name = node_process_name(v, node.name)
+    env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
+    node_labels = labels(project.name, v, NODE, node.name, name)
+    node_labels.update({"type": NODE, "version-name": v})
+    return Process(
+        name=name,
+        component=NODE,
+        node=node.name,
+        image=node.image,
+        command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
+        env=env.to_environ(),
+        ports=(Port("metrics", contract.NODE_WEB_PORT),),
+        replicas=node.replicas,
+        gpu=node.gpu,
+        labels=node_labels,
+        selector={"app.kubernetes.io/instance": name},
+        resources=project.resources,
+        container=node.name,
+        limits={**project.resources.limits, **({GPU: "1"} if node.gpu else {})},
+        readiness=Probe(contract.NODE_WEB_PORT, "/readyz", failure_threshold=3),
+        liveness=Probe(contract.NODE_WEB_PORT, "/healthz", period=20, initial_delay=10),
+        tolerations=(Toleration(GPU),) if node.gpu else (),
+        secret_env=version.config.variables,
+        secret_files=version.config.files,
     )
 
 

@@ -6,6 +6,7 @@ renderer.projectfile; this module only holds the typed model the plan reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,8 @@ from runner.contract import (
     DEFAULT_NATS_URL,
     DEFAULT_REQUEST_TIMEOUT,
 )
+
+from .krt import Config
 
 STOPPED = "stopped"
 STARTED = "started"
@@ -206,3 +209,46 @@ class Project:
 def default_images() -> tuple[ImageMapping, ...]:
     """The image map `kai init` writes: KRE images run on our runner image."""
     return tuple(ImageMapping(name, RUNNER_IMAGE, RUNNER_TAG) for name in KRE_IMAGES)
+
+
+# --- rules over the desired states ----------------------------------------------------------
+
+
+def published_conflicts(states: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The rule that at most one version is published (there is one active-entrypoint
+    Service per project): (version, the first published) for each published version
+    after the first, in the order of `states` (version name -> state)."""
+    published = [name for name, state in states.items() if state == PUBLISHED]
+    return [(name, published[0]) for name in published[1:]]
+
+
+def published_conflict(first: str) -> str:
+    """What is wrong with a version published while `first` is published too."""
+    return (f"only one version can be published and {first} is published too; "
+            "set one of them to started")
+
+
+def too_many_published(states: Mapping[str, str]) -> str | None:
+    """The same rule, said once for the whole project; None when it holds."""
+    conflicts = published_conflicts(states)
+    if not conflicts:
+        return None
+    names = sorted({conflicts[0][1], *(name for name, _ in conflicts)})
+    return (f"{len(names)} versions are published ({', '.join(names)}); at most one may be, "
+            "since there is one active-entrypoint Service per project")
+
+
+def lacks_config_source(config: Config, source: ConfigSource | None) -> bool:
+    """The rule that config a version declares needs a source (a Secret) in kai.yaml."""
+    return config.declared and (source is None or not source.secret)
+
+
+def no_config_source(version: str, config: Config) -> str:
+    """What to do about declared config that kai.yaml gives no source."""
+    declared = ", ".join(dict.fromkeys([*config.variables, *config.files]))
+    return (
+        f"its krt.yml declares config ({declared}) but kai.yaml gives it no source; add one "
+        f"in kai.yaml under `versions: {version}:`, e.g. `config: {{secret: {version}-config}}`, "
+        "and create that Secret in the namespace (or use `externalSecret:` / `sealedSecret:` "
+        "instead of `secret:`)"
+    )

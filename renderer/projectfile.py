@@ -9,7 +9,6 @@ comments, key order and style (a round-trip edit with ruamel.yaml).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,10 +17,10 @@ import yaml
 from runner import contract
 
 from .atomic import write_file
+from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
 from .project import (
     PROJECT_FILE,
-    PUBLISHED,
     STOPPED,
     ConfigSource,
     DataStream,
@@ -32,6 +31,8 @@ from .project import (
     Resources,
     Runtime,
     VersionState,
+    published_conflict,
+    published_conflicts,
 )
 from .schemacheck import schema_problems
 from .units import (
@@ -91,15 +92,6 @@ def read_project(root: Path, display_root: Path | None = None) -> tuple[Project,
 # --- checks a schema cannot express ---------------------------------------------------------
 
 
-@functools.cache
-def bundled_kubernetes_versions() -> tuple[str, ...]:
-    """The Kubernetes minor versions (like "1.35") kubernetes-validate has schemas for."""
-    from kubernetes_validate import utils
-
-    minors = {".".join(v.split(".")[:2]) for v in utils.all_versions()}
-    return tuple(sorted(minors, key=lambda v: tuple(int(p) for p in v.split("."))))
-
-
 def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     data = doc.data
     out: list[Problem] = []
@@ -121,16 +113,11 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
             ))
         else:
             seen_images[name] = i
-    published: list[str] = []
-    for name, entry in data.get("versions", {}).items():
-        if entry.get("state") == PUBLISHED:
-            if published:
-                out.append(doc.problem(
-                    ("versions", name, "state"),
-                    f"only one version can be published and {published[0]} is published too; "
-                    "set one of them to started",
-                ))
-            published.append(name)
+    versions = data.get("versions", {})
+    states = {name: entry.get("state") for name, entry in versions.items()}
+    for name, first in published_conflicts(states):
+        out.append(doc.problem(("versions", name, "state"), published_conflict(first)))
+    for name, entry in versions.items():
         sealed = entry.get("config", {}).get("sealedSecret")
         if sealed:
             message = _repo_file_problem(root, sealed["file"])

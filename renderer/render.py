@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -36,40 +33,37 @@ from .krt import Version
 from .plan import (
     ACTIVE_SERVICE,
     ENTRYPOINT,
+    EXTERNAL_SECRET,
     MANAGED_BY,
+    SEALED_SECRET,
     PlanError,
     Process,
     VersionPlan,
     build_plan,
+    configmap_key,
     is_running,
     labels,
+)
+from .plan import (
+    SECRET as SECRET,  # kai dev names the kind of its local config source
 )
 from .problems import InputError, Problem
 from .project import (
     DEPLOY_DIR,
     KUSTOMIZATION,
     PROJECT_FILE,
-    PUBLISHED,
     VERSIONS_DIR,
     ConfigSource,
     Project,
+    too_many_published,
 )
 from .templateyaml import parse
 from .yamlsafe import load_yaml
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
-RUN_AS = 10001  # uid and gid of every container
-GRACE_SECONDS = 30
-TMP_SIZE = "256Mi"
 ARGOCD_NAMESPACE = "argocd"
 FLUX_NAMESPACE = "flux-system"
-SECRET = "secret"
-EXTERNAL_SECRET = "externalSecret"
-SEALED_SECRET = "sealedSecret"
-CONFIGMAP_KEY_MAX = 253
 OBJECT_LIMIT = 1024 * 1024  # etcd's limit for one object
-
-_KEY_SAFE = re.compile(r"[^-.A-Za-z0-9]")
 
 
 class RenderError(InputError):
@@ -113,31 +107,14 @@ def file_name(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
 
 
-def configmap_key(path: str) -> str:
-    """A ConfigMap key for a version-relative path (keys cannot hold `/`).
-
-    Every character outside `[-.A-Za-z0-9]` (including `_` itself) becomes `_XX` (hex),
-    so the mapping is one-to-one: `src/main.py` -> `src_2Fmain.py`. A key that would be
-    too long becomes `_H` + a hash of the path. Pods get the tree back through `items`.
-    """
-    key = _KEY_SAFE.sub(lambda m: "".join(f"_{b:02X}" for b in m[0].encode()), path)
-    if len(key) > CONFIGMAP_KEY_MAX or key.startswith(".."):
-        key = "_H" + hashlib.sha256(path.encode()).hexdigest()
-    return key
-
-
 def nats_ports(url: str) -> list[int]:
     """The TCP ports of a (possibly comma-separated) NATS URL; 4222 when none is given."""
     ports = set()
-    for part in url.split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for server in contract.nats_servers(url):
         try:
-            port = urlsplit(part if "://" in part else f"nats://{part}").port
+            ports.add(contract.nats_address(server)[1])
         except ValueError:
-            port = None
-        ports.add(port or contract.NATS_PORT)
+            ports.add(contract.NATS_PORT)
     return sorted(ports) or [contract.NATS_PORT]
 
 
@@ -157,49 +134,15 @@ def _configmap(plan: VersionPlan) -> dict[str, Any]:
             data[key] = content.decode("utf-8")
         except UnicodeDecodeError:
             binary[key] = base64.b64encode(content).decode("ascii")
-    return render_template(
-        "configmap",
-        name=plan.configmap_name,
-        namespace=plan.namespace,
-        labels=labels(plan.project, plan.version, "files", "files", plan.configmap_name),
-        data=data,
-        binary_data=binary,
-    )
+    return render_template("configmap", plan=plan, data=data, binary_data=binary)
 
 
-def _deployment(plan: VersionPlan, process: Process, items: list[dict[str, str]]) -> dict[str, Any]:
-    limits = dict(process.resources.limits)
-    if process.gpu:
-        limits["nvidia.com/gpu"] = "1"
-    return render_template(
-        "deployment",
-        p=process,
-        namespace=plan.namespace,
-        container=ENTRYPOINT if process.node is None else process.node,
-        limits=limits,
-        secret_name=plan.secret_name or "",
-        configmap=plan.configmap_name,
-        items=items,
-        uid=RUN_AS,
-        grace_seconds=GRACE_SECONDS,
-        tmp_size=TMP_SIZE,
-        grpc_port=contract.GRPC_PORT,
-        node_web_port=contract.NODE_WEB_PORT,
-        version_mount=contract.VERSION_MOUNT,
-        config_mount=contract.CONFIG_MOUNT,
-        tmp_dir=contract.TMP_DIR,
-    )
+def _deployment(plan: VersionPlan, process: Process) -> dict[str, Any]:
+    return render_template("deployment", plan=plan, p=process)
 
 
 def _service(plan: VersionPlan) -> dict[str, Any]:
-    return render_template(
-        "service",
-        name=plan.service_name,
-        namespace=plan.namespace,
-        selector=plan.entrypoint.selector,
-        grpc_port=contract.GRPC_PORT,
-        web_port=contract.WEB_PORT,
-    )
+    return render_template("service", plan=plan)
 
 
 def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
@@ -217,20 +160,8 @@ def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
     )
 
 
-def _externalsecret(plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
-    if not source.store:
-        raise _version_problem(plan, f"config source {EXTERNAL_SECRET} needs `store` "
-                                     "(the SecretStore or ClusterSecretStore to read from)")
-    return render_template(
-        "externalsecret",
-        name=source.secret,
-        namespace=plan.namespace,
-        labels=labels(plan.project, plan.version, "config", "config", source.secret),
-        store=source.store,
-        store_kind=source.store_kind or "ClusterSecretStore",
-        remote_key=source.remote_key or source.secret,
-        keys=sorted({*plan.config_variables, *plan.config_files}),
-    )
+def _externalsecret(plan: VersionPlan) -> dict[str, Any]:
+    return render_template("externalsecret", plan=plan, es=plan.external_secret)
 
 
 def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> dict[str, Any]:
@@ -269,26 +200,17 @@ def _sealedsecret(project: Project, plan: VersionPlan, source: ConfigSource) -> 
 
 
 def _config_objects(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
-    declared = sorted({*plan.config_variables, *plan.config_files})
-    if not declared:
-        return []
+    problem = plan.config_problem
+    if problem:
+        raise _version_problem(plan, problem)
     source = plan.config_source
-    if source is None or not source.secret:
-        raise _version_problem(plan, (
-            f"declares config ({', '.join(declared)}) but kai.yaml names no Secret for it; "
-            f"set versions.{plan.version}.config before starting it"))
-    clash = sorted(set(plan.config_variables) & {k for p in plan.processes for k in p.env})
-    if clash:
-        raise _version_problem(plan, f"config variables {', '.join(clash)} clash with the "
-                                     "runner's own environment variables")
+    if not plan.config.declared or source is None:
+        return []
     if source.kind == SECRET:
         return []  # the user creates the Secret; nothing of it enters git
     if source.kind == EXTERNAL_SECRET:
-        return [_externalsecret(plan, source)]
-    if source.kind == SEALED_SECRET:
-        return [_sealedsecret(project, plan, source)]
-    raise _version_problem(plan, f"unknown config source kind {source.kind!r} "
-                                 f"(allowed: {SECRET}, {EXTERNAL_SECRET}, {SEALED_SECRET})")
+        return [_externalsecret(plan)]
+    return [_sealedsecret(project, plan, source)]
 
 
 def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
@@ -296,8 +218,7 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
     if not is_running(plan.state):
         return []
     objects = [*_config_objects(project, plan), _configmap(plan)]
-    items = [{"key": configmap_key(path), "path": path} for path in sorted(plan.files)]
-    objects += [_deployment(plan, process, items) for process in plan.processes]
+    objects += [_deployment(plan, process) for process in plan.processes]
     objects.append(_service(plan))
     if plan.published:
         objects.append(_ingress(project, plan))
@@ -381,12 +302,10 @@ def render_project(project: Project, versions: Mapping[str, Version]) -> dict[st
 
 
 def check_published(project: Project) -> None:
-    """At most one version is published (there is one active-entrypoint per project)."""
-    published = sorted(n for n, vs in project.versions.items() if vs.state == PUBLISHED)
-    if len(published) > 1:
-        raise RenderError([Problem("kai.yaml", path="versions", message=(
-            f"{len(published)} versions are published ({', '.join(published)}); at most one "
-            "may be, since there is one active-entrypoint Service per project"))])
+    """At most one version is published (renderer.project holds the rule)."""
+    message = too_many_published({n: vs.state for n, vs in sorted(project.versions.items())})
+    if message:
+        raise RenderError([Problem("kai.yaml", path="versions", message=message)])
 
 
 def versions_tree(project: Project, versions: Mapping[str, Version],

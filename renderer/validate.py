@@ -20,12 +20,19 @@ from typing import Any
 
 from runner.proto import CompiledProto, ProtoError, compile_proto
 
-from .krt import MANIFEST_NAMES, Config, Node, Version, Workflow
+from .krt import MANIFEST_NAMES, Version, dict_or_empty, list_or_empty, str_or_empty
 from .krtfile import extract_krt
 from .nodesource import source_problems
 from .plan import MAX_NAME, FilesTooLarge, derived_names, read_files
 from .problems import InputError, Problem
-from .project import PROJECT_FILE, PUBLISHED, STARTED, VERSIONS_DIR, Project
+from .project import (
+    PROJECT_FILE,
+    PUBLISHED,
+    STARTED,
+    VERSIONS_DIR,
+    Project,
+    lacks_config_source,
+)
 from .projectfile import read_project
 from .schemacheck import schema_problems
 from .versionfiles import VersionFilesError, left_out, shipped_files
@@ -72,7 +79,7 @@ def read_version(
         shown = Shown(shown_path(directory, display_root))
     doc = load_yaml(directory / manifest, shown(manifest))
     problems = schema_problems(doc, SCHEMA)
-    version = _build(doc.data, directory, manifest)
+    version = Version.from_dict(doc.data, directory, manifest)
     problems += _semantic_problems(doc, version, directory, shown)
     if problems:
         raise InputError(problems)
@@ -95,66 +102,6 @@ def _locate(path: Path, display_root: Path | None) -> tuple[Path, str]:
     raise InputError([Problem(shown, message="does not exist")])
 
 
-def _build(data: dict[str, Any], directory: Path, manifest: str) -> Version:
-    """The Version the data describes; tolerant of wrong types (schema problems say why)."""
-    entry = _dict(data.get("entrypoint"))
-    config = _dict(data.get("config"))
-    nodes = tuple(
-        Node(
-            name=_str(n.get("name")),
-            image=_str(n.get("image")),
-            src=_str(n.get("src")),
-            gpu=n.get("gpu") is True,
-            replicas=_int(n.get("replicas"), 1),
-        )
-        for n in map(_dict, _list(data.get("nodes")))
-    )
-    workflows = tuple(
-        Workflow(
-            name=_str(w.get("name")),
-            entrypoint=_str(w.get("entrypoint")),
-            sequential=tuple(_str(s) for s in _list(w.get("sequential"))),
-        )
-        for w in map(_dict, _list(data.get("workflows")))
-    )
-    return Version(
-        name=_str(data.get("version")),
-        description=_str(data.get("description")),
-        proto=_str(entry.get("proto")),
-        entrypoint_image=_str(entry.get("image")),
-        nodes=nodes,
-        workflows=workflows,
-        config=Config(
-            variables=tuple(_str(v) for v in _list(config.get("variables"))),
-            files=tuple(_str(v) for v in _list(config.get("files"))),
-        ),
-        directory=directory,
-        manifest=manifest,
-    )
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: Any, default: int) -> int:
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return default
-
-
 # --- semantic checks ------------------------------------------------------------------------
 
 
@@ -162,8 +109,8 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                        shown: Shown) -> list[Problem]:
     data = doc.data
     out: list[Problem] = []
-    nodes = _list(data.get("nodes"))
-    workflows = _list(data.get("workflows"))
+    nodes = list_or_empty(data.get("nodes"))
+    workflows = list_or_empty(data.get("workflows"))
     out += _unique(doc, "nodes", "name", lambda v, _j, at: f'node "{v}" is defined twice ({at})')
     out += _unique(doc, "workflows", "name",
                    lambda v, _j, at: f'workflow "{v}" is defined twice ({at})')
@@ -174,7 +121,7 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
     )
     defined = list(dict.fromkeys(n.name for n in version.nodes if n.name))
     for i, wf in enumerate(workflows):
-        for k, step in enumerate(_list(_dict(wf).get("sequential"))):
+        for k, step in enumerate(list_or_empty(dict_or_empty(wf).get("sequential"))):
             if isinstance(step, str) and step not in defined:
                 listed = ", ".join(defined) if defined else "none"
                 out.append(doc.problem(("workflows", i, "sequential", k),
@@ -193,7 +140,7 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
     except FilesTooLarge as exc:
         out.append(Problem(shown.prefix or ".", message=str(exc)))
     for i, node in enumerate(nodes):
-        src = _dict(node).get("src")
+        src = dict_or_empty(node).get("src")
         if isinstance(src, str) and src:
             message = _file_problem(directory, src, real_root) \
                 or _shipped_problem(directory, src, shipped)
@@ -219,7 +166,7 @@ def _shipped_problem(directory: Path, rel: str, shipped: set[str] | None) -> str
 
 
 def _name_of(items: list[Any], index: int) -> str:
-    return _str(_dict(items[index]).get("name"))
+    return str_or_empty(dict_or_empty(items[index]).get("name"))
 
 
 def _unique(doc: Document, section: str, key: str,
@@ -227,8 +174,8 @@ def _unique(doc: Document, section: str, key: str,
     """A problem for each repeated `section[i].key`; `message(value, first index, 'first at')`."""
     out: list[Problem] = []
     first: dict[str, int] = {}
-    for i, item in enumerate(_list(doc.data.get(section))):
-        value = _dict(item).get(key)
+    for i, item in enumerate(list_or_empty(doc.data.get(section))):
+        value = dict_or_empty(item).get(key)
         if not isinstance(value, str):
             continue
         if value in first:
@@ -564,7 +511,7 @@ def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Ve
         if name not in loaded or vs.state not in (STARTED, PUBLISHED):
             continue
         config = loaded[name][0].config
-        if config.declared and vs.config is None:
+        if lacks_config_source(config, vs.config):
             declared = "; ".join(
                 f"{kind}: {', '.join(names)}"
                 for kind, names in (("variables", config.variables), ("files", config.files))

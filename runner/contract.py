@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 # --- environment variable names -------------------------------------------
 
@@ -321,3 +322,20 @@ def _at_least_one(e: Mapping[str, str], name: str, default: int) -> int:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# --- NATS URLs ----------------------------------------------------------------
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS URL, which may list several separated by commas."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def nats_address(server: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """(host, port) of one NATS server: `nats://HOST:PORT`, `HOST:PORT` or `HOST`.
+
+    The port is NATS_PORT when none is given; raises ValueError when it is not a port.
+    """
+    parsed = urlsplit(server if "://" in server else f"nats://{server}")
+    return parsed.hostname or default_host, parsed.port or NATS_PORT
