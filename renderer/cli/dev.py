@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
@@ -132,7 +131,13 @@ def resolve_version(arg: str, repo: Path | None = None, cwd: Path | None = None)
 
 
 def check_port(port: int, flag: str) -> None:
+    """Fail early, with one line, when `port` has a listener already.
+
+    SO_REUSEADDR as the servers themselves set it: connections of an earlier run still in
+    TIME_WAIT do not make the port taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError as exc:
@@ -246,10 +251,10 @@ def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],
 
 def check_nats(url: str) -> None:
     """Fail early, with one line, when `--nats URL` does not answer."""
-    first = url.split(",")[0].strip()
-    parsed = urlsplit(first if "://" in first else f"nats://{first}")
+    servers = contract.nats_servers(url)
+    first = servers[0] if servers else url
     try:
-        host, port = parsed.hostname or "127.0.0.1", parsed.port or contract.NATS_PORT
+        host, port = contract.nats_address(first)
     except ValueError:
         raise DevError(f"--nats {url}: not a NATS URL (nats://HOST:PORT)") from None
     try:

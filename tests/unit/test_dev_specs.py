@@ -112,3 +112,24 @@ def test_only_the_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:
     assert remove_stale_work_dirs(tmp_path) == [
         f"removed {stale}: left by kai dev (pid {gone}), which was killed"]
     assert not stale.exists() and mine.is_dir() and other.is_dir()
+
+
+def test_a_port_with_only_time_wait_connections_is_free_and_a_listener_is_not() -> None:
+    """A port an earlier run used (its connections in TIME_WAIT) is not "taken"."""
+    import socket
+
+    from renderer.cli.dev import DevError, check_port
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    with pytest.raises(DevError, match=f"port {port} is taken"):
+        check_port(port, "--port")
+    served.close()  # the server side closes first: its end stays in TIME_WAIT
+    client.close()
+    listener.close()
+    check_port(port, "--port")
