@@ -219,7 +219,7 @@ class VersionPlan:
         source = self.config_source
         if lacks_config_source(declared, source):
             return no_config_source(self.version, declared)
-        clash = sorted(set(self.config_variables) & {k for p in self.processes for k in p.env})
+        clash = sorted(n for n in self.config_variables if contract.is_reserved_env(n))
         if clash:
             return (f"config variables {', '.join(clash)} clash with the runner's own "
                     "environment variables")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runner import contract
 from runner.proto import CompiledProto, ProtoError, compile_proto
 
 from .krt import MANIFEST_NAMES, Version, dict_or_empty, list_or_empty, str_or_empty
@@ -154,6 +155,13 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                         for line, col, message in source_problems(directory / src)]
     out += _proto_problems(doc, version, directory, shown, shipped)
     out += _name_length_problems(doc, version)
+    variables = list_or_empty(dict_or_empty(data.get("config")).get("variables"))
+    for i, name in enumerate(variables):
+        if isinstance(name, str) and contract.is_reserved_env(name):
+            out.append(doc.problem(
+                ("config", "variables", i),
+                f'"{name}" is reserved: names starting with {contract.RESERVED_ENV_PREFIX} '
+                "are the runner's own environment; rename the variable"))
     return out
 
 

@@ -166,6 +166,14 @@ def data_subject(project: str, kind: str, *parts: str) -> str:
     return f"kai-data.{_token(project)}.{_token(kind)}" + (f".{tail}" if tail else "")
 
 
+RESERVED_ENV_PREFIX = "KAI_"  # the runner's own environment: no config variable may take it
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether `name` is (or may become) one of the runner's own environment variables."""
+    return name.startswith(RESERVED_ENV_PREFIX)
+
+
 DATA_KEPT_KINDS = frozenset({"db"})  # records never aged out of the data stream
 
 

@@ -180,6 +180,15 @@ def test_config_names(tmp_path: Path) -> None:
     ]
 
 
+def test_config_variables_may_not_take_the_runners_names(tmp_path: Path) -> None:
+    """Caught by `kai validate`, so `kai render --check` in CI sees it, not only a start."""
+    krt = KRT.replace("nodes:", "config:\n  variables: [API_KEY, KAI_PROJECT]\nnodes:")
+    assert problems(tmp_path, krt) == [
+        f'{F}:7:24: config.variables[1]: "KAI_PROJECT" is reserved: names starting with '
+        "KAI_ are the runner's own environment; rename the variable",
+    ]
+
+
 def test_proto_must_end_in_proto(tmp_path: Path) -> None:
     krt = KRT.replace("proto: public_input.proto", "proto: public_input.txt")
     assert problems(tmp_path, krt) == [
