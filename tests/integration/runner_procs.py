@@ -146,3 +146,58 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+# --- a chain whose nodes record what they handle ---------------------------------------
+
+TRACE_PACKAGE = "trace"
+TRACE_PROTO = f"""
+syntax = "proto3";
+package {TRACE_PACKAGE};
+message Req {{ string id = 1; double sleep = 2; }}
+message Resp {{ string id = 1; string request_id = 2; }}
+service Chain {{ rpc Run (Req) returns (Resp); }}
+"""
+TRACE_RPC = f"/{TRACE_PACKAGE}.Chain/Run"
+
+# Each node appends "<pid> <id> <request id>" to <LOG_DIR>/<node>.log when it handles one;
+# "middle" and "last" sleep `sleep` seconds; "last" answers with the id and the request id.
+TRACE_NODE = '''
+import asyncio
+import os
+
+from api_pb2 import Req, Resp
+
+
+async def handler(ctx, data: Req):
+    with open(os.path.join(os.environ["LOG_DIR"], ctx.node + ".log"), "a") as f:
+        f.write(f"{os.getpid()} {data.id} {ctx.request_id}\\n")
+    if data.sleep and ctx.node in ("last", "middle"):
+        await asyncio.sleep(data.sleep)
+    if ctx.node == "last":
+        return Resp(id=data.id, request_id=ctx.request_id)
+    return data
+'''
+
+
+def trace_version(root: Path, nats_url: str, chain: tuple[str, ...], project: str,
+                  **env: object) -> Version:
+    """A version of one workflow `run` (rpc Run) through `chain`, of TRACE_NODE nodes that
+    log into `root`."""
+    version = write_version(root, nats_url, TRACE_PROTO, {name: TRACE_NODE for name in chain},
+                            [contract.Workflow("run", "Run", chain)], project=project,
+                            **env)  # type: ignore[arg-type]
+    version.extra_env = {"LOG_DIR": str(root)}
+    return version
+
+
+def traced(root: Path, node: str) -> list[tuple[int, str, str]]:
+    """What `node` of a trace_version handled: (pid, id, request id), in order."""
+    path = root / f"{node}.log"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        pid, rid, request_id = line.split()
+        out.append((int(pid), rid, request_id))
+    return out

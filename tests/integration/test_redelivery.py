@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from runner_procs import Proc, Version, wait_ready, write_version
+from runner_procs import TRACE_PACKAGE, TRACE_RPC, Proc, Version, trace_version, traced, wait_ready
 
 from runner import contract
 from runner.natsserver import NatsServer
@@ -24,47 +24,8 @@ from runner.proto import compile_proto
 
 pytestmark = pytest.mark.integration
 
-PROTO = """
-syntax = "proto3";
-package redeliver;
-message Req { string id = 1; double sleep = 2; }
-message Resp { string id = 1; string request_id = 2; }
-service Chain { rpc Run (Req) returns (Resp); }
-"""
-
-# Each node appends "<pid> <id> <request id>" to <LOG_DIR>/<node>.log when it handles one.
-NODE = '''
-import asyncio
-import os
-
-from api_pb2 import Req, Resp
-
-
-def _log(ctx, req):
-    with open(os.path.join(os.environ["LOG_DIR"], ctx.node + ".log"), "a") as f:
-        f.write(f"{os.getpid()} {req.id} {ctx.request_id}\\n")
-
-
-async def handler(ctx, data: Req):
-    _log(ctx, data)
-    if data.sleep and ctx.node in ("last", "middle"):
-        await asyncio.sleep(data.sleep)
-    if ctx.node == "last":
-        return Resp(id=data.id, request_id=ctx.request_id)
-    return data
-'''
-
-
 def _version(tmp_path: Path, url: str, chain: tuple[str, ...], **env: object) -> Version:
-    version = write_version(tmp_path, url, PROTO, {name: NODE for name in chain},
-                            [contract.Workflow("run", "Run", chain)], project="redeliver",
-                            **env)  # type: ignore[arg-type]
-    version.extra_env = {"LOG_DIR": str(tmp_path)}
-    return version
-
-
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return trace_version(tmp_path, url, chain, "redeliver", **env)
 
 
 def test_a_handler_slower_than_three_ack_waits_is_delivered_once(
@@ -74,15 +35,14 @@ def test_a_handler_slower_than_three_ack_waits_is_delivered_once(
     try:
         ep, node = version.entrypoint(), version.node("last")
         wait_ready(ep, node)
-        req = compiled.message_class("redeliver.Req")(id="slow", sleep=3.5)
+        req = compiled.message_class(f"{TRACE_PACKAGE}.Req")(id="slow", sleep=3.5)
         with grpc.insecure_channel(f"127.0.0.1:{ep.grpc_port}") as channel:
-            stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-                "/redeliver.Chain/Run")
+            stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(TRACE_RPC)
             raw = stub(req.SerializeToString(), timeout=15)
-        answer: Any = compiled.message_class("redeliver.Resp").FromString(raw)
+        answer: Any = compiled.message_class(f"{TRACE_PACKAGE}.Resp").FromString(raw)
         assert answer.id == "slow"
         time.sleep(1.5)  # past another ack wait: nothing comes back
-        handled = _lines(tmp_path / "last.log")
+        handled = traced(tmp_path, "last")
         assert [h[1] for h in handled] == ["slow"], handled
     finally:
         version.close()
@@ -100,8 +60,8 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
     assert contract.DEFAULT_ACK_WAIT * 1.5 < DEADLINE
     version = _version(tmp_path, nats_server.url, ("first", "middle", "last"))
     compiled = compile_proto(version.dir, "proto/api.proto")
-    req_class: Any = compiled.message_class("redeliver.Req")
-    resp_class: Any = compiled.message_class("redeliver.Resp")
+    req_class: Any = compiled.message_class(f"{TRACE_PACKAGE}.Req")
+    resp_class: Any = compiled.message_class(f"{TRACE_PACKAGE}.Resp")
     victims: list[int] = []
     try:
         ep = version.entrypoint()
@@ -114,7 +74,7 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
             ids = iter(range(CALLS))
             async with grpc.aio.insecure_channel(f"127.0.0.1:{ep.grpc_port}") as channel:
                 stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-                    "/redeliver.Chain/Run")
+                    TRACE_RPC)
 
                 async def worker() -> None:
                     for i in ids:
@@ -129,8 +89,8 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
 
                 def holds_work(pid: int) -> bool:
                     """The process has started a request that has not reached the last node."""
-                    started = {r for p, r, _ in _lines(tmp_path / "middle.log") if int(p) == pid}
-                    return bool(started - {r for _, r, _ in _lines(tmp_path / "last.log")})
+                    started = {r for p, r, _ in traced(tmp_path, "middle") if p == pid}
+                    return bool(started - {r for _, r, _ in traced(tmp_path, "last")})
 
                 async def kill_when(count: int, proc: Proc) -> None:
                     for _ in range(6000):  # bounded: 60 s
@@ -159,15 +119,15 @@ def test_a_sigkilled_replica_twice_loses_nothing_and_duplicates_nothing(
     assert sorted(d[0] for d in done) == sorted(f"r{i}" for i in range(CALLS))
     assert all(d[0] == d[2] for d in done)
     assert len(victims) == 2
-    last_handled = _lines(tmp_path / "last.log")
+    last_handled = traced(tmp_path, "last")
     by_request = collections.Counter(h[2] for h in last_handled)
     twice = [r for r, n in by_request.items() if n > 1]
     assert twice == [], f"handled twice by the next node: {twice[:5]}"
     assert sorted(h[1] for h in last_handled) == sorted(f"r{i}" for i in range(CALLS))
     # the kills hit work in flight: some of a victim's requests were handled again elsewhere
-    middle = _lines(tmp_path / "middle.log")
+    middle = traced(tmp_path, "middle")
     by_pid: dict[int, set[str]] = collections.defaultdict(set)
     for pid, rid, _ in middle:
-        by_pid[int(pid)].add(rid)
+        by_pid[pid].add(rid)
     others = set().union(*(ids for pid, ids in by_pid.items() if pid not in victims))
     assert any(by_pid[pid] & others for pid in victims), "no kill hit a request in flight"

@@ -22,38 +22,20 @@ from typing import Any
 
 import grpc
 import pytest
-from runner_procs import Version, http_get, wait_ready, write_version
+from runner_procs import (
+    TRACE_PACKAGE,
+    TRACE_RPC,
+    Version,
+    http_get,
+    trace_version,
+    traced,
+    wait_ready,
+)
 
-from runner import contract
 from runner.natsserver import NatsServer
 from runner.proto import compile_proto
 
 pytestmark = pytest.mark.integration
-
-PROTO = """
-syntax = "proto3";
-package unavail;
-message Req { string id = 1; double sleep = 2; }
-message Resp { string id = 1; string request_id = 2; }
-service Chain { rpc Run (Req) returns (Resp); }
-"""
-
-NODE = '''
-import asyncio
-import os
-
-from api_pb2 import Req, Resp
-
-
-async def handler(ctx, data: Req):
-    with open(os.path.join(os.environ["LOG_DIR"], ctx.node + ".log"), "a") as f:
-        f.write(f"{os.getpid()} {data.id} {ctx.request_id}\\n")
-    if data.sleep and ctx.node == "last":
-        await asyncio.sleep(data.sleep)
-    if ctx.node == "last":
-        return Resp(id=data.id, request_id=ctx.request_id)
-    return data
-'''
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -63,18 +45,12 @@ Outcome = tuple[str, grpc.StatusCode, str]  # (id, code, details)
 
 
 def _version(tmp_path: Path, url: str) -> Version:
-    version = write_version(tmp_path, url, PROTO, {"first": NODE, "last": NODE},
-                            [contract.Workflow("run", "Run", ("first", "last"))],
-                            project="unavail")
-    version.extra_env = {"LOG_DIR": str(tmp_path)}
-    return version
+    return trace_version(tmp_path, url, ("first", "last"), "unavail")
 
 
 def _handled(tmp_path: Path, node: str) -> collections.Counter[str]:
     """How many times `node` handled each call (by the call's id, one request id each)."""
-    path = tmp_path / f"{node}.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return collections.Counter(line.split()[1] for line in lines)
+    return collections.Counter(rid for _, rid, _ in traced(tmp_path, node))
 
 
 class Client:
@@ -82,11 +58,11 @@ class Client:
 
     def __init__(self, version: Version, port: int) -> None:
         compiled = compile_proto(version.dir, "proto/api.proto")
-        self.req: Any = compiled.message_class("unavail.Req")
-        self.resp: Any = compiled.message_class("unavail.Resp")
+        self.req: Any = compiled.message_class(f"{TRACE_PACKAGE}.Req")
+        self.resp: Any = compiled.message_class(f"{TRACE_PACKAGE}.Resp")
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(
-            "/unavail.Chain/Run")
+            TRACE_RPC)
         self.done: list[Outcome] = []
 
     async def call(self, rid: str, deadline: float, sleep: float = 0.0) -> Outcome:
