@@ -574,6 +574,23 @@ def _leftovers(folder: Path, name: str, entries: Iterable[str]) -> list[_Leftove
     return out
 
 
+_ANY_LEFTOVER = re.compile(r"\.(.+)\.(?:new|old)-(?:\d+-[0-9a-z_]+|[0-9a-z_]{8})")
+
+
+def tree_names(folder: Path) -> list[str]:
+    """The trees `folder` holds or held: its real folders, and the names that tree leftovers
+    (`.<name>.new-…`, `.<name>.old-…`) are of, so `recover` can put back a tree a crash left
+    missing. Sorted; empty when `folder` does not exist."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    names = {e.name for e in entries
+             if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)}
+    names |= {m[1] for e in entries if (m := _ANY_LEFTOVER.fullmatch(e.name))}
+    return sorted(names)
+
+
 def recover(folder: Path, names: Iterable[str], label: str | None = None) -> list[str]:
     """Clean up after a kai that crashed while writing `folder/<name>` for each of `names`
     (e.g. "demo" in rendered/, "kai.yaml" in the repo root); run it under the repo lock.

@@ -7,7 +7,6 @@ and Flux objects). The commands in renderer.cli are thin wrappers over this modu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import git
-from .atomic import write_file, write_tree
+from .atomic import tree_names, write_file, write_tree
 from .changeset import Changeset, recover_interrupted
 from .krt import MANIFEST_NAMES, Version
 from .lifecycle import NothingToDo, Transition, transition
@@ -27,6 +26,7 @@ from .project import (
     DEFAULT_KUBERNETES_VERSION,
     DEPLOY_DIR,
     PROJECT_FILE,
+    RENDERED_DIR,
     STOPPED,
     VERSIONS_DIR,
     Project,
@@ -307,11 +307,11 @@ def _recover(root: Path, notify: Notify) -> None:
 
 
 def _watched(root: Path) -> list[str]:
-    """The paths whose crash leftovers a writing command cleans up."""
-    watched = [PROJECT_FILE, VERSIONS_DIR]
-    with contextlib.suppress(InputError, OSError):
-        watched.append(load_project_name(root))
-    return watched
+    """The paths whose crash leftovers a writing command cleans up: kai.yaml, versions/ and
+    every tree under rendered/. Found on disk, not from kai.yaml: it is read (and validated)
+    once, after the recovery, which may restore it."""
+    trees = tree_names(root / RENDERED_DIR)
+    return [PROJECT_FILE, VERSIONS_DIR, *(f"{RENDERED_DIR}/{name}" for name in trees)]
 
 
 def load_project_name(root: Path) -> str:

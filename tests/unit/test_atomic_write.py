@@ -27,6 +27,7 @@ from renderer.atomic import (
     recover,
     stage_file,
     stage_tree,
+    tree_names,
     write_file,
     write_tree,
 )
@@ -590,3 +591,22 @@ def test_sigkill_before_every_call_leaves_old_or_new(tmp_path: Path, mode: str) 
         assert entries(folder) == ["demo", "kai.yaml"], nth
         assert read_tree(folder / "demo") in (old, new), nth
     assert restored == (1 if mode == "renames" else 0)  # the one moment between two renames
+
+
+def test_tree_names_are_the_folders_and_what_tree_leftovers_are_of(tmp_path: Path) -> None:
+    rendered = tmp_path / "rendered"
+    (rendered / "demo").mkdir(parents=True)
+    (rendered / ".shop.old-999999999-0a1b2c3d").mkdir()  # a crash left rendered/shop missing
+    (rendered / ".demo.new-17-ffee0011").mkdir()
+    (rendered / ".old.new-0a1b2c3d").mkdir()  # an older kai's name, without a pid
+    (rendered / ".hidden").mkdir()
+    (rendered / "notes.txt").write_text("x")
+    (rendered / "link").symlink_to(rendered / "demo")
+    assert tree_names(rendered) == ["demo", "old", "shop"]
+    assert tree_names(tmp_path / "missing") == []
+    # and recover puts the missing tree back under the name found
+    lines = recover(rendered, tree_names(rendered), label="rendered")
+    assert (rendered / "shop").is_dir()
+    restored = "restored rendered/shop from .shop.old-999999999-"
+    assert any(line.startswith(restored) for line in lines)
+
