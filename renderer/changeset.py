@@ -134,13 +134,15 @@ class Changeset:
 # --- recovering from a command that was killed ------------------------------------------
 
 
-def recover_interrupted(root: Path, watched: Iterable[str], notify: Notify) -> None:
+def recover_interrupted(root: Path, watched: Iterable[str], notify: Notify,
+                        in_git: bool) -> None:
     """Undo what a killed command left; call it holding the repo lock, before reading.
 
     `watched`: the repo-relative paths whose temporary leftovers to clean (kai.yaml,
-    rendered/<project>, versions/). Says what it did through `notify`, one line each.
+    rendered/<project>, versions/); `in_git`: whether `root` is in a git work tree. Says
+    what it did through `notify`, one line each.
     """
-    if git.is_repo(root):
+    if in_git:
         journal = _journal_path(root)
         if journal.is_file():
             _replay(root, journal, notify)

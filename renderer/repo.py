@@ -241,19 +241,19 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
     command = f"kai {action} {version}"
     with repo_lock(root, command, on_wait=notify):
-        _recover(root, notify)
+        in_git = _recover(root, notify)
         if not branch:
-            return _state_change(root, version, action, commit, command)
-        if not git.is_repo(root):
+            return _state_change(root, version, action, commit, command, in_git)
+        if not in_git:
             raise RepoError(f"{root} is not a git repository; --branch needs one")
         _refuse_dirty(root, [PROJECT_FILE, VERSIONS_DIR, load_project_name(root)])
         with branch_worktree(root, branch) as work:
-            result = _state_change(work, version, action, True, command)
+            result = _state_change(work, version, action, True, command, True)
         return replace(result, branch=branch)
 
 
-def _state_change(root: Path, version: str, action: str, commit: bool,
-                  command: str) -> Result:
+def _state_change(root: Path, version: str, action: str, commit: bool, command: str,
+                  in_git: bool) -> Result:
     from .incremental import render_change
     from .projectfile import edit_project, read_project_text
     from .rename import stale_paths
@@ -261,7 +261,7 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
     project, text = read_project_text(root)
     # Fail fast on an illegal transition, before loading (and validating) any version.
     changed = {c.version for c in transition(project, version, action).changes}
-    partial = git.is_repo(root)
+    partial = in_git
     repo = load(root, only=changed if partial else None, project=project)
     version_obj = repo.versions.get(version)
     t = transition(repo.project, version, action,
@@ -299,11 +299,16 @@ def _state_change(root: Path, version: str, action: str, commit: bool,
                   git.current_branch(root) if commit else None, t)
 
 
-def _recover(root: Path, notify: Notify) -> None:
-    """Before a writing command reads anything: undo what killed commands left behind."""
-    recover_interrupted(root, _watched(root), notify)
-    if git.is_repo(root):
+def _recover(root: Path, notify: Notify) -> bool:
+    """Before a writing command reads anything: undo what killed commands left behind.
+
+    Returns whether `root` is in a git work tree (asked once here, for the caller too).
+    """
+    in_git = git.is_repo(root)
+    recover_interrupted(root, _watched(root), notify, in_git)
+    if in_git:
         recover_worktrees(root, notify)
+    return in_git
 
 
 def _watched(root: Path) -> list[str]:
@@ -502,7 +507,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
     if not source.exists():
         raise RepoError(f"{source}: no such file or directory")
     with repo_lock(root, f"kai add {source.name}", on_wait=notify):
-        _recover(root, notify)
+        in_git = _recover(root, notify)
         scratch_dir = root / VERSIONS_DIR if (root / VERSIONS_DIR).is_dir() else root
         with tempfile.TemporaryDirectory(prefix=f"{ADD_SCRATCH}{os.getpid()}-",
                                          dir=scratch_dir) as tmp:
@@ -529,7 +534,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
             stale = stale_paths(root, project.name)
             touched = [PROJECT_FILE, rel, repo.rendered_rel, *stale]
             _prepare_git(root, touched if not in_place else [PROJECT_FILE, repo.rendered_rel,
-                                                             *stale], commit)
+                                                             *stale], commit, in_git=in_git)
             if not in_place:
                 version = load_version(staging, display_root=Path(tmp))
             state = repo.project.versions.get(name, VersionState(STOPPED))
@@ -539,7 +544,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
             summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
                                        and registered else "")
             message = f"kai: {summary}"
-            changes = Changeset(root, f"kai add {source.name}", in_git=git.is_repo(root),
+            changes = Changeset(root, f"kai add {source.name}", in_git=in_git,
                                 journal=True)
             try:
                 if not in_place:
