@@ -84,13 +84,17 @@ class Changeset:
         """Stage the removal of directory `rel` (it disappears on `apply`)."""
         self._add(rel, StagedRemoval(self.root / rel))
 
-    @property
-    def paths(self) -> tuple[str, ...]:
-        return tuple(self._paths)
-
     def _add(self, rel: str, part: _Part) -> None:
         self._paths.append(rel)
         self._parts.append(part)
+
+    def __enter__(self) -> Changeset:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """A failure while staging (or an `apply` that raised) leaves nothing staged."""
+        if kind is not None:
+            self.discard()
 
     def discard(self) -> None:
         """Drop everything staged; nothing visible changed."""

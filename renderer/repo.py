@@ -196,16 +196,12 @@ def render_repo(root: Path, check: bool = False, notify: Notify | None = None) -
                          stale_paths(root, loaded.project.name))
         if check:
             return found
-        changes = Changeset(root, command, in_git=False)
-        try:
+        with Changeset(root, command, in_git=False) as changes:
             if found.diffs:
                 changes.put_tree(loaded.rendered_rel, tree)
             for rel in found.stale:
                 changes.remove_tree(rel)
-        except BaseException:
-            changes.discard()
-            raise
-        changes.apply(None)
+            changes.apply(None)
         return found
 
 
@@ -284,17 +280,13 @@ def _state_change(root: Path, version: str, action: str, commit: bool, command: 
         tree = render(repo, new_project)
     else:
         tree, kept = change.tree, change.kept
-    changes = Changeset(root, command, in_git=partial, journal=True)
-    try:
+    message = f"kai: {t.summary}"
+    with Changeset(root, command, in_git=partial, journal=True) as changes:
         changes.put_file(PROJECT_FILE, edit_project(text, new_project))
         changes.put_tree(repo.rendered_rel, tree, reuse=kept)
         for rel in stale:
             changes.remove_tree(rel)
-    except BaseException:
-        changes.discard()
-        raise
-    message = f"kai: {t.summary}"
-    sha = _apply(changes, message if commit else None)
+        sha = _apply(changes, message if commit else None)
     return Result(t.summary, message, tuple(touched), sha,
                   git.current_branch(root) if commit else None, t)
 
@@ -544,19 +536,15 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
             summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
                                        and registered else "")
             message = f"kai: {summary}"
-            changes = Changeset(root, f"kai add {source.name}", in_git=in_git,
-                                journal=True)
-            try:
+            with Changeset(root, f"kai add {source.name}", in_git=in_git,
+                           journal=True) as changes:
                 if not in_place:
                     changes.put_dir(rel, staging)
                 changes.put_tree(repo.rendered_rel, tree)
                 for stale_rel in stale:
                     changes.remove_tree(stale_rel)
                 changes.put_file(PROJECT_FILE, edit_project(text, new_project))
-            except BaseException:
-                changes.discard()
-                raise
-            sha = _apply(changes, message if commit else None)
+                sha = _apply(changes, message if commit else None)
     return Result(summary, message, tuple(touched), sha,
                   git.current_branch(root) if commit else None)
 
