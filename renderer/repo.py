@@ -51,14 +51,6 @@ class RepoError(Exception):
     """The repo is not in a state the command can work with; the message says why."""
 
 
-class HookRefusedError(RepoError):
-    """A git hook refused kai's commit; nothing was changed. `output`: what it printed."""
-
-    def __init__(self, message: str, output: str) -> None:
-        super().__init__(message)
-        self.output = output
-
-
 @dataclass(frozen=True)
 class Repo:
     """A loaded GitOps repo: kai.yaml plus every version it lists, validated."""
@@ -323,7 +315,7 @@ def _apply(changes: Changeset, message: str | None) -> str | None:
     try:
         return changes.apply(message)
     except git.HookRefused as exc:
-        raise HookRefusedError(
+        raise git.HookRefused(
             f"{exc}; nothing was changed (the work tree is as it was). Fix what the hook "
             "reports, or run the command with --no-commit and commit by hand",
             exc.output,
@@ -366,7 +358,7 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
         finish = (f"the files were written but not committed: fix that, then "
                   f"`git add {' '.join(paths)}` and `git commit -m {message!r}`")
         if isinstance(exc, git.HookRefused):
-            raise HookRefusedError(f"{exc}; {finish}", exc.output) from exc
+            raise git.HookRefused(f"{exc}; {finish}", exc.output) from exc
         raise RepoError(f"{exc}; {finish}") from exc
 
 

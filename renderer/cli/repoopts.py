@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import click
 
-from renderer.git import GitError
+from renderer.git import GitError, HookRefused
 from renderer.lifecycle import LifecycleError, NothingToDo
 from renderer.lock import LockError
 from renderer.plan import PlanError
 from renderer.problems import InputError
-from renderer.repo import HookRefusedError, RepoError, resolve_root
+from renderer.repo import RepoError, resolve_root
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +66,7 @@ def guarded() -> Iterator[None]:
     except NothingToDo as exc:
         click.echo(f"nothing to do: {_one_line(exc)}".replace("; nothing to do", ""))
         raise click.exceptions.Exit(0) from None
-    except HookRefusedError as exc:
+    except HookRefused as exc:
         for line in exc.output.splitlines():
             click.echo(f"  hook: {line}", err=True)
         raise fail(f"error: {_one_line(exc)}") from None
