@@ -545,7 +545,7 @@ def _same_files(a: Path, b: Path) -> bool:
     """Do the version folders `a` and `b` hold the same files, byte for byte?"""
     if not b.is_dir():
         return False
-    files_a, files_b = dict(version_files(a)), dict(version_files(b))
+    files_a, files_b = dict(copied_files(a)), dict(copied_files(b))
     if files_a.keys() != files_b.keys():
         return False
     return all(files_a[rel].read_bytes() == files_b[rel].read_bytes() for rel in files_a)
@@ -569,16 +569,11 @@ def _unpack_source(source: Path, scratch: Path) -> Path:
     )
 
 
-def version_files(src: Path) -> list[tuple[str, Path]]:
-    """A version's files as (relative posix path, path), sorted: what `kai add` copies
-    (renderer.versionfiles.copied_files, the same rule as what ships to the pods)."""
-    return copied_files(src)
-
-
 def copy_version(src: Path, dst: Path) -> list[str]:
-    """Copy a version's files (see version_files) to `dst`; returns their relative paths."""
+    """Copy the files `kai add` copies (versionfiles.copied_files) to `dst`; returns their
+    relative paths."""
     copied: list[str] = []
-    for rel, path in version_files(src):
+    for rel, path in copied_files(src):
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out)
