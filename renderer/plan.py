@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runner import contract
 
+from .images import container_image
 from .krt import Config, Node, Version
 from .project import (
     PUBLISHED,
@@ -99,7 +100,7 @@ class Process:
     name: str  # Kubernetes object name
     component: str  # ENTRYPOINT or NODE
     node: str | None  # the node's name in krt.yml, None for the entrypoint
-    image: str
+    image: str  # what the Deployment names (renderer.images.container_image)
     command: tuple[str, ...]
     env: dict[str, str]  # the contract environment, with cluster paths
     ports: tuple[Port, ...]
@@ -431,7 +432,7 @@ def entrypoint_process(project: Project, version: Version, base: contract.Runner
         name=name,
         component=ENTRYPOINT,
         node=None,
-        image=version.entrypoint_image,
+        image=container_image(version.entrypoint_image, False, project.images),
         command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
         env=base.to_environ(),
         ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
@@ -459,7 +460,7 @@ def node_process(project: Project, version: Version, node: Node,
         name=name,
         component=NODE,
         node=node.name,
-        image=node.image,
+        image=container_image(node.image, node.gpu, project.images),
         command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
         env=env.to_environ(),
         ports=(Port("metrics", contract.NODE_WEB_PORT),),

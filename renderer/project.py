@@ -35,9 +35,7 @@ DEPLOY_DIR = "deploy"
 KUSTOMIZATION = "kustomization.yaml"  # kustomize's own file in rendered/<project>
 
 DEFAULT_KUBERNETES_VERSION = "1.35"
-RUNNER_IMAGE = "ghcr.io/kai-server/runner"
-RUNNER_TAG = "0.1.0"
-KRE_IMAGES = ("konstellation/kre-entrypoint", "konstellation/kre-py")
+RUNNER_TAG = "0.1.0"  # the tag of every runner image flavor (renderer.images)
 GRPC_BACKEND_ANNOTATION = {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
 
 
@@ -53,11 +51,16 @@ class Ingress:
 
 @dataclass(frozen=True)
 class ImageMapping:
-    """One kustomize `images:` entry: `name` (as in krt.yml) → new_name:new_tag."""
+    """One kai.yaml `images:` entry: `name` (as in krt.yml) → new_name:new_tag.
+
+    Without `gpu` it is a kustomize `images:` entry; with `gpu` it applies only to
+    gpu nodes, written into their Deployments (renderer.images).
+    """
 
     name: str
     new_name: str
     new_tag: str = ""
+    gpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,11 +207,6 @@ class Project:
     @property
     def versions_dir(self) -> Path:
         return self.root / VERSIONS_DIR
-
-
-def default_images() -> tuple[ImageMapping, ...]:
-    """The image map `kai init` writes: KRE images run on our runner image."""
-    return tuple(ImageMapping(name, RUNNER_IMAGE, RUNNER_TAG) for name in KRE_IMAGES)
 
 
 # --- rules over the desired states ----------------------------------------------------------

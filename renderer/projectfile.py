@@ -9,6 +9,7 @@ comments, key order and style (a round-trip edit with ruamel.yaml).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -103,16 +104,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
                 ("kubernetesVersion",),
                 f'Kubernetes "{kube}" has no bundled schemas; use one of: {", ".join(bundled)}',
             ))
-    seen_images: dict[str, int] = {}
-    for i, image in enumerate(data.get("images", [])):
-        name = image["name"]
-        if name in seen_images:
-            out.append(doc.problem(
-                ("images", i, "name"),
-                f'image "{name}" is mapped twice (first at images[{seen_images[name]}])',
-            ))
-        else:
-            seen_images[name] = i
+    out += _image_problems(doc)
     versions = data.get("versions", {})
     states = {name: entry.get("state") for name, entry in versions.items()}
     for name, first in published_conflicts(states):
@@ -125,6 +117,22 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
                 out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
                                        message))
     out += _runtime_problems(doc)
+    return out
+
+
+def _image_problems(doc: Document) -> list[Problem]:
+    """Each image maps once for cpu nodes and once for gpu nodes (`gpu: true`)."""
+    out: list[Problem] = []
+    seen: dict[tuple[str, bool], int] = {}
+    for i, image in enumerate(doc.data.get("images", [])):
+        name, gpu = image["name"], image.get("gpu") is True
+        first = seen.setdefault((name, gpu), i)
+        if first == i:
+            continue
+        at = ("images", i, "gpu" if "gpu" in image else "name")
+        nodes = " for gpu: true nodes" if gpu else ""
+        out.append(doc.problem(
+            at, f'image "{name}" is mapped twice{nodes} (first at images[{first}])'))
     return out
 
 
@@ -275,7 +283,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             "annotations": "annotations",
         })),
         images=tuple(
-            ImageMapping(i["name"], i["newName"], i.get("newTag", ""))
+            ImageMapping(i["name"], i["newName"], i.get("newTag", ""), i.get("gpu") is True)
             for i in data.get("images", [])
         ),
         resources=Resources(
@@ -350,9 +358,11 @@ def project_data(project: Project) -> dict[str, Any]:
     ingress["annotations"] = dict(sorted(ing.annotations.items()))
     images = []
     for m in project.images:
-        image = {"name": m.name, "newName": m.new_name}
+        image: dict[str, Any] = {"name": m.name, "newName": m.new_name}
         if m.new_tag:
             image["newTag"] = m.new_tag
+        if m.gpu:
+            image["gpu"] = True
         images.append(image)
     versions: dict[str, Any] = {}
     for name in sorted(project.versions):
@@ -413,12 +423,20 @@ def _config_data(config: ConfigSource) -> dict[str, Any]:
     return {"secret": config.secret}
 
 
-def dump_project(project: Project) -> str:
-    """kai.yaml for `project`: a comment header, then stable keys; deterministic."""
+def dump_project(project: Project, notes: Mapping[str, str] | None = None) -> str:
+    """kai.yaml for `project`: a comment header, then stable keys; deterministic.
+
+    `notes`: comment lines (`# ...` each, ending in a newline) to write above a
+    top-level key, by key (`kai init` explains the image map so).
+    """
     body = yaml.safe_dump(
         project_data(project), sort_keys=False, default_flow_style=False,
         allow_unicode=True, width=100,
     )
+    if notes:
+        body = "".join(notes.get(line.split(":", 1)[0], "") + line
+                       if line[:1].isalpha() else line
+                       for line in body.splitlines(keepends=True))
     return HEADER + body
 
 

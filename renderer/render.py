@@ -29,6 +29,7 @@ from runner import contract
 
 from . import __version__, checks, output
 from .giturl import flux_url
+from .images import kustomize_images
 from .krt import Version
 from .plan import (
     ACTIVE_SERVICE,
@@ -270,9 +271,10 @@ def project_tree(project: Project) -> dict[str, bytes]:
 
 
 def kustomization(project: Project, paths: list[str] | set[str]) -> bytes:
-    """`kustomization.yaml`: every file (sorted), the namespace and the image map."""
+    """`kustomization.yaml`: every file (sorted), the namespace and the image map
+    (its entries without `gpu`)."""
     images = []
-    for img in sorted(project.images, key=lambda i: i.name):
+    for img in kustomize_images(project.images):
         entry = {"name": img.name, "newName": img.new_name}
         if img.new_tag:
             entry["newTag"] = img.new_tag

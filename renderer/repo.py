@@ -18,6 +18,7 @@ from pathlib import Path
 from . import git
 from .atomic import tree_names, write_file, write_tree
 from .changeset import Changeset, recover_interrupted
+from .images import DEFAULT_REGISTRY, default_images, map_comment, registry_problem
 from .krt import MANIFEST_NAMES, Version
 from .lifecycle import NothingToDo, Transition, transition
 from .lock import repo_lock
@@ -31,7 +32,6 @@ from .project import (
     VERSIONS_DIR,
     Project,
     VersionState,
-    default_images,
 )
 from .versionfiles import copied_files
 from .worktree import branch_worktree, recover_worktrees
@@ -367,16 +367,19 @@ def _commit(root: Path, message: str, paths: Iterable[str]) -> str:
 
 def init_repo(directory: Path, project: str, namespace: str, repo_url: str | None = None,
               branch: str = "main", commit: bool = True, ci: bool = True,
-              secret_ref: str = "", notify: Notify = _quiet) -> Result:
+              secret_ref: str = "", notify: Notify = _quiet,
+              registry: str = DEFAULT_REGISTRY) -> Result:
     """Scaffold a GitOps repo in `directory` (created when missing) and commit it.
 
     `ci`: also write the pull-request check's CI workflow (see `_ci_workflow`).
     `secret_ref`: the Secret with Flux's git credentials (deploy/flux's `spec.secretRef`).
+    `registry`: where the runner images live (the image map, renderer.images).
     Into an existing git repo, it holds that repo's lock while it writes and commits.
     """
     root = directory.resolve()
     existing = next((p for p in (root, *root.parents) if p.is_dir()), root)
-    args = (root, directory, project, namespace, repo_url, branch, commit, ci, secret_ref)
+    args = (root, directory, project, namespace, repo_url, branch, commit, ci, secret_ref,
+            registry)
     if git.is_repo(existing):
         with repo_lock(existing, f"kai init {directory}", on_wait=notify):
             return _init(*args)
@@ -384,7 +387,7 @@ def init_repo(directory: Path, project: str, namespace: str, repo_url: str | Non
 
 
 def _init(root: Path, directory: Path, project: str, namespace: str, repo_url: str | None,
-          branch: str, commit: bool, ci: bool, secret_ref: str) -> Result:
+          branch: str, commit: bool, ci: bool, secret_ref: str, registry: str) -> Result:
     from .projectfile import dump_project, load_project
     from .render import render_deploy, render_project
 
@@ -393,14 +396,17 @@ def _init(root: Path, directory: Path, project: str, namespace: str, repo_url: s
         raise RepoError(f"{directory}/{PROJECT_FILE} already exists; refusing to overwrite it")
     _check_label("--project", project)
     _check_label("--namespace", namespace)
+    problem = registry_problem(registry)
+    if problem:
+        raise RepoError(f"--registry {registry!r}: {problem}")
     model = Project(
         name=project,
         namespace=namespace,
         kubernetes_version=DEFAULT_KUBERNETES_VERSION,
-        images=default_images(),
+        images=default_images(registry),
         root=root,
     )
-    text = dump_project(model)
+    text = dump_project(model, {"images": map_comment(registry)})
     root.mkdir(parents=True, exist_ok=True)
     for sub in (root / DEPLOY_DIR, model.rendered_dir):
         if sub.is_dir() and any(sub.iterdir()):

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from renderer.project import KRE_IMAGES, RUNNER_IMAGE, Project
+from renderer.images import mapped_name, runner_names
+from renderer.project import Project
 from runner import contract
 
 READ_ONLY_FILE = 0o444
@@ -237,33 +238,16 @@ def local_env(env: Mapping[str, str], mounts: Mapping[str, Path]) -> dict[str, s
     return out
 
 
-def runner_images(project: Project) -> frozenset[str]:
-    """Image names (no tag) the runner image is known by: where the kai.yaml image map
-    sends the KRE images (a KRE image itself when the map names it not)."""
-    return frozenset({RUNNER_IMAGE, *(mapped_image(project, kre) for kre in KRE_IMAGES)})
-
-
-def mapped_image(project: Project, image: str) -> str:
-    """The image name (no tag or digest) a rendered image becomes after the image map."""
-    name = image.split("@", 1)[0]
-    if ":" in name.rsplit("/", 1)[-1]:
-        name = name.rsplit(":", 1)[0]
-    for m in project.images:
-        if m.name == name:
-            return m.new_name or m.name
-    return name
-
-
 def custom_image_lines(project: Project, objects: Iterable[Mapping[str, Any]]) -> list[str]:
     """One line per Deployment whose image is not the runner image, after the image map."""
-    known = runner_images(project)
+    known = runner_names(project.images)
     lines = []
     for obj in objects:
         if obj.get("kind") != "Deployment":
             continue
         for container in obj["spec"]["template"]["spec"]["containers"]:
             image = str(container.get("image", ""))
-            if mapped_image(project, image) not in known:
+            if mapped_name(project.images, image) not in known:
                 lines.append(f"{obj['metadata']['name']}: image {image} is not the runner "
                              "image; kai dev runs it with this machine's Python environment "
                              "instead")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from renderer.checks import is_dns_subdomain
+from renderer.images import DEFAULT_REGISTRY
 from renderer.repo import init_repo
 
 from .repoopts import fail, guarded, notify
@@ -35,13 +36,21 @@ from .repoopts import fail, guarded, notify
     help="Do not write the CI workflow (.github/workflows/kai*.yaml) that runs "
     "`kai validate` and `kai render --check` on every pull request.",
 )
+@click.option(
+    "--registry", metavar="REGISTRY", default=DEFAULT_REGISTRY, show_default=True,
+    help="The registry you own and push the runner images to (host[:port]/path, e.g. "
+    "ghcr.io/acme): the image map sends the KRE images to REGISTRY/runner, "
+    "REGISTRY/runner-ml and, on gpu nodes, REGISTRY/runner-gpu. The default is a "
+    "placeholder to replace.",
+)
 def init(directory: Path, project: str, namespace: str, repo_url: str | None,
-         branch: str, secret_ref: str, no_ci: bool) -> None:
+         branch: str, secret_ref: str, no_ci: bool, registry: str) -> None:
     """Create a GitOps repo in DIRECTORY.
 
-    Writes kai.yaml (project, namespace, image map, ingress defaults), versions/,
-    deploy/ (an Argo CD Application and a Flux GitRepository + Kustomization that
-    point at rendered/PROJECT), the initial rendered/PROJECT/, a .gitignore and a
+    Writes kai.yaml (project, namespace, the image map onto the runner images in
+    --registry, ingress defaults), versions/, deploy/ (an Argo CD Application and a
+    Flux GitRepository + Kustomization that point at rendered/PROJECT), the initial
+    rendered/PROJECT/, a .gitignore and a
     GitHub Actions workflow that runs `kai validate .` and `kai render --check` on
     pull requests (at the top of the git repository: .github/workflows/kai.yaml, or
     .github/workflows/kai-PROJECT.yaml when DIRECTORY is a subfolder of it), runs
@@ -66,7 +75,8 @@ def init(directory: Path, project: str, namespace: str, repo_url: str | None,
         )
     with guarded():
         result = init_repo(directory, project, namespace, repo_url=repo_url, branch=branch,
-                           secret_ref=secret_ref, ci=not no_ci, notify=notify)
+                           secret_ref=secret_ref, ci=not no_ci, notify=notify,
+                           registry=registry)
     click.echo(f"created GitOps repo {directory} (project {project}, namespace {namespace})")
     for path in result.paths:
         click.echo(f"  {path}")

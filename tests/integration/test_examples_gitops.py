@@ -80,4 +80,5 @@ def test_kubectl_kustomize_builds(repo: Path) -> None:
     assert services == ["active-entrypoint", "room-price-v1"]
     images = {c["image"] for o in objects if o["kind"] == "Deployment"
               for c in o["spec"]["template"]["spec"]["containers"]}
-    assert all(i.startswith("ghcr.io/kai-server/runner:") for i in images), images
+    assert images == {"registry.example.com/kai/runner:0.1.0",
+                      "registry.example.com/kai/runner-ml:0.1.0"}, images

@@ -68,8 +68,18 @@ def test_init_scaffolds_and_commits(repo: Path) -> None:
     assert clean(repo)
     doc = yaml.safe_load((repo / "kai.yaml").read_text())
     assert doc["project"] == "demo" and doc["namespace"] == "kai-demo"
-    assert {i["name"] for i in doc["images"]} == {
-        "konstellation/kre-py", "konstellation/kre-entrypoint"}
+    assert doc["images"] == [
+        {"name": "konstellation/kre-entrypoint", "newName": "registry.example.com/kai/runner",
+         "newTag": "0.1.0"},
+        {"name": "konstellation/kre-py", "newName": "registry.example.com/kai/runner-ml",
+         "newTag": "0.1.0"},
+        {"name": "konstellation/kre-py", "newName": "registry.example.com/kai/runner-gpu",
+         "newTag": "0.1.0", "gpu": True},
+    ]
+    text = (repo / "kai.yaml").read_text()
+    comment = text[:text.index("\nimages:\n")].rsplit("\n\n", 1)[-1].split("\n")
+    assert [line for line in comment if line.startswith("#")][-1] == (
+        "# registry.example.com/kai is a placeholder: replace it with your registry.")
     assert "GRPC" in (repo / "kai.yaml").read_text()
     assert (repo / "versions" / ".gitkeep").is_file()
     assert (repo / ".gitignore").is_file()
@@ -126,6 +136,48 @@ def test_init_explicit_repo_url_and_bad_names(tmp_path: Path) -> None:
     assert bad.exit_code == 1
     assert "--project 'Demo_1' is not a valid Kubernetes name" in bad.stderr
     assert not (tmp_path / "b" / "kai.yaml").exists()
+
+
+def test_init_registry_fills_the_image_map(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    kai("init", str(root), "--project", "demo", "--namespace", "ns",
+        "--registry", "ghcr.io/acme")
+    text = (root / "kai.yaml").read_text()
+    lines = text.splitlines()
+    at = lines.index("images:")
+    assert lines[at - 3:at] == [
+        "# The runner images the KRE images run as (a gpu: true entry: on gpu nodes only).",
+        "# They live in a registry you own and must push them to: see docs/runner-image.md;",
+        "# `kai init --registry REGISTRY` writes this map for REGISTRY.",
+    ]
+    assert "placeholder" not in text and "registry.example.com" not in text
+    assert [(i["newName"], i.get("gpu", False)) for i in yaml.safe_load(text)["images"]] == [
+        ("ghcr.io/acme/runner", False), ("ghcr.io/acme/runner-ml", False),
+        ("ghcr.io/acme/runner-gpu", True)]
+    kust = yaml.safe_load((root / "rendered/demo/kustomization.yaml").read_text())
+    assert [i["newName"] for i in kust["images"]] == ["ghcr.io/acme/runner",
+                                                      "ghcr.io/acme/runner-ml"]
+    again = tmp_path / "again"
+    kai("init", str(again), "--project", "demo", "--namespace", "ns",
+        "--registry", "ghcr.io/acme")
+    assert (again / "kai.yaml").read_text() == text  # deterministic
+    assert kai("render", "--check", "--repo", str(root)).exit_code == 0
+
+
+@pytest.mark.parametrize(("registry", "problem"), [
+    ("acme", "must start with the registry's host"),
+    ("ghcr.io/Acme", "path component 'Acme' must be lower-case"),
+    ("ghcr.io/acme:1.0", "must not carry a tag"),
+])
+def test_init_refuses_a_bad_registry_in_one_line(tmp_path: Path, registry: str,
+                                                 problem: str) -> None:
+    bad = kai("init", str(tmp_path / "r"), "--project", "demo", "--namespace", "ns",
+              "--registry", registry, ok=False)
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith(f"error: --registry {registry!r}: {problem}")
+    assert len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.output
+    assert not (tmp_path / "r").exists()
+    assert "--registry" in kai("init", "--help").stdout
 
 
 # --- add --------------------------------------------------------------------------------------
@@ -233,8 +285,8 @@ namespace: kai-demo        # where the versions run
 project: demo
 
 images:   # our runner runs the KRE images
-  - {name: konstellation/kre-py, newName: ghcr.io/kai-server/runner, newTag: "0.1.0"}
-  - {name: konstellation/kre-entrypoint, newName: ghcr.io/kai-server/runner, newTag: '0.1.0'}
+  - {name: konstellation/kre-py, newName: registry.example.com/kai/runner-ml, newTag: "0.1.0"}
+  - {name: konstellation/kre-entrypoint, newName: registry.example.com/kai/runner, newTag: '0.1.0'}
 resources: {requests: {cpu: 100m}}   # limits as kai's defaults
 
 versions:

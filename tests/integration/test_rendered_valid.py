@@ -13,8 +13,9 @@ import yaml
 
 from renderer import checks
 from renderer.atomic import read_tree, write_tree
+from renderer.images import default_images
 from renderer.krt import Config, Node, Version, Workflow
-from renderer.project import ConfigSource, Ingress, Project, VersionState, default_images
+from renderer.project import ConfigSource, Ingress, Project, VersionState
 from renderer.render import RenderError, render_deploy, render_project
 
 pytestmark = pytest.mark.integration
@@ -114,7 +115,12 @@ def test_kubectl_kustomize_builds(repo: tuple[Project, dict[str, Version]]) -> N
     assert {o["metadata"].get("namespace", "demo") for o in objs} == {"demo"}
     images = {c["image"] for o in objs if o["kind"] == "Deployment"
               for c in o["spec"]["template"]["spec"]["containers"]}
-    assert images == {"ghcr.io/kai-server/runner:0.1.0"}
+    assert images == {f"registry.example.com/kai/{flavor}:0.1.0"
+                      for flavor in ("runner", "runner-ml", "runner-gpu")}
+    models = {c["image"] for o in objs if o["kind"] == "Deployment"
+              and o["metadata"]["name"].endswith("-model")
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    assert models == {"registry.example.com/kai/runner-gpu:0.1.0"}  # the gpu node
     services = sorted(o["metadata"]["name"] for o in objs if o["kind"] == "Service")
     assert services == ["active-entrypoint", "greeter-v2", "room-v1"]
 

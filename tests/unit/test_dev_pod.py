@@ -20,7 +20,8 @@ from renderer.cli.devpod import (
     materialise,
     pod_uid,
 )
-from renderer.project import RUNNER_IMAGE, ImageMapping, Project
+from renderer.images import DEFAULT_REGISTRY, default_images
+from renderer.project import ImageMapping, Project
 from runner import contract
 
 CM = {"kind": "ConfigMap", "metadata": {"name": "v1-files"},
@@ -127,7 +128,7 @@ def test_a_custom_image_gets_one_line_after_the_image_map() -> None:
     objects = [deployment("v1-a", "konstellation/kre-py:1.23.0"),
                deployment("v1-b", "registry.example/own:2"),
                deployment("v1-c", "localhost:5000/konstellation/kre-py:1.23.0"),
-               deployment("v1-d", f"{RUNNER_IMAGE}:0.1.0")]
+               deployment("v1-d", f"{DEFAULT_REGISTRY}/runner-ml:0.1.0")]
     plain = custom_image_lines(Project(name="p", namespace="p"), objects)
     assert plain == [
         "v1-b: image registry.example/own:2 is not the runner image; kai dev runs it with "
@@ -140,6 +141,17 @@ def test_a_custom_image_gets_one_line_after_the_image_map() -> None:
     # the map sends both to the runner image (ours): no line; kai's own runner image is
     # not what this project's KRE images become, yet it is the runner all the same
     assert custom_image_lines(mapped, objects) == [plain[1]]
+
+
+def test_a_gpu_node_on_the_gpu_runner_is_the_runner() -> None:
+    """A gpu node's Deployment names the gpu entry's image directly (renderer.images)."""
+    project = Project(name="p", namespace="p", images=default_images("ghcr.io/acme"))
+    objects = [deployment("v1-gpu", "ghcr.io/acme/runner-gpu:0.1.0"),
+               deployment("v1-cpu", "konstellation/kre-py:1.23.0"),
+               deployment("v1-own", "ghcr.io/acme/own-gpu:1")]
+    assert custom_image_lines(project, objects) == [
+        "v1-own: image ghcr.io/acme/own-gpu:1 is not the runner image; kai dev runs it with "
+        "this machine's Python environment instead"]
 
 
 def test_as_root_read_only_files_belong_to_another_user_than_the_process(

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderer import yamledit
+from renderer.images import default_images
 from renderer.lifecycle import ACTIONS, LifecycleError, transition
 from renderer.problems import InputError
 from renderer.project import (
@@ -22,7 +23,6 @@ from renderer.project import (
     Project,
     Resources,
     VersionState,
-    default_images,
 )
 from renderer.projectfile import (
     bundled_kubernetes_versions,
@@ -44,7 +44,7 @@ ingress:
   tlsSecret: greeter-tls
   annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPC}
 images:
-  - {name: konstellation/kre-py, newName: ghcr.io/kai-server/runner, newTag: 0.1.0}
+  - {name: konstellation/kre-py, newName: reg.example.com/kai/runner-ml, newTag: 0.1.0}
 resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {cpu: "1", memory: 512Mi}}
 versions:
   greeter-v1:
@@ -85,7 +85,7 @@ def test_full_file(tmp_path: Path) -> None:
         nats=Nats("nats://nats.kai-system.svc:4222", "kai-system", "memory"),
         ingress=Ingress("greeter.example.com", "nginx", "greeter-tls",
                         {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
-        images=(ImageMapping("konstellation/kre-py", "ghcr.io/kai-server/runner", "0.1.0"),),
+        images=(ImageMapping("konstellation/kre-py", "reg.example.com/kai/runner-ml", "0.1.0"),),
         resources=Resources({"cpu": "100m", "memory": "128Mi"}, {"cpu": "1", "memory": "512Mi"}),
         versions={
             "greeter-v1": VersionState("published", ConfigSource("secret", "greeter-v1-config")),
@@ -234,6 +234,67 @@ def test_semantic_errors(tmp_path: Path) -> None:
     ]
 
 
+GPU_MAP = """\
+project: demo
+namespace: kai-demo
+images:
+  - {name: konstellation/kre-py, newName: r.io/kai/runner-ml, newTag: 0.1.0}
+  - {name: konstellation/kre-py, newName: r.io/kai/runner-gpu, newTag: 0.1.0, gpu: true}
+  - {name: konstellation/kre-go, newName: r.io/kai/go-gpu, gpu: true}
+"""
+
+
+def test_an_image_maps_once_for_cpu_nodes_and_once_for_gpu_nodes(tmp_path: Path) -> None:
+    p = load_project(write(tmp_path, GPU_MAP))
+    assert p.images == (
+        ImageMapping("konstellation/kre-py", "r.io/kai/runner-ml", "0.1.0"),
+        ImageMapping("konstellation/kre-py", "r.io/kai/runner-gpu", "0.1.0", gpu=True),
+        # a gpu entry whose name no node (nor any cpu entry) uses is fine
+        ImageMapping("konstellation/kre-go", "r.io/kai/go-gpu", gpu=True),
+    )
+    text = dump_project(p)
+    assert "  gpu: true\n" in text and "gpu: false" not in text
+    assert load_project(write(tmp_path, text)) == p
+    false = GPU_MAP.replace("newTag: 0.1.0}", "newTag: 0.1.0, gpu: false}", 1)
+    assert load_project(write(tmp_path, false)) == p  # gpu: false is the default
+
+
+def test_two_entries_for_the_same_image_and_gpu_value_point_at_the_second(
+        tmp_path: Path) -> None:
+    text = GPU_MAP + (
+        "  - {name: konstellation/kre-py, newName: r.io/kai/other, gpu: true}\n"
+        "  - {name: konstellation/kre-py, newName: r.io/kai/other, gpu: false}\n"
+        "  - {name: konstellation/kre-py, newName: r.io/kai/other}\n"
+    )
+    assert problems(tmp_path, text) == [
+        'kai.yaml:7:64: images[3].gpu: image "konstellation/kre-py" is mapped twice for '
+        "gpu: true nodes (first at images[1])",
+        'kai.yaml:8:64: images[4].gpu: image "konstellation/kre-py" is mapped twice '
+        "(first at images[0])",
+        'kai.yaml:9:12: images[5].name: image "konstellation/kre-py" is mapped twice '
+        "(first at images[0])",
+    ]
+
+
+def test_gpu_must_be_a_boolean(tmp_path: Path) -> None:
+    text = GPU_MAP.replace("gpu: true}", "gpu: yes please}", 1)
+    [line] = problems(tmp_path, text)
+    assert line.startswith("kai.yaml:5:84: images[1].gpu: expected true or false"), line
+
+
+def test_dump_writes_notes_above_their_top_level_key(tmp_path: Path) -> None:
+    p = Project("demo", "kai-demo", images=default_images(), root=tmp_path)
+    note = "# one\n# two\n"
+    text = dump_project(p, {"images": note, "versions": "# last\n"})
+    assert text == dump_project(p).replace("\nimages:", f"\n{note}images:").replace(
+        "\nversions:", "\n# last\nversions:")
+    assert load_project(write(tmp_path, text)) == p
+    # a lifecycle edit keeps them
+    started = replace(p, versions={"a-v1": VersionState("started")})
+    out = edited(tmp_path, text, started)
+    assert note + "images:" in out and "# last\nversions:" in out
+
+
 @pytest.mark.parametrize(
     ("text", "line"),
     [
@@ -263,7 +324,7 @@ project: demo
 
 # the image map
 images:
-  - {name: konstellation/kre-py, newName: ghcr.io/kai-server/runner, newTag: "0.1.0"}  # runner
+  - {name: konstellation/kre-py, newName: reg.example.com/kai/runner-ml, newTag: "0.1.0"}  # runner
 resources: {requests: {cpu: 100m}}
 nats: { url: "nats://nats.kai-system.svc:4222" }   # odd spacing, kept
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from renderer import plan as planmod
+from renderer.images import default_images
 from renderer.krt import Config, Node, Version, Workflow
 from renderer.plan import build_plan
 from renderer.project import (
@@ -20,7 +21,6 @@ from renderer.project import (
     Project,
     Resources,
     VersionState,
-    default_images,
 )
 from renderer.render import (
     RenderError,
@@ -281,6 +281,37 @@ def test_replicas_and_gpu(tmp_path: Path) -> None:
     etl = deps["greeter-v1-etl"]
     assert etl["spec"]["replicas"] == 1
     assert "tolerations" not in etl["spec"]["template"]["spec"]
+
+
+def test_a_gpu_node_names_the_gpu_runner_and_kustomize_maps_the_rest(tmp_path: Path) -> None:
+    """The whole tree renders (and passes render_project's checks) with a gpu kre-py node:
+    its Deployment names REGISTRY/runner-gpu, the others keep krt.yml's image, and
+    kustomization.yaml carries only the entries without gpu."""
+    version = make_version(tmp_path, gpu=True)
+    project = make_project(tmp_path, {"greeter-v1": "published"},
+                           images=default_images("ghcr.io/acme"))
+    tree = render_project(project, {"greeter-v1": version})
+    images = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["image"]
+              for o in by_kind(list(objects_of(tree).values()), "Deployment")}
+    assert images == {
+        "greeter-v1-entrypoint": "konstellation/kre-entrypoint:1.6.0",
+        "greeter-v1-etl": "konstellation/kre-py:1.23.0",
+        "greeter-v1-output": "ghcr.io/acme/runner-gpu:0.1.0",
+    }
+    assert yaml.safe_load(tree["kustomization.yaml"])["images"] == [
+        {"name": "konstellation/kre-entrypoint", "newName": "ghcr.io/acme/runner",
+         "newTag": "0.1.0"},
+        {"name": "konstellation/kre-py", "newName": "ghcr.io/acme/runner-ml", "newTag": "0.1.0"},
+    ]
+    assert render_project(project, {"greeter-v1": version}) == tree
+
+
+def test_a_gpu_node_without_a_gpu_entry_keeps_its_image(tmp_path: Path) -> None:
+    cpu_only = tuple(m for m in default_images() if not m.gpu)
+    deps = {d["metadata"]["name"]: d for d in
+            by_kind(rendered(tmp_path, gpu=True, images=cpu_only), "Deployment")}
+    out = deps["greeter-v1-output"]["spec"]["template"]["spec"]["containers"][0]
+    assert out["image"] == "konstellation/kre-py:1.23.0"
 
 
 # --- the ConfigMap ----------------------------------------------------------------------------
