@@ -102,7 +102,7 @@ class Process:
     node: str | None  # the node's name in krt.yml, None for the entrypoint
     image: str  # what the Deployment names (renderer.images.container_image)
     command: tuple[str, ...]
-    env: dict[str, str]  # the contract environment, with cluster paths
+    env: dict[str, str]  # the contract environment (and its KRE aliases), with cluster paths
     ports: tuple[Port, ...]
     replicas: int
     gpu: bool
@@ -114,8 +114,10 @@ class Process:
     readiness: Probe
     liveness: Probe
     tolerations: tuple[Toleration, ...] = ()
-    secret_env: tuple[str, ...] = ()  # config variables, from the version's Secret
-    secret_files: tuple[str, ...] = ()  # config files, mounted from the version's Secret
+    # from the version's Secret: the variables of these names (config variables, then each
+    # config file's content, as KRE delivered files), and the files mounted in mounts.config
+    secret_env: tuple[str, ...] = ()
+    secret_files: tuple[str, ...] = ()
     run_as: int = RUN_AS  # uid and gid
     grace_seconds: int = GRACE_SECONDS
     mounts: Mounts = field(default_factory=Mounts)
@@ -129,6 +131,7 @@ class Process:
         env[contract.ENV_CONFIG_DIR] = str(config_dir)
         for key, value in (ports or {}).items():
             env[key] = str(value)
+        env.update(contract.kre_aliases(env))
         return env
 
 
@@ -220,10 +223,11 @@ class VersionPlan:
         source = self.config_source
         if lacks_config_source(declared, source):
             return no_config_source(self.version, declared)
-        clash = sorted(n for n in self.config_variables if contract.is_reserved_env(n))
+        clash = sorted({n for n in (*self.config_variables, *self.config_files)
+                        if contract.is_reserved_env(n)})
         if clash:
-            return (f"config variables {', '.join(clash)} clash with the runner's own "
-                    "environment variables")
+            return (f"config {', '.join(clash)} clash with the runner's own environment "
+                    f"variables ({contract.reserved_env_rule()})")
         assert source is not None
         if source.kind not in CONFIG_KINDS:
             return (f"unknown config source kind {source.kind!r} "
@@ -474,9 +478,16 @@ def node_process(project: Project, version: Version, node: Node,
         readiness=Probe(contract.NODE_WEB_PORT, "/readyz", failure_threshold=3),
         liveness=Probe(contract.NODE_WEB_PORT, "/healthz", period=20, initial_delay=10),
         tolerations=(Toleration(GPU),) if node.gpu else (),
-        secret_env=version.config.variables,
+        secret_env=secret_env(version.config),
         secret_files=version.config.files,
     )
+
+
+def secret_env(config: Config) -> tuple[str, ...]:
+    """The variables a node gets from the version's Secret: each config variable, and each
+    config file's content under the file's name (KRE gave files so; the file is mounted
+    too). A name declared both ways is one variable."""
+    return tuple(dict.fromkeys((*config.variables, *config.files)))
 
 
 def is_running(state: str) -> bool:

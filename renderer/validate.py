@@ -155,13 +155,14 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                         for line, col, message in source_problems(directory / src)]
     out += _proto_problems(doc, version, directory, shown, shipped)
     out += _name_length_problems(doc, version)
-    variables = list_or_empty(dict_or_empty(data.get("config")).get("variables"))
-    for i, name in enumerate(variables):
-        if isinstance(name, str) and contract.is_reserved_env(name):
-            out.append(doc.problem(
-                ("config", "variables", i),
-                f'"{name}" is reserved: names starting with {contract.RESERVED_ENV_PREFIX} '
-                "are the runner's own environment; rename the variable"))
+    config = dict_or_empty(data.get("config"))
+    for section in ("variables", "files"):  # a file's content is a variable too (as in KRE)
+        for i, name in enumerate(list_or_empty(config.get(section))):
+            if isinstance(name, str) and contract.is_reserved_env(name):
+                out.append(doc.problem(
+                    ("config", section, i),
+                    f'"{name}" is reserved: {contract.reserved_env_rule()} are the '
+                    "runner's own environment; rename it"))
     return out
 
 

@@ -46,6 +46,53 @@ ENV_CONCURRENCY = "KAI_CONCURRENCY"  # messages a node process handles at once
 ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
 ENV_MAX_MESSAGE = "KAI_MAX_MESSAGE"  # bytes: the largest request, step output or reply
 
+# --- KRE 1.x names of the same settings ---------------------------------------------
+
+# Code written for KRE's Python runner (kre-py 1.23) reads its settings from these. Each is
+# set with the value of the contract variable it names, wherever that one is set (so the
+# node names only on nodes). kre-py's other variables have no meaning here and are not set
+# (docs/node-sdk.md says which and why).
+KRE_ENV_PREFIX = "KRT_"
+KRE_ALIASES: tuple[tuple[str, str], ...] = (
+    ("KRT_BASE_PATH", ENV_VERSION_DIR),  # ctx.path's root: where the version's files are
+    ("KRT_HANDLER_PATH", ENV_HANDLER),  # the node's src, relative to KRT_BASE_PATH
+    ("KRT_NATS_SERVER", ENV_NATS_URL),
+    ("KRT_NODE_ID", ENV_NODE),  # a node's name is its id
+    ("KRT_NODE_NAME", ENV_NODE),
+    ("KRT_VERSION", ENV_VERSION),
+    ("KRT_VERSION_ID", ENV_VERSION),  # a version's name is its id in the project
+)
+
+
+def kre_aliases(env: Mapping[str, str]) -> dict[str, str]:
+    """The KRE_ALIASES of `env`, each with the value of the contract variable it names.
+
+    Whoever changes a contract variable after the plan (`kai dev` points KAI_NATS_URL and
+    the paths at this machine) sets these again from the result, so they cannot differ.
+    """
+    return {alias: env[ours] for alias, ours in KRE_ALIASES if ours in env}
+
+
+# --- one environment entry ------------------------------------------------------------
+
+# Linux refuses to start a process (E2BIG) whose environment has one `NAME=value` string,
+# with its terminating NUL, longer than MAX_ARG_STRLEN: 32 pages, 128 KiB with 4 KiB pages.
+# A config file's content travels in the environment too (KRE delivered it so): a file
+# larger than this cannot, and a pod given one does not start. A NUL byte cannot either.
+MAX_ENV_ENTRY = 32 * 4096
+
+
+def env_entry_problem(name: str, value: bytes) -> str | None:
+    """Why `name=value` cannot be one entry of a process's environment, or None."""
+    if b"\0" in value:
+        return "it holds a NUL byte, which an environment variable cannot"
+    size = len(name.encode()) + 1 + len(value) + 1
+    if size > MAX_ENV_ENTRY:
+        return (f"{name}=<value> takes {size} bytes, more than the {MAX_ENV_ENTRY} one "
+                "environment entry may (Linux MAX_ARG_STRLEN)")
+    return None
+
+
 # --- defaults ----------------------------------------------------------------
 
 GRPC_PORT = 9000
@@ -166,12 +213,20 @@ def data_subject(project: str, kind: str, *parts: str) -> str:
     return f"kai-data.{_token(project)}.{_token(kind)}" + (f".{tail}" if tail else "")
 
 
-RESERVED_ENV_PREFIX = "KAI_"  # the runner's own environment: no config variable may take it
+RESERVED_ENV_PREFIX = "KAI_"  # the runner's own environment
+# No config name may start with one of these: KAI_ is the runner's own environment, KRT_
+# the names KRE gave it (KRE_ALIASES sets some; the prefix is kept whole for the others).
+RESERVED_ENV_PREFIXES: tuple[str, ...] = (RESERVED_ENV_PREFIX, KRE_ENV_PREFIX)
 
 
 def is_reserved_env(name: str) -> bool:
     """Whether `name` is (or may become) one of the runner's own environment variables."""
-    return name.startswith(RESERVED_ENV_PREFIX)
+    return name.startswith(RESERVED_ENV_PREFIXES)
+
+
+def reserved_env_rule() -> str:
+    """The reserved-name rule in words, for messages: `names starting with KAI_ or KRT_`."""
+    return f"names starting with {' or '.join(RESERVED_ENV_PREFIXES)}"
 
 
 DATA_KEPT_KINDS = frozenset({"db"})  # records never aged out of the data stream
@@ -245,7 +300,7 @@ class RunnerEnv:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
-        """The variables, as strings, in a stable order."""
+        """The variables, as strings, in a stable order, with their KRE_ALIASES."""
         env = {
             ENV_NATS_URL: self.nats_url,
             ENV_PROJECT: self.project,
@@ -274,6 +329,7 @@ class RunnerEnv:
         if self.handler is not None:
             env[ENV_HANDLER] = self.handler
         env.update(self.extra)
+        env.update(kre_aliases(env))
         return dict(sorted(env.items()))
 
     @classmethod

@@ -330,7 +330,12 @@ class Supervisor:
         try:
             for spec in self.specs:
                 for index in range(spec.replicas):
-                    await self._spawn(spec, index)
+                    try:
+                        await self._spawn(spec, index)
+                    except OSError as exc:  # E2BIG: its environment is too large, ...
+                        raise StartupError(_label(spec, index),
+                                           f"cannot start: {exc.strerror or exc}",
+                                           [], None) from None
             await self._wait_ready([c.label for c in self.children])
         except BaseException:
             await self.stop()

@@ -163,10 +163,11 @@ def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
                    guard: devpod.Guard = devpod.NOT_ROOT) -> list[ProcessSpec]:
     """The Deployments among a version's rendered objects (renderer.render.render_version,
     what `kai render` writes) as processes of this machine: each container's command, env
-    (a secretKeyRef's value from `config`), replicas, probes and
-    terminationGracePeriodSeconds, with this machine's paths and ports (the entrypoint's:
-    `grpc_port`, `web_port`; nodes': free ones). Each pod's volumes are written under
-    `work/pods/<Deployment>` (renderer.cli.devpod); `guard` says as whom they run.
+    (a secretKeyRef's value from `config`: a variable's, or a file's content), replicas,
+    probes and terminationGracePeriodSeconds, with this machine's paths and ports (the
+    entrypoint's: `grpc_port`, `web_port`; nodes': free ones). Each pod's volumes are
+    written under `work/pods/<Deployment>` (renderer.cli.devpod); `guard` says as whom
+    they run.
     """
     configmaps = {str(o["metadata"]["name"]): o for o in objects if o.get("kind") == "ConfigMap"}
     return [deployment_spec(obj, configmaps, work / "pods", nats_url, config, grpc_port,
@@ -197,11 +198,7 @@ def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str
         if not isinstance(ref, Mapping) or "key" not in ref:
             raise DevError(f"Deployment {name}: env {item['name']}: kai dev runs only a "
                            "value or a secretKeyRef")
-        key = str(ref["key"])
-        if key not in config.variables:
-            raise DevError(f"Deployment {name}: config {key} is not set: pass "
-                           f"--config {key}=... or set it in the environment")
-        env[item["name"]] = config.variables[key]
+        env[item["name"]] = secret_value(name, str(item["name"]), str(ref["key"]), config)
     ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports", ())}
     readiness = _probe(name, container.get("readinessProbe"), ports, env)
     liveness = _probe(name, container.get("livenessProbe"), ports, env)
@@ -219,10 +216,33 @@ def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str
         env[contract.ENV_GRPC_PORT], env[contract.ENV_WEB_PORT] = str(grpc_port), str(web_port)
     else:
         free = (contract.ENV_WEB_PORT,)
+    env.update(contract.kre_aliases(env))  # after the local paths and NATS URL
     grace = float(pod.get("terminationGracePeriodSeconds", K8S_GRACE))
     return ProcessSpec(name, role, env, int(obj["spec"].get("replicas", 1)), free,
                        readiness=readiness, liveness=liveness, grace=grace, user=user.uid,
                        group=user.gid, groups=user.groups, drop_caps=user.drop_caps)
+
+
+def secret_value(deployment: str, var: str, key: str, config: devconfig.DevConfig) -> str:
+    """The value a secretKeyRef to `key` gives the variable `var`: the config variable's,
+    or the config file's content (its bytes as they are, in os.environb). Raises DevError
+    when it is not set, or cannot be an environment variable (the pod would not start)."""
+    if key in config.variables:
+        value = config.variables[key]
+        raw, what = value.encode("utf-8", "surrogateescape"), "config"
+    elif key in config.files:
+        raw, what = config.files[key], "config file"
+        value = os.fsdecode(raw)
+    else:
+        raise DevError(f"Deployment {deployment}: config {key} is not set: pass "
+                       f"--config {key}=... or set it in the environment")
+    problem = contract.env_entry_problem(var, raw)
+    if problem:
+        raise DevError(f"Deployment {deployment}: {what} {key} cannot be the environment "
+                       f"variable {var}, which the cluster sets too (the pod would not "
+                       f"start): {problem}; keep it under {contract.MAX_ENV_ENTRY // 1024} "
+                       "KiB and free of NUL bytes (docs/node-sdk.md)")
+    return value
 
 
 def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],

@@ -3,7 +3,8 @@
 A declared variable reaches every node as an environment variable of its name,
 as the Secret's `secretKeyRef` does in the cluster. A declared file is written
 into the pod's config volume under its name (renderer.cli.devpod), as the Secret's
-volume is mounted in the cluster.
+volume is mounted in the cluster, and its content is the environment variable of
+its name too, as KRE delivered files (renderer.cli.dev.secret_value).
 For a file, `NAME=@path` reads the value from a file; any other value is the
 file's content.
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from local_run import kai, write_version
 
+from renderer.cli.call import EXIT_INPUT
 from renderer.cli.dev import find_project, render_local
 from renderer.validate import load_version
 from runner.supervisor import free_port
@@ -189,3 +190,90 @@ def test_a_node_sees_the_configmaps_files_read_only(tmp_path: Path) -> None:
         assert all("without capabilities" in line for line in guard)
         assert not any("writes into the version's files are not prevented" in line
                        for line in lines)
+
+
+KRE_NODE = """\
+    import json
+    import os
+
+    from public_input_pb2 import Request, Response
+
+
+    def handler(ctx, data: Request):
+        env = {k: v for k, v in os.environ.items() if k.startswith(("KRT_", "KAI_"))}
+        with open(ctx.get_config("MODEL_CONF"), encoding="utf-8") as f:
+            mounted = f.read()
+        handler_file = os.path.join(os.environ["KRT_BASE_PATH"], os.environ["KRT_HANDLER_PATH"])
+        return Response(json=json.dumps({
+            "env": env, "model_conf": os.environ["MODEL_CONF"], "mounted": mounted,
+            "api_key": os.environ["API_KEY"],
+            "handler_is_this_file": os.path.samefile(handler_file, __file__)}))
+"""
+
+KRE_PROTO = """\
+    syntax = "proto3";
+    package kre;
+    message Request { string name = 1; }
+    message Response { string json = 1; }
+    service Entrypoint { rpc Look (Request) returns (Response) {}; }
+"""
+
+
+def test_a_kre_node_reads_its_settings_and_config_files_from_the_environment(
+        tmp_path: Path) -> None:
+    """Code written for kre-py 1.23: os.environ["KRT_..."], and a config file's content in
+    os.environ[NAME]; the mounted file and ctx.get_config stay."""
+    version = write_version(tmp_path, "kre-v1", KRE_PROTO, {"legacy": KRE_NODE},
+                            {"look": ("Look", ["legacy"])})
+    krt = version / "krt.yml"
+    krt.write_text(krt.read_text().replace(
+        "nodes:", "config:\n  variables: [API_KEY]\n  files: [MODEL_CONF]\nnodes:"))
+    conf = tmp_path / "model.yaml"
+    conf.write_text("depth: 3\nname: «forêt»\n\n", encoding="utf-8")
+    argv = kai("dev", str(version), "--port", str(free_port()), "--web-port", str(free_port()),
+               "--config", "API_KEY=s3cret", "--config", f"MODEL_CONF=@{conf}",
+               "--call", "Look", '{"name": "ada"}')
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(json.loads(done.stdout)["json"])
+
+    env = reply["env"]
+    assert {k for k in env if k.startswith("KRT_")} == {
+        "KRT_BASE_PATH", "KRT_HANDLER_PATH", "KRT_NATS_SERVER", "KRT_NODE_ID",
+        "KRT_NODE_NAME", "KRT_VERSION", "KRT_VERSION_ID"}
+    assert env["KRT_VERSION"] == env["KRT_VERSION_ID"] == env["KAI_VERSION"] == "kre-v1"
+    assert env["KRT_NODE_NAME"] == env["KRT_NODE_ID"] == env["KAI_NODE"] == "legacy"
+    assert env["KRT_HANDLER_PATH"] == env["KAI_HANDLER"] == "src/legacy/main.py"
+    # this machine's values, not the cluster's: the run's folder and the embedded NATS
+    assert env["KRT_BASE_PATH"] == env["KAI_VERSION_DIR"]
+    assert str(tmp_path / "kai-dev-") in env["KRT_BASE_PATH"]
+    assert env["KRT_NATS_SERVER"] == env["KAI_NATS_URL"]
+    assert env["KRT_NATS_SERVER"].startswith("nats://127.0.0.1:")
+    assert reply["handler_is_this_file"] is True
+    # the file's content, in the variable and in the mounted file
+    assert reply["model_conf"] == reply["mounted"] == conf.read_text(encoding="utf-8")
+    assert reply["api_key"] == "s3cret"
+
+
+def test_kai_dev_refuses_a_config_file_too_large_for_the_environment(tmp_path: Path) -> None:
+    version = write_version(tmp_path, "kre-v1", KRE_PROTO, {"legacy": KRE_NODE},
+                            {"look": ("Look", ["legacy"])})
+    krt = version / "krt.yml"
+    krt.write_text(krt.read_text().replace("nodes:", "config:\n  files: [MODEL_CONF]\nnodes:"))
+    conf = tmp_path / "model.bin"
+    conf.write_bytes(b"x" * (128 * 1024))
+    argv = kai("dev", str(version), "--port", str(free_port()), "--web-port", str(free_port()),
+               "--config", f"MODEL_CONF=@{conf}")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == EXIT_INPUT, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: Deployment kre-v1-legacy: config file MODEL_CONF cannot be the environment "
+        "variable MODEL_CONF, which the cluster sets too (the pod would not start): "
+        "MODEL_CONF=<value> takes 131084 bytes, more than the 131072 one environment entry "
+        "may (Linux MAX_ARG_STRLEN); keep it under 128 KiB and free of NUL bytes "
+        "(docs/node-sdk.md)"]
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.glob("kai-dev-*")) == []

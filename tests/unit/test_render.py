@@ -392,13 +392,36 @@ def test_config_from_secret_through_secretkeyref_and_files(tmp_path: Path) -> No
         if dep["metadata"]["name"].endswith("entrypoint"):
             assert not refs
             continue
+        # a config file's content is also the variable of its name, as KRE delivered it
         assert refs == {"API_KEY": {"name": "greeter-cfg", "key": "API_KEY"},
-                        "DB_URL": {"name": "greeter-cfg", "key": "DB_URL"}}
+                        "DB_URL": {"name": "greeter-cfg", "key": "DB_URL"},
+                        "HTTPS_CERT": {"name": "greeter-cfg", "key": "HTTPS_CERT"}}
         (vol,) = [v for v in pod["volumes"] if v["name"] == "config"]
         assert vol["secret"]["secretName"] == "greeter-cfg"
         assert vol["secret"]["items"] == [{"key": "HTTPS_CERT", "path": "HTTPS_CERT"}]
         assert {"name": "config", "mountPath": contract.CONFIG_MOUNT, "readOnly": True} in \
             c["volumeMounts"]
+
+
+def test_each_config_file_is_one_secretkeyref_variable(tmp_path: Path) -> None:
+    """Every file, a name declared both as variable and file once, no value in the repo."""
+    config = Config(variables=("API_KEY", "SHARED"), files=("B_FILE", "A_FILE", "SHARED"))
+    objs = rendered(tmp_path, config=config, source=ConfigSource("secret", "greeter-cfg"))
+    for dep in by_kind(objs, "Deployment"):
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        names = [e["name"] for e in c["env"]]
+        assert len(names) == len(set(names)), names
+        from_secret = [e for e in c["env"] if "valueFrom" in e]
+        if dep["metadata"]["name"].endswith("entrypoint"):
+            assert not from_secret
+            continue
+        assert [(e["name"], e["valueFrom"]) for e in from_secret] == [
+            (n, {"secretKeyRef": {"name": "greeter-cfg", "key": n}})
+            for n in ("API_KEY", "SHARED", "B_FILE", "A_FILE")]
+        assert all("value" not in e for e in from_secret)
+        (vol,) = [v for v in dep["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "config"]
+        assert [i["key"] for i in vol["secret"]["items"]] == ["B_FILE", "A_FILE", "SHARED"]
 
 
 def test_config_without_source_is_refused(tmp_path: Path) -> None:

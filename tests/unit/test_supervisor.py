@@ -149,6 +149,22 @@ def test_a_child_that_exits_before_ready_stops_everything(fake_python: str) -> N
     assert sup.live() == []
 
 
+def test_a_child_the_system_refuses_to_start_is_one_startup_error(fake_python: str) -> None:
+    """An environment entry over Linux's limit (E2BIG): a StartupError, not a traceback."""
+    async def scenario() -> Supervisor:
+        big = {"BIG": "x" * (32 * 4096)}
+        sup = Supervisor([spec("v1-good", "ok"), spec("v1-big", "ok", env=big)],
+                         python=fake_python, echo=lambda _: None, ready_timeout=20)
+        with pytest.raises(StartupError) as failed:
+            await sup.start()
+        assert (failed.value.label, failed.value.returncode) == ("v1-big", None)
+        assert str(failed.value) == "v1-big cannot start: Argument list too long"
+        return sup
+
+    sup = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert sup.live() == []
+
+
 def test_ready_timeout_and_sigkill_after_the_grace_period(fake_python: str) -> None:
     async def scenario() -> None:
         silent = Supervisor([spec("v1-silent", "silent")], python=fake_python,

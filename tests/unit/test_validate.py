@@ -180,12 +180,18 @@ def test_config_names(tmp_path: Path) -> None:
     ]
 
 
-def test_config_variables_may_not_take_the_runners_names(tmp_path: Path) -> None:
-    """Caught by `kai validate`, so `kai render --check` in CI sees it, not only a start."""
-    krt = KRT.replace("nodes:", "config:\n  variables: [API_KEY, KAI_PROJECT]\nnodes:")
+def test_config_names_may_not_take_the_runners_names(tmp_path: Path) -> None:
+    """Caught by `kai validate`, so `kai render --check` in CI sees it, not only a start.
+    A file counts: its content is the variable of its name too (as KRE gave files), and
+    KRT_ names are KRE's names of the runner's own variables."""
+    krt = KRT.replace("nodes:", "config:\n  variables: [API_KEY, KAI_PROJECT, KRT_VERSION]\n"
+                      "  files: [KRT_X, CERT, KAI_CERT]\nnodes:")
+    rule = "names starting with KAI_ or KRT_ are the runner's own environment; rename it"
     assert problems(tmp_path, krt) == [
-        f'{F}:7:24: config.variables[1]: "KAI_PROJECT" is reserved: names starting with '
-        "KAI_ are the runner's own environment; rename the variable",
+        f'{F}:7:24: config.variables[1]: "KAI_PROJECT" is reserved: {rule}',
+        f'{F}:7:37: config.variables[2]: "KRT_VERSION" is reserved: {rule}',
+        f'{F}:8:11: config.files[0]: "KRT_X" is reserved: {rule}',
+        f'{F}:8:24: config.files[2]: "KAI_CERT" is reserved: {rule}',
     ]
 
 
