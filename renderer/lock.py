@@ -12,6 +12,9 @@ worktree of the repo), or on `.kai/lock` in a repo without git. The kernel relea
 when its holder exits, `kill -9` included, so a crashed command never leaves it taken.
 A waiting command says once that it waits and for whom, and gives up after a bounded
 time (`KAI_LOCK_TIMEOUT` seconds, default 60) with one line saying what to do.
+
+`file_lock` is the same lock on any file: `kai dev --install` holds one while it builds a
+cached venv (renderer.cli.devvenv).
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ _POLL = 0.05  # seconds between attempts while waiting
 
 
 class LockError(Exception):
-    """The repo lock could not be taken in time; the message names its holder."""
+    """A lock could not be taken in time; the message names its holder."""
 
 
-def timeout_from_env() -> float:
-    """KAI_LOCK_TIMEOUT in seconds (default 60); a bad value is an error, not ignored."""
+def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
+    """KAI_LOCK_TIMEOUT in seconds (else `default`); a bad value is an error, not ignored."""
     raw = os.environ.get(ENV_TIMEOUT, "").strip()
     if not raw:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
@@ -71,17 +74,39 @@ def repo_lock(
     `on_wait` is told once, in one line, when the lock is busy.
     """
     limit = timeout_from_env() if timeout is None else timeout
-    path = lock_path(root)
+    with file_lock(lock_path(root), command, shared=shared, timeout=limit, on_wait=on_wait,
+                   doing=" on this repo", what="the repo lock"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: Path,
+    command: str,
+    *,
+    timeout: float,
+    doing: str,
+    what: str,
+    shared: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an flock on the file `path` (created with its folder) for the `with` block.
+
+    `command` is recorded in the file for the commands that wait; `on_wait` is told once
+    that this one waits ("waiting for another kai command`doing` (pid ...)"), and after
+    `timeout` seconds LockError says that command still holds `what`. A shared holder that
+    cannot create the file (a read-only checkout) holds nothing: no writer can exist.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:
         if not shared:
             raise
-        yield  # a reader of a repo it cannot write to (a read-only checkout): no writer either
+        yield
         return
     try:
-        _acquire(fd, path, shared, limit, on_wait)
+        _acquire(fd, path, shared, timeout, on_wait, doing, what)
         if not shared:
             _record(fd, command)
         yield
@@ -93,7 +118,7 @@ def repo_lock(
 
 
 def _acquire(fd: int, path: Path, shared: bool, limit: float,
-             on_wait: Callable[[str], None] | None) -> None:
+             on_wait: Callable[[str], None] | None, doing: str, what: str) -> None:
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     deadline = time.monotonic() + limit
     told = False
@@ -106,11 +131,11 @@ def _acquire(fd: int, path: Path, shared: bool, limit: float,
         holder = _holder(path)
         if time.monotonic() >= deadline:
             raise LockError(
-                f"another kai command ({holder}) still holds the repo lock after "
+                f"another kai command ({holder}) still holds {what} after "
                 f"{limit:g} s; retry when it has finished (set {ENV_TIMEOUT} to wait longer)"
             )
         if not told and on_wait is not None:
-            on_wait(f"waiting for another kai command on this repo ({holder}) to finish "
+            on_wait(f"waiting for another kai command{doing} ({holder}) to finish "
                     f"(up to {limit:g} s)")
             told = True
         time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))

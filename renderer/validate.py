@@ -35,6 +35,8 @@ from .project import (
     lacks_config_source,
 )
 from .projectfile import read_project
+from .requirements import REQUIREMENTS_FILE
+from .requirements import problems as requirements_problems
 from .schemacheck import schema_problems
 from .versionfiles import VersionFilesError, left_out, shipped_files
 from .yamlsafe import Document, FieldPath, load_yaml, shown_path
@@ -154,6 +156,7 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                 out += [Problem(shown(src), line, col, f"nodes[{i}].src", message)
                         for line, col, message in source_problems(directory / src)]
     out += _proto_problems(doc, version, directory, shown, shipped)
+    out += _requirements_problems(directory, shown, shipped)
     out += _name_length_problems(doc, version)
     config = dict_or_empty(data.get("config"))
     for section in ("variables", "files"):  # a file's content is a variable too (as in KRE)
@@ -172,6 +175,18 @@ def _shipped_problem(directory: Path, rel: str, shipped: set[str] | None) -> str
         return None
     reason = left_out(directory, rel) or "it is not among the files that ship"
     return f'"{rel}" would not reach the pods: {reason}'
+
+
+def _requirements_problems(directory: Path, shown: Shown,
+                           shipped: set[str] | None) -> list[Problem]:
+    """The version's requirements.txt (renderer.requirements), which must ship with it."""
+    if not (directory / REQUIREMENTS_FILE).is_file():
+        return []
+    message = _shipped_problem(directory, REQUIREMENTS_FILE, shipped)
+    if message:
+        return [Problem(shown(REQUIREMENTS_FILE), message=f"{message}; the version's "
+                        "requirements ship with it (its image installs them)")]
+    return requirements_problems(directory, shown(REQUIREMENTS_FILE))
 
 
 def _name_of(items: list[Any], index: int) -> str:

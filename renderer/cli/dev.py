@@ -7,6 +7,8 @@ read-only, and as root the pod's user).
 An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unless
 `--nats URL`, then the entrypoint and every node under runner.supervisor, which restarts
 what exits and stops them in order; nats-server is stopped last.
+First the version's requirements.txt is checked against the Python the processes run, or
+with `--install` installed into a cached venv whose Python runs them (renderer.cli.devvenv).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -55,7 +58,7 @@ from runner.supervisor import (
     Supervisor,
 )
 
-from . import devconfig, devpod
+from . import devconfig, devpod, devvenv
 from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
 
 T = TypeVar("T")
@@ -63,6 +66,7 @@ HOST = "127.0.0.1"
 SHOW_LINES = 15  # lines of a failed process's output repeated in the error
 K8S_GRACE = 30.0  # Kubernetes' terminationGracePeriodSeconds when a pod names none
 WORK_PREFIX = "kai-dev-"  # temporary folders: kai-dev-<pid>-<random>
+EXIT_INTERRUPTED = 130  # Ctrl-C before the processes started (128 + SIGINT)
 
 
 class DevError(Exception):
@@ -81,6 +85,7 @@ class Options:
     ready_timeout: float
     call: tuple[str, str] | None
     call_timeout: float
+    python: str = sys.executable  # the interpreter of the processes (renderer.cli.devvenv)
 
 
 def find_project(version_dir: Path) -> Project:
@@ -321,7 +326,7 @@ async def run(project: Project, version: Version, plan: VersionPlan,
     uids = [devpod.pod_uid(o["spec"]["template"]["spec"], c)[0]
             for o in objects if o.get("kind") == "Deployment"
             for c in o["spec"]["template"]["spec"]["containers"]]
-    guard = devpod.choose_guard(uids, work)
+    guard = devpod.choose_guard(uids, work, opts.python)
     for line in guard.lines:
         _say(line, True)
     try:
@@ -330,7 +335,7 @@ async def run(project: Project, version: Version, plan: VersionPlan,
     except DevError as exc:
         _say(f"error: {exc}", True)
         return EXIT_INPUT
-    supervisor = Supervisor(specs, ready_timeout=opts.ready_timeout)
+    supervisor = Supervisor(specs, ready_timeout=opts.ready_timeout, python=opts.python)
     quiet = opts.call is not None  # stdout is for the reply then
     try:
         try:
@@ -396,9 +401,14 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
 @click.option("--repo", "repo", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="The GitOps repo whose versions/ a VERSION name is looked up in (default: "
                    "the nearest directory with kai.yaml, from the current directory upwards).")
+@click.option("--install", is_flag=True,
+              help="When this Python lacks a requirement of the version's requirements.txt, "
+                   "install them into a venv cached under ~/.cache/kai/venvs (or "
+                   "$XDG_CACHE_HOME/kai/venvs), made once per requirements file, and run "
+                   "the processes with its Python.")
 def dev(target: str, port: int, web_port: int, nats_url: str | None,
         configs: tuple[str, ...], call_: tuple[str, str] | None, call_timeout: float,
-        ready_timeout: float, repo: Path | None) -> None:
+        ready_timeout: float, repo: Path | None, install: bool) -> None:
     """Run VERSION locally: embedded NATS, the entrypoint and every node.
 
     VERSION is a version directory, or inside a GitOps repo the name of a
@@ -417,13 +427,20 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     module does not import, `init` raises) stops everything, and `kai dev`
     exits non-zero with that node's error.
 
+    A requirements.txt at the top of the version is checked first against
+    this Python: a requirement it does not meet stops kai dev with one line
+    each and the pip command that installs them; with --install they go
+    into a cached venv instead, whose Python then runs the processes.
+
     \b
     Examples:
       kai dev examples/greeter
       kai dev examples/greeter --call PyGreet '{"name": "Ada"}'
+      kai dev examples/kre-pandas --install   (its requirements.txt in a cached venv)
       kai dev my-v1 --config API_KEY=s3cret --config CERT=@cert.pem   (in a GitOps repo)
     """
     opts = Options(port, web_port, nats_url, ready_timeout, call_ or None, call_timeout)
+    say = functools.partial(click.echo, err=True)
     try:
         version_dir = resolve_version(target, repo)
     except DevError as exc:
@@ -442,6 +459,16 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
             check_nats(nats_url)
         project = find_project(version.directory)
         plan, objects = render_local(project, version)
+        python = devvenv.python_for(version.directory, install, say,
+                                    f"kai dev {target} --install")
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; a venv whose install did not finish is made again "
+                   "by the next kai dev --install", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except devvenv.Unmet as exc:
+        for line in exc.lines:
+            click.echo(line, err=True)
+        sys.exit(EXIT_INPUT)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -449,6 +476,7 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     except (CallUsageError, devconfig.ConfigError, DevError, PlanError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    opts = dataclasses.replace(opts, python=python)
     sys.exit(_serve(project, version, plan, objects, compiled, opts, config))
 
 

@@ -85,8 +85,8 @@ def choose_guard(uids: Iterable[int], work: Path, python: str = sys.executable,
     bad = sorted(uid for uid in set(uids) if not _can_run(uid, work, python, environ))
     if not bad:
         return Guard(USER)
-    why = (f"kai dev: this Python environment ({sys.prefix}) or the run's folder ({work}) "
-           f"is out of reach of uid {', '.join(map(str, bad))} (the pods' runAsUser)")
+    why = (f"kai dev: the Python that runs the processes ({python}) or the run's folder "
+           f"({work}) is out of reach of uid {', '.join(map(str, bad))} (the pods' runAsUser)")
     if _can_drop_caps():
         return Guard(NO_CAPS, (f"{why}: running the processes as root without capabilities "
                                "instead (the version's files stay read-only)",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -28,6 +29,23 @@ def test_greeter_answers_through_kai_dev_in_one_command() -> None:
     assert "(rpcs: PyGreet)" in done.stderr
     # each process's lines carry its name
     assert "greeter-v1-inference" in done.stderr
+
+
+def test_kre_pandas_nodes_import_pandas_and_answer_under_kai_dev() -> None:
+    """A KRE 1.x style version whose nodes import pandas, with its requirements.txt met."""
+    readings = [{"sensor": "a", "value": 1}, {"sensor": "a", "value": 2},
+                {"sensor": "b", "value": 9}, {"sensor": " ", "value": 5},
+                {"sensor": "a", "value": 2}]
+    argv = kai("dev", str(EXAMPLES / "kre-pandas"), "--port", str(free_port()),
+               "--web-port", str(free_port()), "--call", "SensorStats",
+               json.dumps({"readings": readings}))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "mean": 4.0, "count": 3, "dropped": 2,
+        "by_sensor": [{"sensor": "a", "mean": 1.5, "count": 2},
+                      {"sensor": "b", "mean": 9.0, "count": 1}]}
+    assert f"etl: pandas {importlib.metadata.version('pandas')}" in done.stderr
 
 
 def test_room_price_workflows_answer(nats_server: NatsServer, tmp_path: Path) -> None:

@@ -194,3 +194,10 @@ def test_an_ignore_file_linked_from_outside_is_not_read(tmp_path: Path) -> None:
     os.symlink(root / "data" / "rules", root / ".kaiignore")
     (root / "data" / "rules").write_text("data/\n")
     assert "data/lookup.json" not in shipped(root)
+
+
+def test_requirements_txt_ships_and_is_copied(tmp_path: Path) -> None:
+    """A version image installs it and kai dev checks it: it travels with the version."""
+    root = tree(tmp_path, {**BASE, "requirements.txt": "pandas>=2\n"})
+    assert "requirements.txt" in shipped(root)
+    assert "requirements.txt" in copied(root)
