@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .problems import InputWarning
+
 MANIFEST_NAMES = ("krt.yml", "krt.yaml")
 
 
@@ -52,6 +54,9 @@ class Version:
     config: Config = field(default_factory=Config)
     directory: Path = Path(".")
     manifest: str = "krt.yml"  # file name of the manifest inside `directory`
+    # what validation accepted but the user should know (renderer.validate); not part of
+    # the version's identity
+    warnings: tuple[InputWarning, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], directory: Path = Path("."),

@@ -488,6 +488,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
 
     Holds the repo lock and writes all or nothing, as the state commands do. Adding a
     version that is already there with the same files raises lifecycle.NothingToDo.
+    The version's warnings (renderer.validate: KRE 1.x leniency) go to `notify`.
     """
     from .projectfile import edit_project, read_project_text
     from .rename import stale_paths
@@ -504,6 +505,8 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
             staging = Path(tmp) / "version"
             version_dir = _unpack_source(source, Path(tmp) / source.name)
             version = load_version(version_dir, display_root=version_dir.parent)
+            for warning in version.warnings:  # once: the copy below is the same manifest
+                notify(str(warning))
             name = version.name
             rel = f"{VERSIONS_DIR}/{name}"
             target = root / rel

@@ -3,6 +3,8 @@
 The schemas live in `renderer/schemas/`; their validators are compiled once per
 process. Each jsonschema error becomes a line that says where (the offending
 value, or for a missing field its parent mapping), which field, and what is allowed.
+A field the schema marks `deprecated` is accepted (and left out of what `allowed`
+suggests); `deprecated_fields` lists those present, for a warning each.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ def schema_problems(doc: Document, schema: str) -> list[Problem]:
     return out
 
 
+def deprecated_fields(data: Any, schema: str) -> list[tuple[FieldPath, str]]:
+    """The fields of `data` that the bundled schema `schema` marks `deprecated` (accepted,
+    but ignored), each with the schema's `deprecationMessage`, in document order."""
+    out: list[tuple[FieldPath, str]] = []
+    _deprecated(data, load_schema(schema), (), out)
+    return out
+
+
+def _deprecated(data: Any, schema: Any, path: FieldPath,
+                out: list[tuple[FieldPath, str]]) -> None:
+    if not isinstance(schema, dict):
+        return
+    if isinstance(data, dict):
+        props = schema.get("properties", {})
+        for key, value in data.items():
+            sub = props.get(key)
+            if not isinstance(sub, dict):
+                continue
+            if sub.get("deprecated"):
+                out.append(((*path, key), str(sub.get("deprecationMessage", ""))))
+            _deprecated(value, sub, (*path, key), out)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            _deprecated(item, schema.get("items"), (*path, i), out)
+
+
 def describe(value: Any) -> str:
     """How a value is named in messages: `a number (1.0)`, `a list`, ..."""
     if value is None:
@@ -102,9 +130,11 @@ def _problems(error: ValidationError, doc: Document) -> Iterator[Problem]:
                 line, col = doc.position(path)
                 yield Problem(doc.file, line, col, format_path((*path, name)), message)
     elif kind == "additionalProperties" and value is False and isinstance(inst, dict):
-        allowed = list(schema.get("properties", {}))
+        allowed = [name for name, sub in schema.get("properties", {}).items()
+                   if not (isinstance(sub, dict) and sub.get("deprecated"))]
+        known = set(schema.get("properties", {}))
         for key in inst:
-            if key not in allowed:
+            if key not in known:
                 yield doc.problem((*path, key), _unknown(key, allowed), key=True)
     elif kind == "uniqueItems" and isinstance(inst, list):
         seen: list[Any] = []
@@ -146,7 +176,8 @@ def _message(error: ValidationError, schema: dict[str, Any]) -> str:
             close = difflib.get_close_matches(inst, [str(v) for v in value], n=1)
             if close:
                 message += f' (did you mean "{close[0]}"?)'
-        return message
+        hint = schema.get("errorMessage")
+        return f"{message}: {hint}" if hint else message
     if kind == "const":
         return f"must be {json.dumps(value)}"
     if kind == "minItems":

@@ -5,6 +5,10 @@ InputError with every problem at once, each as
 `versions/greeter-v1/krt.yml:12:7: workflows[0].sequential[1]: node "inference" is not
 defined (defined: etl, output)`.
 
+Manifests as KRE 1.x accepted them load too: a key KRE 1.x carried but KAI ignores (the
+schema marks it `deprecated`) and a name KRE 1.x would have refused are warnings
+(`Version.warnings`), which `strict` turns into problems. Go nodes are refused.
+
 `validate_path` checks what `kai validate` accepts: a version directory, a manifest,
 a `.krt` archive or a whole GitOps repo, and returns a :class:`Report`.
 """
@@ -14,18 +18,19 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner import contract
 from runner.proto import CompiledProto, ProtoError, compile_proto
 
-from .krt import MANIFEST_NAMES, Version, dict_or_empty, list_or_empty, str_or_empty
+from .images import image_name
+from .krt import MANIFEST_NAMES, Node, Version, dict_or_empty, list_or_empty, str_or_empty
 from .krtfile import extract_krt
 from .nodesource import source_problems
 from .plan import MAX_NAME, FilesTooLarge, derived_names, read_files
-from .problems import InputError, Problem
+from .problems import InputError, InputWarning, Problem
 from .project import (
     PROJECT_FILE,
     PUBLISHED,
@@ -37,11 +42,13 @@ from .project import (
 from .projectfile import read_project
 from .requirements import REQUIREMENTS_FILE
 from .requirements import problems as requirements_problems
-from .schemacheck import schema_problems
+from .schemacheck import deprecated_fields, schema_problems
 from .versionfiles import VersionFilesError, left_out, shipped_files
 from .yamlsafe import Document, FieldPath, load_yaml, shown_path
 
 SCHEMA = "krt.schema.json"
+KRE_NAME_LIMIT = 20  # KRE 1.x refused version, node and workflow names this long (`lt=20`)
+GO_IMAGE = "kre-go"  # KRE's Go runner image, under any registry and tag
 
 
 @dataclass(frozen=True)
@@ -63,17 +70,19 @@ class Shown:
 # --- one version ------------------------------------------------------------------------------
 
 
-def load_version(path: Path, display_root: Path | None = None) -> Version:
+def load_version(path: Path, display_root: Path | None = None, strict: bool = False) -> Version:
     """Load and validate the version at `path` (its directory, or its krt.yml / krt.yaml).
 
     Files are named relative to `display_root` (default: the current directory).
-    Raises InputError with every problem found.
+    Raises InputError with every problem found. The version's warnings are in
+    `Version.warnings`; with `strict`, each is a problem instead.
     """
-    return read_version(path, display_root)[0]
+    return read_version(path, display_root, strict=strict)[0]
 
 
 def read_version(
-    path: Path, display_root: Path | None = None, shown: Shown | None = None
+    path: Path, display_root: Path | None = None, shown: Shown | None = None,
+    strict: bool = False,
 ) -> tuple[Version, Document]:
     """Like load_version, but also return the manifest document (for positions)."""
     path = Path(path)
@@ -84,9 +93,13 @@ def read_version(
     problems = schema_problems(doc, SCHEMA)
     version = Version.from_dict(doc.data, directory, manifest)
     problems += _semantic_problems(doc, version, directory, shown)
+    warnings = _kre_warnings(doc, version, {p.path for p in problems if p.file == doc.file})
+    if strict:
+        problems += [w.as_problem() for w in warnings]
+        warnings = []
     if problems:
-        raise InputError(problems)
-    return version, doc
+        raise InputError(problems, warnings)
+    return replace(version, warnings=tuple(sorted(set(warnings)))), doc
 
 
 def _locate(path: Path, display_root: Path | None) -> tuple[Path, str]:
@@ -112,7 +125,6 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                        shown: Shown) -> list[Problem]:
     data = doc.data
     out: list[Problem] = []
-    nodes = list_or_empty(data.get("nodes"))
     workflows = list_or_empty(data.get("workflows"))
     out += _unique(doc, "nodes", "name", lambda v, _j, at: f'node "{v}" is defined twice ({at})')
     out += _unique(doc, "workflows", "name",
@@ -142,16 +154,18 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
         out.append(Problem(shown(exc.file), exc.line, 1 if exc.line else 0, "", exc.message))
     except FilesTooLarge as exc:
         out.append(Problem(shown.prefix or ".", message=str(exc)))
-    for i, node in enumerate(nodes):
-        src = dict_or_empty(node).get("src")
-        if isinstance(src, str) and src:
+    for i, node in enumerate(version.nodes):
+        src = node.src
+        # a path that cannot name a file in the version is that; else a Go node is refused
+        go = [] if src and _path_problem(src) else go_node_reasons(node)
+        if go:
+            out.append(doc.problem(("nodes", i), _go_refusal(version, node, go)))
+            continue
+        if src:
             message = _file_problem(directory, src, real_root) \
                 or _shipped_problem(directory, src, shipped)
             if message:
                 out.append(doc.problem(("nodes", i, "src"), message))
-            elif not src.endswith(".py"):
-                out.append(doc.problem(("nodes", i, "src"),
-                                       f'"{src}" must be a Python file (.py)'))
             else:
                 out += [Problem(shown(src), line, col, f"nodes[{i}].src", message)
                         for line, col, message in source_problems(directory / src)]
@@ -167,6 +181,48 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                     f'"{name}" is reserved: {contract.reserved_env_rule()} are the '
                     "runner's own environment; rename it"))
     return out
+
+
+def go_node_reasons(node: Node) -> list[str]:
+    """Why `node` is a Go node, which KAI cannot run yet (none: it is a Python node).
+
+    A node is Go when its `src` is not a .py file (KRE's Go nodes name a compiled
+    binary, like bin/go-greeter) or its image is KRE's Go runner (`kre-go`, any
+    registry and tag).
+    """
+    reasons = []
+    if node.src and not node.src.endswith(".py"):
+        reasons.append(f'src "{node.src}" is not a .py file')
+    if image_name(node.image).rsplit("/", 1)[-1] == GO_IMAGE:
+        reasons.append(f"image {node.image} is KRE's Go runner")
+    return reasons
+
+
+def _go_refusal(version: Version, node: Node, reasons: list[str]) -> str:
+    name = f'node "{node.name}"' if node.name else "this node"
+    workflows = [w.name for w in version.workflows_of(node.name)] if node.name else []
+    where = "from nodes"
+    if workflows:
+        where += f" and from workflow{'s' if len(workflows) > 1 else ''} {', '.join(workflows)}"
+    return (f"{name} is a Go node ({'; '.join(reasons)}); Go nodes are not supported yet: "
+            f"drop it {where}, or port it to Python")
+
+
+# --- KRE 1.x leniency: accepted, with a warning -------------------------------------------
+
+
+def _kre_warnings(doc: Document, version: Version, refused: set[str]) -> list[InputWarning]:
+    """Keys KRE 1.x manifests carried that KAI ignores (those the schema marks deprecated),
+    and names KRE 1.x would have refused. `refused`: field paths with a problem already."""
+    out = [doc.warning(path, f"is ignored ({why})", key=True)
+           for path, why in deprecated_fields(doc.data, SCHEMA)]
+    named: list[tuple[FieldPath, str]] = [(("version",), version.name)]
+    named += [(("nodes", i, "name"), n.name) for i, n in enumerate(version.nodes)]
+    named += [(("workflows", i, "name"), w.name) for i, w in enumerate(version.workflows)]
+    out += [doc.warning(path, f'"{name}" is {len(name)} characters long; KRE 1.x would refuse '
+                              f"this (its names were shorter than {KRE_NAME_LIMIT} characters)")
+            for path, name in named if len(name) >= KRE_NAME_LIMIT]
+    return [w for w in out if w.path not in refused]
 
 
 def _shipped_problem(directory: Path, rel: str, shipped: set[str] | None) -> str | None:
@@ -211,11 +267,8 @@ def _unique(doc: Document, section: str, key: str,
     return out
 
 
-def _file_problem(directory: Path, rel: str, real_root: Path | None = None) -> str | None:
-    """Why `rel` is not a regular file inside `directory`, or None when it is.
-
-    `real_root` is `directory.resolve()` when the caller already has it.
-    """
+def _path_problem(rel: str) -> str | None:
+    """Why `rel`, as written, cannot name a file inside the version, or None."""
     pure = PurePosixPath(rel)
     if "\\" in rel:
         return f'"{rel}": use "/" to separate folders'
@@ -223,6 +276,17 @@ def _file_problem(directory: Path, rel: str, real_root: Path | None = None) -> s
         return f'"{rel}" must be a path relative to the version directory'
     if ".." in pure.parts:
         return f'"{rel}" must stay inside the version directory (no "..")'
+    return None
+
+
+def _file_problem(directory: Path, rel: str, real_root: Path | None = None) -> str | None:
+    """Why `rel` is not a regular file inside `directory`, or None when it is.
+
+    `real_root` is `directory.resolve()` when the caller already has it.
+    """
+    shape = _path_problem(rel)
+    if shape:
+        return shape
     full = directory / rel
     try:
         inside = full.resolve().is_relative_to(real_root or directory.resolve())
@@ -393,20 +457,24 @@ class Checked:
 
 @dataclass(frozen=True)
 class Report:
-    """What `kai validate PATH` found: problems, or the versions that passed."""
+    """What `kai validate PATH` found: problems, or the versions that passed; and warnings."""
 
     path: str
     kind: str  # "version", "archive" or "repo"
     problems: tuple[Problem, ...] = ()
     versions: tuple[Checked, ...] = ()
     project: Project | None = field(default=None, compare=False)
+    warnings: tuple[InputWarning, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def lines(self) -> list[str]:
-        return [str(p) for p in self.problems]
+        """The problems and warnings, one line each, sorted by file and position."""
+        found: list[Problem | InputWarning] = [*self.problems, *self.warnings]
+        found.sort(key=lambda p: (p.file, p.line, p.col, isinstance(p, InputWarning), str(p)))
+        return [str(p) for p in found]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -415,21 +483,23 @@ class Report:
             "kind": self.kind,
             "project": self.project.name if self.project else None,
             "problems": [p.to_json() for p in self.problems],
+            "warnings": [w.to_json() for w in self.warnings],
             "versions": [c.to_json() for c in self.versions],
         }
 
 
-def validate_path(path: Path, display_root: Path | None = None) -> Report:
+def validate_path(path: Path, display_root: Path | None = None, strict: bool = False) -> Report:
     """Validate a version dir, a krt.yml/krt.yaml, a .krt archive or a GitOps repo (kai.yaml).
 
     Never raises for bad input or unreadable files: everything ends up in `Report.problems`.
+    With `strict`, every warning is a problem.
     """
     path = Path(path)
     shown = shown_path(path, display_root)
     try:
-        return _validate_path(path, shown, display_root)
+        return _validate_path(path, shown, display_root, strict)
     except InputError as exc:
-        return Report(shown, "version", tuple(exc.problems))
+        return Report(shown, "version", tuple(exc.problems), warnings=tuple(exc.warnings))
     except OSError as exc:
         return Report(shown, "version", (_os_problem(exc, shown),))
 
@@ -438,21 +508,22 @@ def _os_problem(exc: OSError, shown: str) -> Problem:
     return Problem(str(exc.filename or shown), message=str(exc.strerror or exc))
 
 
-def _validate_path(path: Path, shown: str, display_root: Path | None) -> Report:
+def _validate_path(path: Path, shown: str, display_root: Path | None, strict: bool) -> Report:
     if path.is_dir() and (path / PROJECT_FILE).is_file():
-        return validate_repo(path, display_root)
+        return validate_repo(path, display_root, strict)
     if path.is_file() and path.name == PROJECT_FILE:
-        return validate_repo(path.parent, display_root)
+        return validate_repo(path.parent, display_root, strict)
     if path.is_file() and path.suffix == ".krt":
-        return validate_archive(path, display_root)
+        return validate_archive(path, display_root, strict)
     if path.is_dir() and not any((path / m).is_file() for m in MANIFEST_NAMES):
         message = (f"neither a version (no {' or '.join(MANIFEST_NAMES)}) "
                    f"nor a GitOps repo (no {PROJECT_FILE})")
         return Report(shown, "version", (Problem(shown, message=message),))
-    return _collect(shown, "version", lambda: _checked(path, display_root, None))
+    return _collect(shown, "version", lambda: _checked(path, display_root, None, strict))
 
 
-def validate_archive(archive: Path, display_root: Path | None = None) -> Report:
+def validate_archive(archive: Path, display_root: Path | None = None,
+                     strict: bool = False) -> Report:
     """Extract a KRE .krt archive to a temporary directory and validate the version in it."""
     shown = shown_path(archive, display_root)
 
@@ -462,31 +533,35 @@ def validate_archive(archive: Path, display_root: Path | None = None) -> Report:
             extracted = extract_krt(archive, target, display=shown)
             names = Shown(shown + "!" + extracted.prefix.rstrip("/"), "/") if extracted.prefix \
                 else Shown(shown, "!")
-            version, _ = read_version(target, display_root, names)
+            version, _ = read_version(target, display_root, names, strict)
             return [Checked(version, names(version.manifest))]
 
     return _collect(shown, "archive", run)
 
 
-def _checked(path: Path, display_root: Path | None, shown: Shown | None) -> list[Checked]:
-    version, doc = read_version(path, display_root, shown)
+def _checked(path: Path, display_root: Path | None, shown: Shown | None,
+             strict: bool) -> list[Checked]:
+    version, doc = read_version(path, display_root, shown, strict)
     return [Checked(version, doc.file)]
 
 
 def _collect(shown: str, kind: str, run: Callable[[], list[Checked]]) -> Report:
     try:
-        return Report(shown, kind, (), tuple(run()))
+        checked = tuple(run())
     except InputError as exc:
-        return Report(shown, kind, tuple(exc.problems))
+        return Report(shown, kind, tuple(exc.problems), warnings=tuple(exc.warnings))
     except OSError as exc:
         return Report(shown, kind, (_os_problem(exc, shown),))
+    warnings = tuple(sorted({w for c in checked for w in c.version.warnings}))
+    return Report(shown, kind, (), checked, warnings=warnings)
 
 
-def validate_repo(root: Path, display_root: Path | None = None) -> Report:
+def validate_repo(root: Path, display_root: Path | None = None, strict: bool = False) -> Report:
     """Validate kai.yaml, every versions/*/ and how they fit together."""
     root = Path(root)
     shown = shown_path(root, display_root)
     problems: list[Problem] = []
+    warnings: list[InputWarning] = []
     project: Project | None = None
     pdoc: Document | None = None
     try:
@@ -499,10 +574,12 @@ def validate_repo(root: Path, display_root: Path | None = None) -> Report:
         if versions_dir.is_dir() else []
     for directory in dirs:
         try:
-            version, doc = read_version(directory, display_root)
+            version, doc = read_version(directory, display_root, strict=strict)
         except InputError as exc:
             problems += exc.problems
+            warnings += exc.warnings
             continue
+        warnings += version.warnings
         if version.name != directory.name:
             problems.append(doc.problem(
                 ("version",),
@@ -517,7 +594,8 @@ def validate_repo(root: Path, display_root: Path | None = None) -> Report:
         Checked(v, doc.file, project.state_of(name) if project else None)
         for name, (v, doc) in sorted(loaded.items())
     )
-    return Report(shown, "repo", tuple(sorted(set(problems))), checked, project)
+    return Report(shown, "repo", tuple(sorted(set(problems))), checked, project,
+                  tuple(sorted(set(warnings))))
 
 
 def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Version, Document]],

@@ -24,7 +24,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .problems import InputError, Problem
+from .problems import InputError, InputWarning, Problem
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -77,6 +77,12 @@ class Document:
     def problem(self, path: Sequence[str | int], message: str, *, key: bool = False) -> Problem:
         line, col = self.key_position(path) if key else self.position(path)
         return Problem(self.file, line, col, format_path(path), message)
+
+    def warning(self, path: Sequence[str | int], message: str, *,
+                key: bool = False) -> InputWarning:
+        """Like `problem`, for something accepted: `message` continues `path`'s sentence."""
+        line, col = self.key_position(path) if key else self.position(path)
+        return InputWarning(self.file, line, col, format_path(path), message)
 
 
 def load_yaml(path: Path, display: str | None = None) -> Document:

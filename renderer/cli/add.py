@@ -21,6 +21,7 @@ def add(source: Path, force: bool, no_commit: bool, repo: Path | None) -> None:
 
     SOURCE is a version directory (with krt.yml), its krt.yml, or a KRE .krt file.
     Symlinks, __pycache__ and .git are not copied. Makes one commit `kai: add VERSION`.
+    The manifest's warnings (as `kai validate` prints them) go to stderr.
     """
     with guarded():
         root = root_of(repo)

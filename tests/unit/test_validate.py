@@ -237,12 +237,13 @@ def test_workflow_names_and_rpcs_are_unique(tmp_path: Path) -> None:
         ("src/missing.py", 'file "src/missing.py" does not exist in the version directory'),
         ("../outside.py", '"../outside.py" must stay inside the version directory (no "..")'),
         ("/etc/passwd", '"/etc/passwd" must be a path relative to the version directory'),
-        ("src/etl", '"src/etl" is a directory; name a file in it'),
+        ("src/etl.py", '"src/etl.py" is a directory; name a file in it'),
         ("src\\etl\\main.py", '"src\\etl\\main.py": use "/" to separate folders'),
     ],
 )
 def test_src_must_be_a_file_inside(tmp_path: Path, src: str, message: str) -> None:
     krt = KRT.replace("src: src/etl/main.py", f"src: '{src}'")
+    (tmp_path / "greeter-v1" / "src" / "etl.py").mkdir(parents=True)
     assert problems(tmp_path, krt) == [f"{F}:9:10: nodes[0].src: {message}"]
 
 
@@ -351,13 +352,16 @@ def source_problems(tmp_path: Path, code: str | bytes, krt: str = KRT) -> list[s
 
 
 def test_src_must_be_a_python_file(tmp_path: Path) -> None:
+    # anything but a .py file is taken for a Go node (tests/unit/test_kre_manifests.py)
     folder = write_version(tmp_path / "greeter-v1", KRT.replace("src/etl/main.py",
                                                                 "src/etl/main.sh"))
     (folder / "src" / "etl" / "main.sh").write_text("echo hi\n")
     with pytest.raises(InputError) as info:
         load_version(folder, tmp_path)
     assert [str(p) for p in info.value.problems] == [
-        f'{F}:9:10: nodes[0].src: "src/etl/main.sh" must be a Python file (.py)'
+        f'{F}:7:5: nodes[0]: node "etl" is a Go node (src "src/etl/main.sh" is not a .py '
+        "file); Go nodes are not supported yet: drop it from nodes and from workflow "
+        "py-greeting, or port it to Python"
     ]
 
 
@@ -796,13 +800,14 @@ def test_cli_help() -> None:
 _SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
     st.sampled_from(["", "etl", "output", "PyGreet", "greeter-v1", "../x", "/abs",
-                     "src/etl/main.py", "public_input.proto", "x.proto", "A" * 80]),
+                     "src/etl/main.py", "public_input.proto", "x.proto", "A" * 80, "v1",
+                     "konstellation/kre-go:1.0", "bin/go-greeter", "a-name-of-twenty-chr"]),
 )
 _ANY = st.recursive(
     _SCALARS,
     lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(["name", "src", "x"]), inner,
-                                            max_size=3)),
+                            st.dictionaries(st.sampled_from(["name", "src", "x", "krtVersion"]),
+                                            inner, max_size=3)),
     max_leaves=8,
 )
 
@@ -814,14 +819,18 @@ def _field(valid: Any) -> st.SearchStrategy[Any]:
 _MANIFEST = st.fixed_dictionaries(
     {},
     optional={
-        "version": _field("greeter-v1"),
+        "version": _field("greeter-v1") | st.just("greeter-v1-named-kre-1-x"),
+        "krtVersion": _field("v1"),
         "description": _field("d"),
-        "entrypoint": _field({"proto": "public_input.proto", "image": "i"}),
-        "config": _field({"variables": ["API_KEY"]}),
+        "entrypoint": _field({"proto": "public_input.proto", "image": "i"})
+        | st.fixed_dictionaries({"proto": st.just("public_input.proto"), "image": st.just("i"),
+                                 "src": _ANY}),
+        "config": _field({"variables": ["API_KEY"]})
+        | st.fixed_dictionaries({}, optional={"variables": st.none(), "files": st.none()}),
         "nodes": st.lists(
             st.fixed_dictionaries({}, optional={
-                "name": _field("etl"), "image": _field("i"), "src": _field("src/etl/main.py"),
-                "gpu": _ANY, "replicas": _ANY,
+                "name": _field("etl"), "image": _field("i") | st.just("kre-go"),
+                "src": _field("src/etl/main.py"), "gpu": _ANY, "replicas": _ANY,
             }), max_size=3,
         ) | _ANY,
         "workflows": st.lists(
@@ -844,8 +853,21 @@ def test_fuzz_manifests_only_raise_input_error(manifest: dict[str, Any]) -> None
         except InputError as exc:
             assert exc.problems
             assert all(p.file.startswith("v/") for p in exc.problems)
+            assert all(w.file.startswith("v/") for w in exc.warnings)
+            assert exc.warnings == sorted(set(exc.warnings))
         else:
             assert version.name
+            assert all(w.file == "v/krt.yml" and w.line for w in version.warnings)
+            assert list(version.warnings) == sorted(set(version.warnings))
+            # strict: the same verdict, with each warning a problem
+            try:
+                load_version(folder, Path(tmp), strict=True)
+            except InputError as exc:
+                assert [p.message for p in exc.problems] == [
+                    f"{w.message} [--strict]" for w in version.warnings]
+                assert exc.warnings == []
+            else:
+                assert not version.warnings
 
 
 @settings(max_examples=60, deadline=None)
