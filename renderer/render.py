@@ -153,7 +153,8 @@ def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
         name=ACTIVE_SERVICE,
         namespace=plan.namespace,
         labels=labels(plan.project, plan.version, "ingress", "ingress", ACTIVE_SERVICE),
-        annotations={**dict(ing.annotations), SYNC_WAVE: "0"},
+        # wave 1, with the Service: after the Deployments (wave 0) are healthy
+        annotations={**dict(ing.annotations), SYNC_WAVE: "1"},
         class_name=ing.class_name,
         tls_secret=ing.tls_secret,
         host=ing.host,

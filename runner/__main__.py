@@ -13,7 +13,9 @@ environment works and the line tells which port was taken):
     node <name> ready (web :<port>)
 
 regular expressions: ``entrypoint ready: grpc (\\S+):(\\d+), web (\\S+):(\\d+)`` and
-``node (\\S+) ready \\(web :(\\d+)\\)``.
+``node (\\S+) ready \\(web :(\\d+)\\)``. A node's line comes once its ``init`` has returned and
+it takes work. The entrypoint's comes once it serves; its probes (``/readyz``, gRPC health)
+pass only once every node takes work as well (runner.readiness).
 
 Start-up failures print ``<role> [<name>]: cannot start: <reason>`` on stderr and exit
 non-zero: 2 for a bad environment, proto, module or handler, 3 when `init` fails, 1 for

@@ -35,6 +35,13 @@ When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a
 crashes on it each time), the entrypoint answers that call INTERNAL naming the node, and
 deletes the message. Health checking and server reflection are served on the same port.
 The entrypoint speaks to the broker only through ``runner.transport``.
+
+Readiness (``/readyz`` and gRPC health, for the whole server and each service): SERVING
+only while the entrypoint itself is (connected, streams there, not draining) and every
+node of its workflows takes work, as runner.readiness sees from the steps' consumers on
+the broker: not while a node is still in its ``init``, and not once no replica of a node
+has been seen pulling for a while. Calls are taken either way: one that arrives before
+a node takes work waits for it in the stream, within its deadline.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from . import contract, metrics
 from .process import RunnerProcess
 from .proto import CompiledProto, ProtoError, compile_proto
+from .readiness import NodeWatch, steps_of
 from .transport import (
     STORE_TIMEOUT,
     GaveUp,
@@ -223,7 +231,9 @@ class Entrypoint(RunnerProcess):
         self._health: HealthServicer | None = None
         self._token = secrets.token_hex(6)
         self._ids = itertools.count()
-        self._nodes: dict[tuple[str, str], str] = {}
+        steps = steps_of(env)
+        self._nodes = {(s.stream, s.consumer): s.node for s in steps}
+        self.nodes = NodeWatch(transport, steps, self.state_changed)
         self._reply_prefix = ""
         self._said_invalid_id = False
         self._refused = 0  # calls that arrived while draining
@@ -231,10 +241,6 @@ class Entrypoint(RunnerProcess):
 
     async def start(self) -> None:
         env = self.env
-        for wf in env.workflows:
-            stream = contract.stream_name(env.project, env.version, wf.name)
-            for step, node in enumerate(wf.chain):
-                self._nodes[(stream, contract.consumer_name(step, node))] = node
         body = proto_text(env, self.compiled)
 
         async def proto() -> Response:
@@ -255,6 +261,14 @@ class Entrypoint(RunnerProcess):
         await self.state_changed()
         log.info("entrypoint ready: grpc %s:%d, web %s:%d", self.bind_host, self.grpc_port,
                  self.bind_host, web.port)
+        self.nodes.start()
+
+    def ready(self) -> bool:
+        return super().ready() and self.nodes.ready
+
+    def not_ready_reason(self) -> str:
+        return super().not_ready_reason() or self.nodes.reason()
+
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(options=grpc_options(self.env.max_message))
         by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
@@ -492,6 +506,7 @@ class Entrypoint(RunnerProcess):
         """
         self.stopping = True
         end = time.monotonic() + grace
+        await self.nodes.stop()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:

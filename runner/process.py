@@ -2,9 +2,11 @@
 re-creating streams and consumers after a reconnect, and the web server with the probes.
 
 A process is ready when it is connected, its streams (and consumers) exist, it has started
-and it is not stopping; ``/readyz`` answers 200 exactly then. After a reconnect, or when
-the broker seems to have lost a stream or the consumer's requests, :meth:`ensure_soon`
-re-creates them in the background (:class:`Reensure`), one series at a time, with backoff.
+and it is not stopping (the entrypoint adds that every node takes work: runner.readiness);
+``/readyz`` answers 200 exactly then, and 503 with the reason otherwise. After a reconnect,
+or when the broker seems to have lost a stream or the consumer's requests,
+:meth:`ensure_soon` re-creates them in the background (:class:`Reensure`), one series at a
+time, with backoff.
 Settings (bind host, concurrency, ack wait ...) come from ``contract.RunnerEnv``.
 """
 
@@ -74,12 +76,24 @@ class RunnerProcess(abc.ABC):
     def ready(self) -> bool:
         return self.started and self.connected and self.streams_ok and not self.stopping
 
+    def not_ready_reason(self) -> str:
+        """Why the process is not ready ("" when nothing of its own stops it)."""
+        if self.stopping:
+            return "stopping"
+        if not self.connected:
+            return "not connected to NATS"
+        if not self.streams_ok:
+            return "its streams and consumers are not there yet"
+        if not self.started:
+            return "starting"
+        return ""
+
     def _live(self) -> bool:
         return not self.stopping and self.transport.is_connected
 
     async def start_web(self, port: int, routes: Mapping[str, Route] | None = None) -> WebServer:
         """Serve /healthz, /readyz and /metrics, and `routes`, on the bind host."""
-        web = WebServer.probes(self.bind_host, port, self.ready)
+        web = WebServer.probes(self.bind_host, port, self.ready, self.not_ready_reason)
         web.routes.update(routes or {})
         await web.start()
         self.web = web

@@ -45,14 +45,22 @@ class WebServer:
     _server: asyncio.Server | None = None
 
     @classmethod
-    def probes(cls, host: str, port: int, ready: Callable[[], bool]) -> WebServer:
-        """A server with /healthz, /readyz and /metrics."""
+    def probes(cls, host: str, port: int, ready: Callable[[], bool],
+               reason: Callable[[], str] | None = None) -> WebServer:
+        """A server with /healthz, /readyz and /metrics.
+
+        /readyz answers from `ready()` and `reason()` (why not), which must not wait for
+        anything: 200 "ready", or 503 "not ready: <reason>".
+        """
 
         async def healthz() -> Response:
             return text("ok\n")
 
         async def readyz() -> Response:
-            return text("ready\n") if ready() else text("not ready\n", 503)
+            if ready():
+                return text("ready\n")
+            why = reason() if reason is not None else ""
+            return text(f"not ready: {why}\n" if why else "not ready\n", 503)
 
         async def metrics() -> Response:
             return Response(200, generate_latest(), CONTENT_TYPE_LATEST)

@@ -23,7 +23,10 @@ A :class:`Transport` is one process's connection to the broker, for one version
 * the data sink behind ``ctx.prediction``, ``ctx.measurement`` and ``ctx.db``:
   :meth:`~Transport.save_record` and :meth:`~Transport.scan_records`;
 * :attr:`~Transport.max_payload`, the largest message the broker takes, and
-  :attr:`~Transport.max_message`, the largest payload the runner carries (``KAI_MAX_MESSAGE``).
+  :attr:`~Transport.max_message`, the largest payload the runner carries (``KAI_MAX_MESSAGE``);
+* :meth:`~Transport.consumer_state`: what the broker knows of one durable consumer now (a
+  :class:`ConsumerState`: replicas asking for work, deliveries, messages unsettled), which
+  the entrypoint's readiness is made of (runner.readiness).
 
 The claim check. A step input or a reply too large for one message (over
 :attr:`~Transport.max_payload` less its headers and :data:`CLAIM_MARGIN`) is put into the
@@ -148,6 +151,28 @@ class ConnectionEvents:
 
     on_disconnect: Callable[[], Awaitable[None]] | None = None
     on_reconnect: Callable[[], Awaitable[None]] | None = None
+
+
+# --- consumers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsumerState:
+    """What the broker knows of one durable consumer at one moment.
+
+    `waiting` counts the requests for messages outstanding (pull requests: a replica asks
+    for work; none while every replica is busy, or none runs); `delivered`, the deliveries
+    so far (redeliveries included); `unsettled`, the messages delivered and not yet acked
+    or termed.
+    """
+
+    waiting: int
+    delivered: int
+    unsettled: int
+
+    def moved_since(self, before: ConsumerState) -> bool:
+        """Whether a message was delivered or settled since `before` (work going on)."""
+        return (self.delivered, self.unsettled) != (before.delivered, before.unsettled)
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -371,6 +396,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def ensure_consumer(self, workflow: str, step: int, node: str) -> str:
         """The durable consumer of one step, shared by every replica; returns its name."""
+
+    @abc.abstractmethod
+    async def consumer_state(self, stream: str, consumer: str,
+                             within: float) -> ConsumerState | None:
+        """The state of durable `consumer` of `stream` now; None when there is no such
+        consumer (or stream). A :class:`TransportError` when the broker does not answer
+        within `within` seconds."""
 
     # steps
 

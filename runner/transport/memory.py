@@ -16,6 +16,9 @@ event loop. What it keeps of JetStream:
   delivered again; ``nak(delay)`` delivers it again after `delay`; after ``max_deliver``
   deliveries it is not delivered again and the stream's gave-up callbacks are called (the
   MAX_DELIVERIES advisory), the message staying in the stream;
+* a consumer's state: a subscriber with room to take a message counts as one request
+  waiting (a JetStream pull request outstanding; a busy one, like a replica with all its
+  slots taken, asks for nothing), deliveries are counted, unsettled messages are those out;
 * replies: core subscriptions on ``prefix + "*"``;
 * the data sink: records in publish order per subject (the data stream must exist);
 * the claim bucket, created with the work streams: objects by name, each gone after the
@@ -42,6 +45,7 @@ from .base import (
     WORK_MAX_AGE,
     ConnectionEvents,
     Consumer,
+    ConsumerState,
     Delivery,
     GaveUp,
     Handle,
@@ -88,7 +92,12 @@ class _Durable:
     out: dict[int, _InFlight] = field(default_factory=dict)
     deliveries: dict[int, int] = field(default_factory=dict)
     subscribers: list[MemoryConsumer] = field(default_factory=list)
+    delivered: int = 0  # deliveries so far, redeliveries included
     _turn: int = 0
+
+    def state(self) -> ConsumerState:
+        return ConsumerState(waiting=sum(1 for s in self.subscribers if s.has_room()),
+                             delivered=self.delivered, unsettled=len(self.out))
 
     def pump(self) -> None:
         """Hand ready messages to subscribers with room, round robin."""
@@ -104,6 +113,7 @@ class _Durable:
                 continue
             count = self.deliveries.get(seq, 0) + 1
             self.deliveries[seq] = count
+            self.delivered += 1
             delivery = MemoryDelivery(self, seq, count, stored, target.transport)
             timer = asyncio.get_running_loop().call_later(self.ack_wait, self._expired, delivery)
             self.out[seq] = _InFlight(delivery, timer)
@@ -423,6 +433,13 @@ class MemoryTransport(Transport):
                                  if m.subject == subject)
             stream.consumers[name] = durable
         return name
+
+    async def consumer_state(self, stream: str, consumer: str,
+                             within: float) -> ConsumerState | None:
+        self._check()
+        found = self.broker.streams.get(stream)
+        durable = found.consumers.get(consumer) if found is not None else None
+        return durable.state() if durable is not None else None
 
     # steps
 

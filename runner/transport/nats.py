@@ -4,6 +4,9 @@
 * ``ensure_*``: idempotent creation of what a version needs (safe on every start and
   reconnect): one work-queue stream per workflow, the project's data stream, one durable
   pull consumer per step;
+* :func:`consumer_state`: a consumer's info (``$JS.API.CONSUMER.INFO``): ``num_waiting``,
+  the pull requests outstanding (the server drops those of a closed connection at once),
+  the deliveries and ``num_ack_pending``;
 * :class:`Publisher`: publish to JetStream and wait for the PubAck, cheaply;
 * :class:`Puller`: a pull consumer that keeps a bounded number of messages in flight,
   asking the server for more as work finishes (one subscription, batched pull requests);
@@ -58,6 +61,7 @@ from .base import (
     WORK_MAX_AGE,
     ConnectionEvents,
     Consumer,
+    ConsumerState,
     Delivery,
     GaveUp,
     Handle,
@@ -230,6 +234,21 @@ async def ensure_consumer(js_mgr: JetStreamManager, env: contract.RunnerEnv, wor
                     exc.description)
         await js_mgr.consumer_info(stream, durable)
     return durable
+
+
+async def consumer_state(js_mgr: JetStreamManager, stream: str, consumer: str,
+                         within: float) -> ConsumerState | None:
+    """The consumer's state from its info; None when the consumer (or stream) is not there."""
+    try:
+        async with asyncio.timeout(within):
+            info = await js_mgr.consumer_info(stream, consumer, timeout=within)
+    except nats.js.errors.NotFoundError:
+        return None
+    except Exception as exc:
+        raise _transport_error(exc) from None
+    return ConsumerState(waiting=info.num_waiting or 0,
+                         delivered=info.delivered.consumer_seq if info.delivered else 0,
+                         unsettled=info.num_ack_pending or 0)
 
 
 # --- publishing -----------------------------------------------------------------------
@@ -747,6 +766,10 @@ class NatsTransport(Transport):
 
     async def ensure_consumer(self, workflow: str, step: int, node: str) -> str:
         return await ensure_consumer(self._manager(), self.env, workflow, step, node)
+
+    async def consumer_state(self, stream: str, consumer: str,
+                             within: float) -> ConsumerState | None:
+        return await consumer_state(self._manager(), stream, consumer, within)
 
     def publish_message(self, subject: str, payload: bytes, headers: dict[str, str],
                         within: float) -> Awaitable[None]:

@@ -118,6 +118,21 @@ def wait_ready(*procs: Proc, timeout: float = 30.0) -> None:
             p.web_port = int(m[2])
 
 
+def wait_taking_work(ep: Proc, timeout: float = 15.0) -> None:
+    """Wait until the entrypoint's /readyz is 200: every node takes work (its ready line
+    comes earlier, once it serves)."""
+    end = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        status, body = http_get(ep.web_port, "/readyz")
+        if status == 200:
+            return
+        if time.monotonic() > end or ep.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"the entrypoint was not ready within {timeout}s ({status} "
+                         f"{body.strip()}):\n{ep.text()}")
+
+
 def write_version(root: Path, nats_url: str, proto: str, nodes: dict[str, str],
                   workflows: list[contract.Workflow], project: str = "test",
                   version: str = "v1", storage: str = "memory", **env: object) -> Version:

@@ -21,7 +21,7 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from runner_procs import Version, http_get, wait_ready, write_version
+from runner_procs import Version, http_get, wait_ready, wait_taking_work, write_version
 
 from runner import contract
 from runner.natsserver import NatsServer
@@ -108,6 +108,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Version, N
                  version.node("out")]
         try:
             wait_ready(*procs)
+            wait_taking_work(procs[0])
             yield version, server
         finally:
             version.close()

@@ -57,6 +57,11 @@ class MemoryRun:
         self.nodes.setdefault(name, []).append(proc)
         return proc
 
+    async def nodes_taking_work(self) -> None:
+        """Have the entrypoint see the nodes' consumers now, rather than at its next poll."""
+        assert self.entrypoint is not None
+        await self.entrypoint.nodes.poll()
+
     def request(self, **fields: Any) -> Any:
         return self.compiled.message_class("logic.Req")(**fields)
 
@@ -106,6 +111,7 @@ async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None 
             for name in nodes:
                 for _ in range((replicas or {}).get(name, 1)):
                     await run.start_node(name)
+            await run.nodes_taking_work()
         yield run
     finally:
         await run.close()

@@ -1,6 +1,7 @@
 """The in-memory transport keeps the JetStream semantics the runner relies on: work queues
 shared by replicas, ack/nak/in_progress/term, redelivery after the ack wait, max deliveries,
-message-id de-duplication, inbox replies, the data sink and the errors of publish."""
+message-id de-duplication, inbox replies, the data sink, the errors of publish and the
+consumers' state (requests waiting, deliveries, unsettled)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from runner import contract
 from runner.transport import (
     ConnectionEvents,
+    ConsumerState,
     Delivery,
     GaveUp,
     NoStream,
@@ -262,5 +264,41 @@ def test_data_sink_and_connection_events(tmp_path: Path) -> None:
             await t.save_record(subject, b"3")
         await t.reconnect()
         assert events == ["down", "up"] and t.is_connected
+
+    run(scenario)
+
+
+def test_consumer_state_counts_replicas_with_room_deliveries_and_unsettled(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        e = env(tmp_path)
+        t, stream, consumer = await transport(broker, e)
+        assert await t.consumer_state(stream, "nobody", 1.0) is None
+        assert await t.consumer_state("no-stream", consumer, 1.0) is None
+        assert await t.consumer_state(stream, consumer, 1.0) == ConsumerState(0, 0, 0)
+        held: list[Delivery] = []
+
+        async def hold(d: Delivery) -> None:
+            held.append(d)
+            await asyncio.Event().wait()  # busy until crashed
+
+        replicas = []
+        for _ in range(2):
+            r, _, _ = await transport(broker, e)
+            c = r.consume(stream, consumer, hold, 1)
+            await c.start()
+            replicas.append(r)
+        assert await t.consumer_state(stream, consumer, 1.0) == ConsumerState(2, 0, 0)
+        await t.publish(SUBJECT, b"x", step_headers("r1", 0, "0", ""), 1.0)
+        await until(lambda: len(held) == 1)
+        # the replica holding it has no room: it asks for nothing, as JetStream's would
+        assert await t.consumer_state(stream, consumer, 1.0) == ConsumerState(1, 1, 1)
+        for r in replicas:
+            await r.crash()
+        assert await t.consumer_state(stream, consumer, 1.0) == ConsumerState(0, 1, 1)
+        await t.disconnect()
+        with pytest.raises(Unreachable):
+            await t.consumer_state(stream, consumer, 1.0)
 
     run(scenario)

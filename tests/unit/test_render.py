@@ -23,6 +23,7 @@ from renderer.project import (
     VersionState,
 )
 from renderer.render import (
+    SYNC_WAVE,
     RenderError,
     configmap_key,
     nats_ports,
@@ -194,6 +195,27 @@ def test_published_version_gets_active_entrypoint_and_ingress(tmp_path: Path) ->
     assert backend == {"name": "active-entrypoint", "port": {"name": "grpc"}}
     annotations = ing["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+
+def test_service_and_ingress_come_in_a_later_sync_wave_than_the_deployments(
+        tmp_path: Path) -> None:
+    """Argo CD applies a wave once the earlier ones are healthy: publishing a version (its
+    Service and Ingress) switches traffic only after its Deployments are ready."""
+    v1, v2 = make_version(tmp_path), make_version(tmp_path, "greeter-v2")
+    ingress = Ingress(host="greeter.example.com", annotations={SYNC_WAVE: "-5"})
+    project = make_project(tmp_path, {"greeter-v1": "published", "greeter-v2": "started"},
+                           ingress=ingress)
+    objs = objects_of(render_project(project, {"greeter-v1": v1, "greeter-v2": v2}))
+    waves: dict[str, list[int]] = {}
+    for obj in objs.values():
+        wave = int(obj["metadata"]["annotations"][SYNC_WAVE])
+        waves.setdefault(obj["kind"], []).append(wave)
+    assert sorted(waves) == ["ConfigMap", "Deployment", "Ingress", "Namespace",
+                             "NetworkPolicy", "Service"]
+    assert len(waves["Service"]) == 2 and len(waves["Ingress"]) == 1  # both versions'
+    assert max(waves["ConfigMap"]) < min(waves["Deployment"])
+    assert max(waves["Deployment"]) < min(waves["Service"] + waves["Ingress"])
+    assert set(waves["Deployment"]) == {0} and set(waves["Service"] + waves["Ingress"]) == {1}
 
 
 def test_ingress_without_host_or_tls(tmp_path: Path) -> None:
