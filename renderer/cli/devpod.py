@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from renderer.project import KRE_IMAGES, RUNNER_IMAGE, Project
+from renderer.project import KRE_IMAGES, RUNNER_IMAGE, Project, image_name
 from runner import contract
 
 READ_ONLY_FILE = 0o444
@@ -245,9 +245,7 @@ def runner_images(project: Project) -> frozenset[str]:
 
 def mapped_image(project: Project, image: str) -> str:
     """The image name (no tag or digest) a rendered image becomes after the image map."""
-    name = image.split("@", 1)[0]
-    if ":" in name.rsplit("/", 1)[-1]:
-        name = name.rsplit(":", 1)[0]
+    name = image_name(image)
     for m in project.images:
         if m.name == name:
             return m.new_name or m.name
