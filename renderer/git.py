@@ -71,6 +71,12 @@ def is_repo(path: Path) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
+def is_ignored(repo: Path, path: str | Path) -> bool:
+    """Does git ignore `path` (relative to `repo`, or absolute) in the work tree of `repo`?"""
+    return _git(repo, "check-ignore", "-q", "--no-index", "--", str(path),
+                check=False).returncode == 0
+
+
 def toplevel(path: Path) -> Path:
     """The root of the work tree that holds `path`."""
     return Path(_git(path, "rev-parse", "--show-toplevel").stdout.strip())

@@ -21,12 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .project import RUNNER_TAG, ImageMapping
-
-RUNNER = "runner"  # the slim flavor: the runner package and its few dependencies
-RUNNER_ML = "runner-ml"  # KRE's ML library set, CPU torch
-RUNNER_GPU = "runner-gpu"  # CUDA base, CUDA torch: for gpu nodes
-FLAVORS = (RUNNER, RUNNER_ML, RUNNER_GPU)
+from .project import FLAVORS, RUNNER, RUNNER_GPU, RUNNER_ML, RUNNER_TAG, ImageMapping
 
 KRE_ENTRYPOINT = "konstellation/kre-entrypoint"
 KRE_PY = "konstellation/kre-py"
@@ -151,3 +146,8 @@ def runner_names(images: Iterable[ImageMapping]) -> frozenset[str]:
         *(mapped_name(images, kre) for kre in KRE_IMAGES),
         *gpu,
     })
+
+
+def is_kre_image(ref: str) -> bool:
+    """Does `ref` name one of the KRE images the image map sends to the runner?"""
+    return image_name(ref) in KRE_IMAGES

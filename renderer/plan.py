@@ -29,7 +29,7 @@ from .project import (
     lacks_config_source,
     no_config_source,
 )
-from .versionfiles import VersionFilesError, shipped_files
+from .versionfiles import Selected, VersionFilesError, shipped_files
 
 MANAGED_BY = "kai"
 ENTRYPOINT = "entrypoint"
@@ -156,12 +156,15 @@ class VersionPlan:
     state: str
     service_name: str  # the version's name, or ACTIVE_SERVICE when published
     processes: tuple[Process, ...]
-    files: dict[str, bytes]  # version-relative posix path -> content (what ships)
-    configmap_name: str
+    files: dict[str, bytes]  # version-relative posix path -> content (what ships in the ConfigMap)
+    configmap_name: str  # "" with a version image
     config_variables: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()
     config_source: ConfigSource | None = None
     workflows: tuple[contract.Workflow, ...] = field(default_factory=tuple)
+    # The image every process runs when the version has one of its own (renderer.build):
+    # its files are baked in at the version mount, so no ConfigMap and no version volume.
+    version_image: str = ""
 
     @property
     def published(self) -> bool:
@@ -302,42 +305,42 @@ def derived_names(version: Version) -> list[tuple[str, str]]:
 # --- building the plan ------------------------------------------------------------
 
 
-def version_files(version: Version) -> dict[str, bytes]:
-    """The files that ship to the version's pods (renderer.versionfiles), read.
+def selected_files(version: Version) -> Selected:
+    """The files that ship to the version's pods (renderer.versionfiles), not read yet.
 
-    Raises PlanError when they do not fit in a ConfigMap (FilesTooLarge) or cannot be
-    selected (a bad ignore file).
+    Raises PlanError when they cannot be selected (a bad ignore file).
     """
     try:
-        return read_files(shipped_files(version.directory))
-    except FilesTooLarge as exc:
-        raise FilesTooLarge(exc.size, f"version {version.name}: {exc}") from None
+        return shipped_files(version.directory)
     except VersionFilesError as exc:
         raise PlanError(f"version {version.name}: {exc}") from None
 
 
 class FilesTooLarge(PlanError):
-    """The files to ship take more than a ConfigMap holds; `size` in bytes."""
+    """The files to ship take more than a ConfigMap holds; `size` in bytes. A version
+    like this needs an image of its own (renderer.build)."""
 
-    def __init__(self, size: int, message: str | None = None) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
-        super().__init__(message or (
-            f"its files take {_amount(size)} in a ConfigMap, more than the "
-            f"{_amount(CONFIGMAP_LIMIT)} one holds; give it a requirements.txt or build an "
-            "image; see docs/runner-image.md"))
+        super().__init__(f"its files take {amount(size)} in a ConfigMap, more than the "
+                         f"{amount(CONFIGMAP_LIMIT)} one holds")
 
 
-def read_files(selected: Iterable[tuple[str, Path]]) -> dict[str, bytes]:
+def read_files(selected: Iterable[tuple[str, Path]],
+               limit: int | None = CONFIGMAP_LIMIT) -> dict[str, bytes]:
     """Read the selected files; raises FilesTooLarge when they do not fit in a ConfigMap
-    (before reading anything when their sizes on disk already say so)."""
+    (before reading anything when their sizes on disk already say so). `limit` None:
+    read them whatever their size."""
     selected = list(selected)
-    on_disk = sum(path.stat().st_size for _, path in selected)
-    if on_disk > CONFIGMAP_LIMIT:
-        raise FilesTooLarge(on_disk)
+    if limit is not None:
+        on_disk = sum(path.stat().st_size for _, path in selected)
+        if on_disk > limit:
+            raise FilesTooLarge(on_disk)
     files = {rel: path.read_bytes() for rel, path in selected}
-    size = configmap_size(files)
-    if size > CONFIGMAP_LIMIT:
-        raise FilesTooLarge(size)
+    if limit is not None:
+        size = configmap_size(files)
+        if size > limit:
+            raise FilesTooLarge(size)
     return dict(sorted(files.items()))
 
 
@@ -355,8 +358,10 @@ def configmap_size(files: Mapping[str, bytes]) -> int:
     return total
 
 
-def _amount(size: int) -> str:
+def amount(size: int) -> str:
     """`1.5 MiB (1572864 bytes)`."""
+    if size >= 1024**3:
+        return f"{size / 1024**3:.1f} GiB ({size} bytes)"
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.1f} MiB ({size} bytes)"
     return f"{size / 1024:.0f} KiB ({size} bytes)"
@@ -373,17 +378,39 @@ def labels(project: str, version: str, component: str, name: str, instance: str)
     }
 
 
-def build_plan(project: Project, version: Version, state: str | None = None) -> VersionPlan:
-    """The plan of one version in a project. `state` defaults to the desired state in kai.yaml."""
+def build_plan(project: Project, version: Version, state: str | None = None, *,
+               local: bool = False) -> VersionPlan:
+    """The plan of one version in a project. `state` defaults to the desired state in kai.yaml.
+
+    A version that needs an image of its own (renderer.build) runs it in every process,
+    and its plan has no files for a ConfigMap. `local`: the plan `kai dev` runs on this
+    machine, whose files always come as a ConfigMap, whatever image the cluster would run.
+
+    Raises PlanError when the version cannot run as asked (renderer.build.image_need).
+    """
+    from .build import size_problem, version_image
+
     state = state or project.state_of(version.name)
     vs = project.versions.get(version.name)
     v = version.name
     workflows = plan_workflows(version)
-    files = version_files(version)
+    selected = selected_files(version)
+    image = None if local else version_image(project, version, selected)
+    if image is not None:
+        files: dict[str, bytes] = {}
+    elif local:
+        too_large = size_problem(selected)
+        if too_large:
+            raise PlanError(f"version {v}: {too_large}")
+        files = read_files(selected, limit=None)
+    else:
+        files = read_files(selected)  # they fit: version_image said so
     base = runner_env(project, version, workflows)
     processes = [entrypoint_process(project, version, base)]
     processes += [node_process(project, version, node, base)
                   for node in sorted(version.nodes, key=lambda n: n.name)]
+    if image is not None:
+        processes = [replace(p, image=image.tag) for p in processes]
     return VersionPlan(
         project=project.name,
         namespace=project.namespace,
@@ -393,11 +420,12 @@ def build_plan(project: Project, version: Version, state: str | None = None) -> 
         service_name=ACTIVE_SERVICE if state == PUBLISHED else v,
         processes=tuple(processes),
         files=files,
-        configmap_name=configmap_name(v, files),
+        configmap_name="" if image else configmap_name(v, files),
         config_variables=version.config.variables,
         config_files=version.config.files,
         config_source=vs.config if vs else None,
         workflows=workflows,
+        version_image=image.tag if image else "",
     )
 
 

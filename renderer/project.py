@@ -36,6 +36,11 @@ KUSTOMIZATION = "kustomization.yaml"  # kustomize's own file in rendered/<projec
 
 DEFAULT_KUBERNETES_VERSION = "1.35"
 RUNNER_TAG = "0.1.0"  # the tag of every runner image flavor (renderer.images)
+RUNNER = "runner"  # the slim flavor: the runner package and its few dependencies
+RUNNER_ML = "runner-ml"  # KRE's ML library set, CPU torch
+RUNNER_GPU = "runner-gpu"  # CUDA base, CUDA torch: for gpu nodes
+FLAVORS = (RUNNER, RUNNER_ML, RUNNER_GPU)  # the runner images, and what a version image builds on
+DEFAULT_FLAVOR = RUNNER_ML
 GRPC_BACKEND_ANNOTATION = {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
 
 
@@ -61,6 +66,41 @@ class ImageMapping:
     new_name: str
     new_tag: str = ""
     gpu: bool = False
+
+
+@dataclass(frozen=True)
+class Build:
+    """kai.yaml `build:`: where version images are pushed and what they are built on.
+
+    A version with a requirements.txt, or files too large for a ConfigMap, runs on an
+    image of its own, `<registry>/<project>-<version>:<content hash>` (renderer.build),
+    built FROM `base`: when empty, the runner image of `flavor` in the same registry.
+    """
+
+    registry: str
+    flavor: str = DEFAULT_FLAVOR
+    base: str = ""
+
+    @property
+    def base_image(self) -> str:
+        """The image the version image is built FROM."""
+        return self.base or f"{self.registry}/{self.flavor}:{RUNNER_TAG}"
+
+    def over(self, override: BuildOverride) -> Build:
+        """These settings with a version's override: its base when it sets one, else
+        (when it sets a flavor) the runner image of its flavor, else this base."""
+        if not override.flavor and not override.base:
+            return self
+        base = override.base or (self.base if not override.flavor else "")
+        return Build(self.registry, override.flavor or self.flavor, base)
+
+
+@dataclass(frozen=True)
+class BuildOverride:
+    """kai.yaml `versions.<v>.build:`: one version's flavor or base ("": the project's)."""
+
+    flavor: str = ""
+    base: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,6 +197,7 @@ class VersionState:
     state: str = STOPPED
     config: ConfigSource | None = None
     runtime: Runtime = field(default_factory=Runtime)  # overrides the project's, field by field
+    build: BuildOverride = field(default_factory=BuildOverride)  # over the project's `build:`
 
 
 @dataclass(frozen=True)
@@ -176,6 +217,7 @@ class Project:
     images: tuple[ImageMapping, ...] = ()
     resources: Resources = field(default_factory=Resources)
     runtime: Runtime = field(default_factory=Runtime)
+    build: Build | None = None  # None: no version images (kai.yaml has no `build:`)
     versions: dict[str, VersionState] = field(default_factory=dict)
     root: Path = Path(".")
 
@@ -187,6 +229,13 @@ class Project:
         """The version's runtime settings over the project's."""
         vs = self.versions.get(version)
         return vs.runtime.over(self.runtime) if vs else self.runtime
+
+    def build_of(self, version: str) -> Build | None:
+        """The version's build settings over the project's; None without `build:`."""
+        if self.build is None:
+            return None
+        vs = self.versions.get(version)
+        return self.build.over(vs.build) if vs else self.build
 
     @property
     def published(self) -> str | None:

@@ -23,6 +23,8 @@ from .problems import InputError, Problem
 from .project import (
     PROJECT_FILE,
     STOPPED,
+    Build,
+    BuildOverride,
     ConfigSource,
     DataStream,
     ImageMapping,
@@ -117,6 +119,29 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
                 out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
                                        message))
     out += _runtime_problems(doc)
+    out += _build_problems(doc)
+    return out
+
+
+def _build_problems(doc: Document) -> list[Problem]:
+    """A version's `build:` overrides the project's, so that one must be there; the
+    registry is the project's alone."""
+    out: list[Problem] = []
+    top = "build" in doc.data
+    for name, entry in doc.data.get("versions", {}).items():
+        section = entry.get("build")
+        if section is None:
+            continue
+        path = ("versions", name, "build")
+        if not top:
+            out.append(doc.problem(path, (
+                "overrides the project's build settings, but kai.yaml has no top-level "
+                "`build:`; add `build: {registry: REGISTRY}` (the registry version images "
+                "are pushed to, see docs/version-images.md)"), key=True))
+        if "registry" in section:
+            out.append(doc.problem((*path, "registry"), (
+                "the registry is project-wide (one per project), so a version cannot set it; "
+                "set build.registry at the top level"), key=True))
     return out
 
 
@@ -291,9 +316,14 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             limits=dict(resources.get("limits", defaults.limits)),
         ),
         runtime=_runtime(data.get("runtime", {})),
+        build=Build(**_pick(data["build"], {
+            "registry": "registry", "flavor": "flavor", "base": "base",
+        })) if "build" in data else None,
         versions={
             name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")),
-                               _runtime(entry.get("runtime", {}), project_wide=False))
+                               _runtime(entry.get("runtime", {}), project_wide=False),
+                               BuildOverride(**_pick(entry.get("build", {}), {
+                                   "flavor": "flavor", "base": "base"})))
             for name, entry in data.get("versions", {}).items()
         },
         root=root,
@@ -372,6 +402,9 @@ def project_data(project: Project) -> dict[str, Any]:
             entry["config"] = _config_data(vs.config)
         if vs.runtime != Runtime():
             entry["runtime"] = _runtime_data(vs.runtime)
+        if vs.build != BuildOverride():
+            entry["build"] = {key: value for key, value in
+                              (("flavor", vs.build.flavor), ("base", vs.build.base)) if value}
         versions[name] = entry
     data: dict[str, Any] = {
         "project": project.name,
@@ -387,6 +420,10 @@ def project_data(project: Project) -> dict[str, Any]:
     }
     if project.runtime != Runtime():  # left out, the runner's defaults apply
         data["runtime"] = _runtime_data(project.runtime)
+    if project.build is not None:
+        build = project.build
+        data["build"] = {"registry": build.registry, "flavor": build.flavor,
+                         **({"base": build.base} if build.base else {})}
     data["versions"] = versions
     return data
 

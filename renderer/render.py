@@ -219,7 +219,9 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
     """The Kubernetes objects of one version in its planned state (none when stopped)."""
     if not is_running(plan.state):
         return []
-    objects = [*_config_objects(project, plan), _configmap(plan)]
+    objects = _config_objects(project, plan)
+    if not plan.version_image:  # else the files are in the image
+        objects.append(_configmap(plan))
     objects += [_deployment(plan, process) for process in plan.processes]
     objects.append(_service(plan))
     if plan.published:
@@ -424,7 +426,8 @@ def render_ci_workflow(project: Project, branch: str, repo_path: str = "") -> by
 
     On a pull request into `branch` and on a push to it: install kai, then
     `kai validate .` and `kai render --check` in the GitOps repo, which is `repo_path`
-    inside the git repository ("" at its top).
+    inside the git repository ("" at its top); then (job `images`) `kai build VERSION
+    --push` for each image `kai build --list` names that the registry lacks.
     """
     text = _template("github-workflow").render(
         project=project.name, branch=branch, version=__version__,

@@ -490,6 +490,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
     version that is already there with the same files raises lifecycle.NothingToDo.
     The version's warnings (renderer.validate: KRE 1.x leniency) go to `notify`.
     """
+    from .build import image_need
     from .projectfile import edit_project, read_project_text
     from .rename import stale_paths
     from .validate import load_version
@@ -533,6 +534,7 @@ def add_version(root: Path, source: Path, force: bool = False, commit: bool = Tr
             state = repo.project.versions.get(name, VersionState(STOPPED))
             new_project = replace(repo.project,
                                   versions={**repo.project.versions, name: state})
+            image_need(new_project, version)  # refused even when stopped: a start cannot fail
             tree = render(repo, new_project, {**repo.versions, name: version})
             summary = f"add {name}" + (f" (replaced, {state.state})" if force and not in_place
                                        and registered else "")

@@ -25,11 +25,12 @@ from typing import Any
 from runner import contract
 from runner.proto import CompiledProto, ProtoError, compile_proto
 
+from .build import image_need, size_problem
 from .images import image_name
 from .krt import MANIFEST_NAMES, Node, Version, dict_or_empty, list_or_empty, str_or_empty
 from .krtfile import extract_krt
 from .nodesource import source_problems
-from .plan import MAX_NAME, FilesTooLarge, derived_names, read_files
+from .plan import MAX_NAME, PlanError, derived_names
 from .problems import InputError, InputWarning, Problem
 from .project import (
     PROJECT_FILE,
@@ -149,11 +150,11 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
     try:
         selected = shipped_files(directory)
         shipped = {rel for rel, _ in selected}
-        read_files(selected)
+        too_large = size_problem(selected)
+        if too_large:
+            out.append(Problem(shown.prefix or ".", message=too_large))
     except VersionFilesError as exc:
         out.append(Problem(shown(exc.file), exc.line, 1 if exc.line else 0, "", exc.message))
-    except FilesTooLarge as exc:
-        out.append(Problem(shown.prefix or ".", message=str(exc)))
     for i, node in enumerate(version.nodes):
         src = node.src
         # a path that cannot name a file in the version is that; else a Go node is refused
@@ -601,6 +602,12 @@ def validate_repo(root: Path, display_root: Path | None = None, strict: bool = F
 def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Version, Document]],
                     dirs: set[str]) -> list[Problem]:
     out = []
+    for name, (version, doc) in loaded.items():
+        try:
+            image_need(project, version)  # in any state: so `kai start` cannot fail on it
+        except PlanError as exc:
+            out.append(pdoc.problem(("versions", name), str(exc), key=True)
+                       if name in project.versions else Problem(doc.file, message=str(exc)))
     for name, vs in project.versions.items():
         if name not in dirs:
             out.append(pdoc.problem(

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "status": "status:status",
     "render": "render:render",
     "diff": "render:diff",
+    "build": "build:build",
     "dev": "dev:dev",
     "call": "call:call",
 }

@@ -154,12 +154,14 @@ def check_port(port: int, flag: str) -> None:
 def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[dict[str, Any]]]:
     """The version's plan and its objects as `kai render` renders it started, except that
     its config comes from a plain Secret: `kai dev` takes the values from `--config` and
-    the environment, wherever the cluster gets them from."""
+    the environment, wherever the cluster gets them from; and its files always come in a
+    ConfigMap: a version with an image of its own (renderer.build) runs its files from
+    here, with this machine's Python packages."""
     local = dataclasses.replace(project, versions={
         **project.versions,
         version.name: VersionState(STARTED, ConfigSource(SECRET, f"{version.name}-config")),
     })
-    plan = build_plan(local, version, state=STARTED)
+    plan = build_plan(local, version, state=STARTED, local=True)
     return plan, render_version(local, plan)
 
 

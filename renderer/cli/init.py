@@ -34,7 +34,8 @@ from .repoopts import fail, guarded, notify
 @click.option(
     "--no-ci", is_flag=True,
     help="Do not write the CI workflow (.github/workflows/kai*.yaml) that runs "
-    "`kai validate` and `kai render --check` on every pull request.",
+    "`kai validate` and `kai render --check` on every pull request, and builds and pushes "
+    "the version images the registry lacks.",
 )
 @click.option(
     "--registry", metavar="REGISTRY", default=DEFAULT_REGISTRY, show_default=True,
@@ -52,7 +53,8 @@ def init(directory: Path, project: str, namespace: str, repo_url: str | None,
     Flux GitRepository + Kustomization that point at rendered/PROJECT), the initial
     rendered/PROJECT/, a .gitignore and a
     GitHub Actions workflow that runs `kai validate .` and `kai render --check` on
-    pull requests (at the top of the git repository: .github/workflows/kai.yaml, or
+    pull requests and builds and pushes the version images the registry lacks
+    (at the top of the git repository: .github/workflows/kai.yaml, or
     .github/workflows/kai-PROJECT.yaml when DIRECTORY is a subfolder of it), runs
     `git init` when DIRECTORY is not in a git repo, and commits it all.
 

@@ -120,9 +120,10 @@ def test_kai_add_refuses_a_version_too_large_for_a_configmap(repo: Path, tmp_pat
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
     assert re.fullmatch(
-        r"big-v1: its files take 10\d\d KiB \(10\d{5} bytes\) in a ConfigMap, more than the "
-        r"1008 KiB \(1032192 bytes\) one holds; give it a requirements\.txt or build an "
-        r"image; see docs/runner-image\.md", line), line
+        r"error: version big-v1 needs an image of its own, since its files take 10\d\d KiB "
+        r"\(10\d{5} bytes\) in a ConfigMap, more than the 1008 KiB \(1032192 bytes\) one "
+        r"holds, but kai.yaml has no `build:`; add `build: \{registry: REGISTRY\}` to "
+        r"kai\.yaml, with a registry you push to \(see docs/version-images\.md\)", line), line
     assert "Traceback" not in result.output
     assert not (repo / "versions" / "big-v1").exists()
     assert log(repo) == ["kai: init demo (namespace kai-demo)"]

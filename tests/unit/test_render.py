@@ -392,10 +392,12 @@ def test_version_too_large_is_refused(tmp_path: Path) -> None:
         render_project(project, {"greeter-v1": version})
     (problem,) = info.value.problems
     assert problem.file == "versions/greeter-v1"
-    assert problem.message.startswith("version greeter-v1: its files take 1008 KiB (")
+    assert problem.message.startswith(
+        "version greeter-v1 needs an image of its own, since its files take 1008 KiB (")
     assert problem.message.endswith(
-        "more than the 1008 KiB (1032192 bytes) one holds; give it a requirements.txt or "
-        "build an image; see docs/runner-image.md")
+        "in a ConfigMap, more than the 1008 KiB (1032192 bytes) one holds, but kai.yaml has "
+        "no `build:`; add `build: {registry: REGISTRY}` to kai.yaml, with a registry you "
+        "push to (see docs/version-images.md)")
 
 
 # --- config -----------------------------------------------------------------------------------

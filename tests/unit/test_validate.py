@@ -518,44 +518,61 @@ def test_an_ignore_file_error_points_at_its_line(tmp_path: Path) -> None:
     ]
 
 
-def test_a_version_too_large_for_a_configmap(tmp_path: Path) -> None:
+def test_a_version_too_large_for_a_configmap_needs_an_image(tmp_path: Path) -> None:
+    from renderer.build import image_reason
     from renderer.plan import CONFIGMAP_LIMIT
+    from renderer.versionfiles import shipped_files
 
     folder = write_version(tmp_path / "greeter-v1")
     (folder / "data").mkdir()
     (folder / "data" / "weights.bin").write_bytes(b"\xff" * (CONFIGMAP_LIMIT * 3 // 4))
-    with pytest.raises(InputError) as info:
-        load_version(folder, tmp_path)
-    (line,) = [str(p) for p in info.value.problems]
+    # valid on its own: whether it may have an image is the repo's kai.yaml to say
+    load_version(folder, tmp_path)
     # binary files travel base64-encoded: 3/4 of the limit on disk is too much
-    assert line.startswith("greeter-v1: its files take 1009 KiB (1032969 bytes)")
-    assert line.endswith(" in a ConfigMap, more than the 1008 KiB (1032192 bytes) one holds; "
-                         "give it a requirements.txt or build an image; see "
-                         "docs/runner-image.md")
+    assert image_reason(shipped_files(folder)) == (
+        "its files take 1009 KiB (1032969 bytes) in a ConfigMap, more than the 1008 KiB "
+        "(1032192 bytes) one holds")
     # the selection decides: what does not ship does not count
     for ignored in ("data/\n", "*.bin\n"):
         (folder / ".kaiignore").write_text(ignored)
-        load_version(folder, tmp_path)
+        assert image_reason(shipped_files(folder)) is None
     (folder / ".kaiignore").unlink()
     (folder / "docs").mkdir()
     (folder / "data" / "weights.bin").rename(folder / "docs" / "weights.bin")
-    load_version(folder, tmp_path)
+    assert image_reason(shipped_files(folder)) is None
     # far too large: refused from the sizes on disk, with the number of bytes found there
     (folder / "data" / "huge.txt").write_bytes(b"x" * (3 * 1024 * 1024))
-    with pytest.raises(InputError, match=r"^greeter-v1: its files take 3\.0 MiB \(3146431 bytes\)"):
+    assert image_reason(shipped_files(folder)) == (
+        "its files take 3.0 MiB (3146431 bytes) in a ConfigMap, more than the 1008 KiB "
+        "(1032192 bytes) one holds")
+
+
+def test_a_version_too_large_for_any_image(tmp_path: Path) -> None:
+    from renderer.build import MAX_IMAGE_FILES
+
+    folder = write_version(tmp_path / "greeter-v1")
+    (folder / "data").mkdir()
+    with open(folder / "data" / "huge.bin", "wb") as f:
+        f.truncate(MAX_IMAGE_FILES)  # sparse: its size on disk is what counts
+    with pytest.raises(InputError, match=r"^greeter-v1: its files take 1\.0 GiB \("):
         load_version(folder, tmp_path)
+    (folder / ".kaiignore").write_text("data/\n")
+    load_version(folder, tmp_path)
 
 
 def test_cli_refuses_a_version_too_large(tmp_path: Path) -> None:
+    from renderer.build import MAX_IMAGE_FILES
+
     folder = write_version(tmp_path / "greeter-v1")
     (folder / "data").mkdir()
-    (folder / "data" / "big.json").write_text("1" * (2 * 1024 * 1024))
+    with open(folder / "data" / "big.json", "wb") as f:
+        f.truncate(MAX_IMAGE_FILES)
     result = run("greeter-v1", cwd=tmp_path)
     assert result.exit_code == 1
     assert result.stderr == (
-        "greeter-v1: its files take 2.0 MiB (2097855 bytes) in a ConfigMap, more than the "
-        "1008 KiB (1032192 bytes) one holds; give it a requirements.txt or build an image; see "
-        "docs/runner-image.md\n"
+        "greeter-v1: its files take 1.0 GiB (1073742527 bytes), more than the 1.0 GiB "
+        "(1073741824 bytes) a version may ship; keep large data out of it with a .kaiignore "
+        "and fetch it at run time instead\n"
     )
 
 
