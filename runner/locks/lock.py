@@ -76,15 +76,17 @@ class LockError(Exception):
 
 @dataclass(frozen=True)
 class Resolution:
-    """One pip resolution: a flavor's .in, for one machine, optionally under its lock."""
+    """One pip resolution: a flavor's .in for one machine, optionally under its lock; or
+    `source`, requirements installed on top of the flavor (an image built on it)."""
 
     flavor: str
     machine: str
     constrained: bool = False
+    source: Path | None = None
 
     @property
     def requirements(self) -> Path:
-        return LOCKS / f"{self.flavor}.in"
+        return self.source or LOCKS / f"{self.flavor}.in"
 
     @property
     def lock(self) -> Path:
@@ -172,15 +174,16 @@ def read_report(report: Path) -> dict[str, str]:
 def resolve(python: Path, resolutions: Sequence[Resolution], workdir: Path,
             cache: Path | None = None) -> list[dict[str, str]]:
     """Run the resolutions side by side (pip mostly waits on the index); their pins, in order."""
-    def one(resolution: Resolution) -> dict[str, str]:
-        report = workdir / f"{resolution.flavor}-{resolution.machine}.report.json"
+    def one(number: int) -> dict[str, str]:
+        resolution = resolutions[number]
+        report = workdir / f"{number}-{resolution.flavor}-{resolution.machine}.report.json"
         constraint = f" under {_shown(resolution.lock)}" if resolution.constrained else ""
         _run(resolve_command(python, resolution, report, cache), pip_environment(),
              f"resolve {_shown(resolution.requirements)}{constraint} for {resolution.machine}")
         return read_report(report)
 
     with ThreadPoolExecutor(max_workers=max(1, len(resolutions))) as pool:
-        return list(pool.map(one, resolutions))
+        return list(pool.map(one, range(len(resolutions))))
 
 
 def merge_pins(flavor: str, per_machine: Mapping[str, Mapping[str, str]]) -> dict[str, str]:

@@ -31,6 +31,9 @@ from runner.locks import lock
 ROOT = Path(__file__).resolve().parents[2]
 RESOLUTIONS = [lock.Resolution(flavor, machine, constrained=True)
                for flavor in lock.FLAVORS for machine in lock.MACHINES[flavor]]
+# examples/custom-image installs its requirements on runner-ml, under runner-ml's pins
+EXAMPLE = lock.Resolution("runner-ml", lock.HOST_MACHINE, constrained=True,
+                          source=ROOT / "examples" / "custom-image" / "requirements.txt")
 
 
 def _host_fits() -> bool:
@@ -59,8 +62,9 @@ def resolved(pip: Path,
              tmp_path_factory: pytest.TempPathFactory) -> dict[lock.Resolution, dict[str, str]]:
     """Every flavor's resolution for every machine it is built for (side by side)."""
     tmp = tmp_path_factory.mktemp("locks")
-    pins = lock.resolve(pip, RESOLUTIONS, tmp, cache=tmp / "cache")
-    return dict(zip(RESOLUTIONS, pins, strict=True))
+    everything = [*RESOLUTIONS, EXAMPLE]
+    pins = lock.resolve(pip, everything, tmp, cache=tmp / "cache")
+    return dict(zip(everything, pins, strict=True))
 
 
 @pytest.mark.parametrize("resolution", RESOLUTIONS,
@@ -82,9 +86,20 @@ def test_a_lock_pins_only_what_its_flavor_resolves_to(
         resolved: dict[lock.Resolution, dict[str, str]], flavor: str) -> None:
     """No stale pin: each one is installed on at least one machine the flavor is built for."""
     wanted = set().union(*(pins for resolution, pins in resolved.items()
-                           if resolution.flavor == flavor))
+                           if resolution.flavor == flavor and resolution.source is None))
     stale = sorted(set(lock.read_lock(lock.LOCKS / f"{flavor}.txt")) - wanted)
     assert stale == [], f"pinned in {flavor}.txt but not resolved: regenerate the lock"
+
+
+def test_the_custom_image_example_installs_on_runner_ml_within_its_pins(
+        resolved: dict[lock.Resolution, dict[str, str]]) -> None:
+    pins = lock.read_lock(EXAMPLE.lock)
+    got = resolved[EXAMPLE]
+    assert "lightgbm" in got
+    # whatever the flavor pins stays as pinned (pip holds it to -c); the rest is new
+    assert {name: got[name] for name in got if name in pins} \
+        == {name: pins[name] for name in got if name in pins}
+    assert "numpy" in got
 
 
 def test_the_slim_flavor_installs_and_runs_the_runner(pip: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 
 from renderer.nodesource import RUNNER_PYTHON
 from renderer.project import RUNNER_TAG
+from runner.contract import VERSION_MOUNT
 from runner.locks import lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,16 +60,19 @@ def _logical_lines(text: str) -> list[str]:
     return lines
 
 
-def _stages() -> dict[str, Stage]:
+def _stages(path: Path = DOCKERFILE) -> dict[str, Stage]:
+    """The stages of a Dockerfile by name (an unnamed one by its number)."""
     stages: dict[str, Stage] = {}
     current: Stage | None = None
-    for line in _logical_lines(DOCKERFILE.read_text(encoding="utf-8")):
+    for line in _logical_lines(path.read_text(encoding="utf-8")):
         instruction, _, args = line.partition(" ")
         instruction = instruction.upper()
         if instruction == "FROM":
-            match = re.fullmatch(r"(\S+) AS (\S+)", args.strip(), re.IGNORECASE)
-            assert match, f"every stage is named: FROM {args}"
-            current = stages.setdefault(match[2], Stage(match[2], match[1]))
+            match = re.fullmatch(r"(\S+)(?: AS (\S+))?", args.strip(), re.IGNORECASE)
+            assert match, f"{path}: FROM {args}"
+            name = match[2] or str(len(stages))
+            assert name not in stages, f"{path}: two stages named {name}"
+            current = stages[name] = Stage(name, match[1])
         elif current is not None:
             current.instructions.append((instruction, args.strip()))
     return stages
@@ -239,6 +243,39 @@ def test_the_ml_flavors_pin_torch_as_their_inputs_ask() -> None:
                           for path in _included(lock.LOCKS / f"{flavor}.in"))
         for name in ("torch", "torchvision"):
             assert f"\n{name}=={pins[name]}\n" in asked, (flavor, name)
+
+
+def test_the_docs_name_the_ml_releases_the_lock_pins() -> None:
+    """docs/runner-image.md's KRE table gives major.minor of what runner-ml.txt pins."""
+    pins = lock.read_lock(lock.LOCKS / "runner-ml.txt")
+    text = (ROOT / "docs" / "runner-image.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| [^|]+ \| (.+) \|$", text[text.index("| kre-py 1.23 |"):],
+                      re.MULTILINE)
+    named = [(name, version) for name, version
+             in re.findall(r"\b([A-Za-z][\w-]*) (\d+\.\d+)\b", " ".join(rows))
+             if lock.canonical_name(name) in pins]  # not "CUDA 13.0"
+    assert len(named) >= 10
+    for name, version in named:
+        pinned = pins[lock.canonical_name(name)]
+        assert pinned == version or pinned.startswith(f"{version}."), (name, version, pinned)
+
+
+# --- the example of an image built on a flavor ----------------------------------------
+
+def test_the_custom_image_example_extends_a_flavor_within_its_pins() -> None:
+    example = ROOT / "examples" / "custom-image"
+    (stage,) = _stages(example / "Dockerfile").values()
+    assert stage.base == f"${{REGISTRY}}/runner-ml:{RUNNER_TAG}"
+    users = stage.args("USER")
+    assert users[0] == "root" and users[-1] == f"{UID}:{UID}"
+    assert [i for i, _ in stage.instructions][-1] == "USER"
+    installs = [args for args in stage.args("RUN") if "pip install" in args]
+    assert installs and all("-c /opt/kai/constraints.txt" in args for args in installs)
+    for args in stage.args("COPY"):
+        destination = args.split()[-1]
+        assert not destination.startswith(VERSION_MOUNT), destination
+    assert (example / "requirements.txt").is_file()
+    assert (example / "models").is_dir()
 
 
 # --- the build context --------------------------------------------------------------------
