@@ -141,8 +141,8 @@ def make_pip(venv: Path) -> Path:
     env = pip_environment()
     _run([sys.executable, "-m", "venv", str(venv)], env, "create a venv")
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "--quiet", f"pip=={PIP_VERSION}"], env,
-         f"install pip {PIP_VERSION}")
+    _run([str(python), "-m", "pip", "install", "--quiet", "--no-cache-dir",
+          f"pip=={PIP_VERSION}"], env, f"install pip {PIP_VERSION}")
     return python
 
 
