@@ -42,6 +42,7 @@ _VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-local-strict$")
 _API_GROUP = re.compile(r"^([^./]*)(?:\.[^/]*)?/")
 _GROUP_PREFIX = r"\1-"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SYNC_OPTION = re.compile(r"^[A-Za-z]+=[^=\s]+$")  # an Argo CD sync option: Name=value
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 _DEFS_REF = "#/$defs/"
@@ -236,6 +237,14 @@ def _check_application(file: str, obj: Obj) -> list[Problem]:
     if not (isinstance(dest, Mapping) and (dest.get("server") or dest.get("name"))):
         problems.append(Problem(file, path="spec.destination",
                                 message="needs `server` or `name` (the target cluster)"))
+    options = _get(obj, "spec.syncPolicy.syncOptions")
+    if options is not None and not isinstance(options, list):
+        problems.append(Problem(file, path="spec.syncPolicy.syncOptions",
+                                message="must be a list of sync options (Name=value)"))
+    for i, option in enumerate(options if isinstance(options, list) else []):
+        if not (isinstance(option, str) and _SYNC_OPTION.match(option)):
+            problems.append(Problem(file, path=f"spec.syncPolicy.syncOptions[{i}]",
+                                    message=f"{option!r} is not a sync option (Name=value)"))
     return problems
 
 

@@ -1,6 +1,6 @@
 """The image map: which image each process runs, and the map `kai init` writes.
 
-kai.yaml's `images:` is a list of kustomize-style entries `{name, newName, newTag}`;
+kai.yaml's `images:` is a list of kustomize-style entries `{name, newName, newTag, digest}`;
 `name` is an image as krt.yml writes it, without tag. An entry with `gpu: true`
 applies only to `gpu: true` nodes. Kustomize cannot tell two containers that name the
 same image apart, so:
@@ -8,7 +8,8 @@ same image apart, so:
 * an entry without `gpu` is emitted as a kustomize `images:` entry
   (`kustomize_images`), and the Deployments keep the image krt.yml names;
 * a gpu node whose image has a `gpu: true` entry gets that entry's `newName:newTag`
-  written directly into its Deployment (`container_image`).
+  (`@digest` when the entry pins one) written directly into its Deployment
+  (`container_image`), as kustomize would have rewritten it.
 
 The default map sends the KRE images to the runner image flavors in one registry,
 which the user owns and pushes the flavors to (docs/runner-image.md):
@@ -105,10 +106,13 @@ def image_name(image: str) -> str:
 
 
 def _replaced(image: str, entry: ImageMapping) -> str:
-    """`image` as kustomize rewrites it by `entry`: its name, and its tag when the
-    entry has one (else the image keeps its own tag or digest)."""
-    if entry.new_tag:
-        return f"{entry.new_name}:{entry.new_tag}"
+    """`image` as kustomize rewrites it by `entry`: its name, and its tag and digest
+    when the entry has either (`newName:newTag`, `newName@digest`,
+    `newName:newTag@digest`); else the image keeps its own tag or digest."""
+    if entry.new_tag or entry.digest:
+        tag = f":{entry.new_tag}" if entry.new_tag else ""
+        digest = f"@{entry.digest}" if entry.digest else ""
+        return f"{entry.new_name}{tag}{digest}"
     return entry.new_name + image[len(image_name(image)):]
 
 

@@ -56,7 +56,7 @@ class Ingress:
 
 @dataclass(frozen=True)
 class ImageMapping:
-    """One kai.yaml `images:` entry: `name` (as in krt.yml) → new_name:new_tag.
+    """One kai.yaml `images:` entry: `name` (as in krt.yml) → new_name:new_tag@digest.
 
     Without `gpu` it is a kustomize `images:` entry; with `gpu` it applies only to
     gpu nodes, written into their Deployments (renderer.images).
@@ -66,6 +66,7 @@ class ImageMapping:
     new_name: str
     new_tag: str = ""
     gpu: bool = False
+    digest: str = ""  # "sha256:<64 hex>": pins the image; "" keeps the tag's image
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class Nats:
 class Project:
     name: str
     namespace: str
+    create_namespace: bool = True  # False: the namespace exists already; no Namespace rendered
     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
     nats: Nats = field(default_factory=Nats)
     ingress: Ingress = field(default_factory=Ingress)

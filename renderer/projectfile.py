@@ -301,14 +301,16 @@ def _project(data: dict[str, Any], root: Path) -> Project:
     return Project(
         name=data["project"],
         namespace=data["namespace"],
-        **_pick(data, {"kubernetesVersion": "kubernetes_version"}),
+        **_pick(data, {"createNamespace": "create_namespace",
+                       "kubernetesVersion": "kubernetes_version"}),
         nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage"})),
         ingress=Ingress(**_pick(ingress, {
             "host": "host", "className": "class_name", "tlsSecret": "tls_secret",
             "annotations": "annotations",
         })),
         images=tuple(
-            ImageMapping(i["name"], i["newName"], i.get("newTag", ""), i.get("gpu") is True)
+            ImageMapping(i["name"], i["newName"], i.get("newTag", ""), i.get("gpu") is True,
+                         i.get("digest", ""))
             for i in data.get("images", [])
         ),
         resources=Resources(
@@ -391,6 +393,8 @@ def project_data(project: Project) -> dict[str, Any]:
         image: dict[str, Any] = {"name": m.name, "newName": m.new_name}
         if m.new_tag:
             image["newTag"] = m.new_tag
+        if m.digest:
+            image["digest"] = m.digest
         if m.gpu:
             image["gpu"] = True
         images.append(image)
@@ -409,6 +413,7 @@ def project_data(project: Project) -> dict[str, Any]:
     data: dict[str, Any] = {
         "project": project.name,
         "namespace": project.namespace,
+        **({} if project.create_namespace else {"createNamespace": False}),
         "kubernetesVersion": project.kubernetes_version,
         "nats": nats,
         "ingress": ingress,

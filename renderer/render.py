@@ -7,7 +7,7 @@ dumped canonically (renderer.output).
 
 The tree is built from independent parts, so one version can be re-rendered alone:
 
-* `project_tree(project)`: Namespace and NetworkPolicies (project settings only);
+* `project_tree(project)`: Namespace (optional) and NetworkPolicies (project settings only);
 * `version_tree(project, version, state)`: one version's folder, a pure function of
   the project settings, the version's files and its state;
 * `kustomization(project, paths)`: the `kustomization.yaml` listing every file.
@@ -247,12 +247,16 @@ def version_tree(project: Project, version: Version, state: str | None = None) -
 
 
 def render_project_objects(project: Project) -> list[dict[str, Any]]:
-    """The project-level objects: its Namespace and NetworkPolicies."""
+    """The project-level objects: its Namespace (unless kai.yaml says `createNamespace:
+    false`) and NetworkPolicies."""
     base = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": project.name}
     common = {"namespace": project.namespace, "labels": base}
+    objects = []
+    if project.create_namespace:
+        objects.append(render_template("namespace", namespace=project.namespace,
+                                       project=project.name, managed_by=MANAGED_BY))
     return [
-        render_template("namespace", namespace=project.namespace, project=project.name,
-                        managed_by=MANAGED_BY),
+        *objects,
         render_template(
             "networkpolicy", kind="default", name=f"{project.name}-default-deny",
             pod_selector={"app.kubernetes.io/part-of": project.name},
@@ -281,6 +285,8 @@ def kustomization(project: Project, paths: list[str] | set[str]) -> bytes:
         entry = {"name": img.name, "newName": img.new_name}
         if img.new_tag:
             entry["newTag"] = img.new_tag
+        if img.digest:
+            entry["digest"] = img.digest
         images.append(entry)
     doc: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",

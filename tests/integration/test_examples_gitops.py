@@ -12,6 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from renderer.cli import main
+from renderer.projectfile import load_project
+from renderer.render import render_deploy
+from renderer.repo import PLACEHOLDER_NOTE, PLACEHOLDER_URL
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.integration
@@ -82,3 +85,16 @@ def test_kubectl_kustomize_builds(repo: Path) -> None:
               for c in o["spec"]["template"]["spec"]["containers"]}
     assert images == {"registry.example.com/kai/runner:0.1.0",
                       "registry.example.com/kai/runner-ml:0.1.0"}, images
+
+
+def test_deploy_is_what_kai_init_writes_for_it() -> None:
+    """deploy/ as `kai init` (no remote: the placeholder URL) writes it today, so the
+    example shows the current Application: server-side apply among its sync options."""
+    project = load_project(GITOPS)
+    expected = {rel: PLACEHOLDER_NOTE.encode() + data
+                for rel, data in render_deploy(project, PLACEHOLDER_URL, "main").items()}
+    deploy = GITOPS / "deploy"
+    assert {p.relative_to(deploy).as_posix(): p.read_bytes()
+            for p in deploy.rglob("*.yaml")} == expected
+    app = yaml.safe_load(expected["argocd/application-demo.yaml"])
+    assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,10 @@ import yaml
 
 from renderer import checks
 from renderer.atomic import read_tree, write_tree
-from renderer.images import default_images
+from renderer.images import container_image, default_images
 from renderer.krt import Config, Node, Version, Workflow
-from renderer.project import ConfigSource, Ingress, Project, VersionState
-from renderer.render import RenderError, render_deploy, render_project
+from renderer.project import ConfigSource, ImageMapping, Ingress, Project, VersionState
+from renderer.render import RenderError, kustomization, render_deploy, render_project
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,63 @@ def test_kubectl_kustomize_builds(repo: tuple[Project, dict[str, Version]]) -> N
     assert models == {"registry.example.com/kai/runner-gpu:0.1.0"}  # the gpu node
     services = sorted(o["metadata"]["name"] for o in objs if o["kind"] == "Service")
     assert services == ["active-entrypoint", "greeter-v2", "room-v1"]
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_no_namespace_and_pinned_images_build_and_validate(
+        repo: tuple[Project, dict[str, Version]]) -> None:
+    """`createNamespace: false` and digests: the tree still builds with kubectl kustomize and
+    passes kubernetes-validate --strict; every image runs pinned, the gpu node's too."""
+    project, versions = repo
+    pinned = tuple(replace(m, digest=DIGEST) for m in project.images)
+    project = replace(project, create_namespace=False, images=pinned)
+    target = _written(project, versions)
+    assert not list(target.glob("namespace-*.yaml"))
+    proc = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    objs = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    assert "Namespace" not in {o["kind"] for o in objs}
+    assert {o["metadata"]["namespace"] for o in objs} == {"demo"}
+    images = {o["metadata"]["name"]: c["image"] for o in objs if o["kind"] == "Deployment"
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    assert images["greeter-v1-model"] == f"registry.example.com/kai/runner-gpu:0.1.0@{DIGEST}"
+    assert images["greeter-v1-etl"] == f"registry.example.com/kai/runner-ml:0.1.0@{DIGEST}"
+    assert images["greeter-v1-entrypoint"] == f"registry.example.com/kai/runner:0.1.0@{DIGEST}"
+    assert all(image.endswith(f"@{DIGEST}") for image in images.values())
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_a_gpu_entry_names_the_image_kustomize_would(tmp_path: Path) -> None:
+    """What container_image writes for a gpu entry is what kustomize makes of the same
+    entry without gpu, for each mix of tag and digest in the entry and in krt.yml."""
+    own = "@sha256:" + "f" * 64
+    entries = [ImageMapping(f"acme/img{i}", f"ghcr.io/acme/new{i}", tag, digest=digest)
+               for i, (tag, digest) in enumerate(
+                   [("", ""), ("2.0", ""), ("", DIGEST), ("2.0", DIGEST)])]
+    images = [f"{e.name}{suffix}" for e in entries
+              for suffix in ("", ":1.0", own, f":1.0{own}")]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": f"c{i}", "image": image}
+                                   for i, image in enumerate(images)]}}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    (tmp_path / "kustomization.yaml").write_bytes(kustomization(
+        Project("demo", "demo", images=tuple(entries)), ["pod.yaml"]))
+    proc = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    built = [c["image"] for c in yaml.safe_load(proc.stdout)["spec"]["containers"]]
+    gpu = tuple(replace(e, gpu=True) for e in entries)
+    assert [container_image(image, True, gpu) for image in images] == built
 
 
 def test_tree_is_deterministic_and_checked(repo: tuple[Project, dict[str, Version]]) -> None:

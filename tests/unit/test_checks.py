@@ -125,6 +125,20 @@ def test_custom_kinds_required_fields() -> None:
     assert [p.path for p in check_object("ss.yaml", sealed, K8S)] == ["spec.encryptedData"]
 
 
+def test_application_sync_options_are_name_value_strings() -> None:
+    app: dict[str, Any] = copy.deepcopy(APPLICATION)
+    app["spec"]["syncPolicy"] = {"syncOptions": ["ServerSideApply=true", "CreateNamespace=false"]}
+    assert check_object("app.yaml", app, K8S) == []
+    app["spec"]["syncPolicy"]["syncOptions"] = ["ServerSideApply", {"a": 1}, "PruneLast=true"]
+    assert [str(p) for p in check_object("app.yaml", app, K8S)] == [
+        "app.yaml: spec.syncPolicy.syncOptions[0]: 'ServerSideApply' is not a sync option "
+        "(Name=value)",
+        "app.yaml: spec.syncPolicy.syncOptions[1]: {'a': 1} is not a sync option (Name=value)",
+    ]
+    app["spec"]["syncPolicy"]["syncOptions"] = "ServerSideApply=true"
+    assert [p.path for p in check_object("app.yaml", app, K8S)] == ["spec.syncPolicy.syncOptions"]
+
+
 def test_check_files_parses_and_names_problems() -> None:
     obj = deployment()
     obj["spec"]["bogus"] = True

@@ -56,6 +56,20 @@ def test_a_gpu_entry_without_a_tag_keeps_the_images_own_tag_or_digest() -> None:
     assert container_image(KRE_PY, True, images) == "ghcr.io/acme/runner-gpu"
 
 
+def test_a_gpu_entry_with_a_digest_pins_the_image_as_kustomize_would() -> None:
+    """`newName@digest` (the image's own tag goes, as kustomize drops it), or
+    `newName:newTag@digest` with a tag; tests/integration/test_rendered_valid.py checks
+    these against kustomize itself."""
+    pin = "sha256:" + "c" * 64
+    digest_only = (ImageMapping(KRE_PY, "ghcr.io/acme/runner-gpu", gpu=True, digest=pin),)
+    both = (ImageMapping(KRE_PY, "ghcr.io/acme/runner-gpu", "0.2.0", gpu=True, digest=pin),)
+    own = "@sha256:" + "d" * 64
+    for image in (KRE_PY, KRE_PY_TAGGED, KRE_PY + own, f"{KRE_PY_TAGGED}{own}"):
+        assert container_image(image, True, digest_only) == f"ghcr.io/acme/runner-gpu@{pin}"
+        assert container_image(image, True, both) == f"ghcr.io/acme/runner-gpu:0.2.0@{pin}"
+        assert container_image(image, False, both) == image  # cpu nodes: kustomize's job
+
+
 def test_a_gpu_node_without_a_gpu_entry_keeps_the_krt_image() -> None:
     cpu_only = tuple(m for m in MAP if not m.gpu)
     assert container_image(KRE_PY_TAGGED, True, cpu_only) == KRE_PY_TAGGED

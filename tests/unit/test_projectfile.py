@@ -282,6 +282,54 @@ def test_gpu_must_be_a_boolean(tmp_path: Path) -> None:
     assert line.startswith("kai.yaml:5:84: images[1].gpu: expected true or false"), line
 
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_an_image_digest_loads_dumps_and_reads_back(tmp_path: Path) -> None:
+    text = GPU_MAP.replace("newTag: 0.1.0}", f"newTag: 0.1.0, digest: '{DIGEST}'}}", 1)
+    text = text.replace("go-gpu, gpu: true}", f"go-gpu, digest: {DIGEST}, gpu: true}}")
+    p = load_project(write(tmp_path, text))
+    assert p.images == (
+        ImageMapping("konstellation/kre-py", "r.io/kai/runner-ml", "0.1.0", digest=DIGEST),
+        ImageMapping("konstellation/kre-py", "r.io/kai/runner-gpu", "0.1.0", gpu=True),
+        ImageMapping("konstellation/kre-go", "r.io/kai/go-gpu", gpu=True, digest=DIGEST),
+    )
+    dumped = dump_project(p)
+    assert dumped.count(f"  digest: {DIGEST}\n") == 2
+    assert load_project(write(tmp_path, dumped)) == p
+
+
+@pytest.mark.parametrize("digest", [
+    "sha256:" + "0123456789abcdef" * 3,  # too short
+    "sha256:" + "0123456789ABCDEF" * 4,  # upper case
+    "sha512:" + "0123456789abcdef" * 8,  # another algorithm
+    "0123456789abcdef" * 4,  # no algorithm
+    "@sha256:" + "0123456789abcdef" * 4,
+    "",
+])
+def test_a_bad_digest_is_refused_at_its_position(tmp_path: Path, digest: str) -> None:
+    text = GPU_MAP.replace("go-gpu, gpu: true}", f"go-gpu, gpu: true, digest: '{digest}'}}")
+    [line] = problems(tmp_path, text)
+    assert line.startswith("kai.yaml:6:79: images[2].digest: "), line
+    assert f'"{digest}"' in line and 'a digest: "sha256:" and 64 lower-case hex digits' in line
+
+
+def test_create_namespace_defaults_to_true_and_false_reads_back(tmp_path: Path) -> None:
+    p = load_project(write(tmp_path, "project: demo\nnamespace: kai-demo\n"))
+    assert p.create_namespace is True
+    assert "createNamespace" not in dump_project(p)  # the default is left out
+    off = load_project(write(tmp_path, "project: demo\nnamespace: kai-demo\n"
+                                       "createNamespace: false\n"))
+    assert off == replace(p, create_namespace=False)
+    text = dump_project(off)
+    assert "\nnamespace: kai-demo\ncreateNamespace: false\n" in text
+    assert load_project(write(tmp_path, text)) == off
+    [line] = problems(tmp_path, "project: demo\nnamespace: kai-demo\ncreateNamespace: no way\n")
+    assert line.startswith("kai.yaml:3:18: createNamespace: expected true or false"), line
+    [line] = problems(tmp_path, "project: demo\nnamespace: {name: kai-demo, create: false}\n")
+    assert line.startswith("kai.yaml:2:12: namespace: "), line  # namespace stays a name
+
+
 def test_dump_writes_notes_above_their_top_level_key(tmp_path: Path) -> None:
     p = Project("demo", "kai-demo", images=default_images(), root=tmp_path)
     note = "# one\n# two\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from renderer import plan as planmod
+from renderer.checks import check_object
 from renderer.images import default_images
 from renderer.krt import Config, Node, Version, Workflow
 from renderer.plan import build_plan
@@ -162,7 +164,8 @@ def test_started_version_service_spec(tmp_path: Path) -> None:
     (svc,) = by_kind(objs, "Service")
     assert svc["metadata"]["name"] == "greeter-v1"
     expected = {"type": "entrypoint", "version-name": "greeter-v1-entrypoint"}
-    assert svc["metadata"]["labels"] == expected
+    # the labels the spec names, and the entrypoint's app.kubernetes.io/* labels
+    assert svc["metadata"]["labels"] == {**expected, **APP_LABELS}
     assert svc["spec"] == {
         "type": "ClusterIP",
         "sessionAffinity": "None",
@@ -175,6 +178,17 @@ def test_started_version_service_spec(tmp_path: Path) -> None:
     assert not by_kind(objs, "Ingress")
     (ep,) = [d for d in by_kind(objs, "Deployment") if d["metadata"]["name"].endswith("entrypoint")]
     assert ep["spec"]["template"]["metadata"]["labels"].items() >= expected.items()
+    assert ep["metadata"]["labels"] == svc["metadata"]["labels"]
+
+
+APP_LABELS = {
+    "app.kubernetes.io/component": "entrypoint",
+    "app.kubernetes.io/instance": "greeter-v1-entrypoint",
+    "app.kubernetes.io/managed-by": "kai",
+    "app.kubernetes.io/name": "entrypoint",
+    "app.kubernetes.io/part-of": "demo",
+    "app.kubernetes.io/version": "greeter-v1",
+}
 
 
 def test_published_version_gets_active_entrypoint_and_ingress(tmp_path: Path) -> None:
@@ -185,6 +199,7 @@ def test_published_version_gets_active_entrypoint_and_ingress(tmp_path: Path) ->
     assert svc["metadata"]["name"] == "active-entrypoint"
     assert svc["spec"]["selector"] == {"type": "entrypoint",
                                        "version-name": "greeter-v1-entrypoint"}
+    assert svc["metadata"]["labels"] == {**svc["spec"]["selector"], **APP_LABELS}
     assert [p["port"] for p in svc["spec"]["ports"]] == [9000, 80]
     (ing,) = by_kind(objs, "Ingress")
     assert ing["spec"]["ingressClassName"] == "nginx"
@@ -326,6 +341,38 @@ def test_a_gpu_node_names_the_gpu_runner_and_kustomize_maps_the_rest(tmp_path: P
         {"name": "konstellation/kre-py", "newName": "ghcr.io/acme/runner-ml", "newTag": "0.1.0"},
     ]
     assert render_project(project, {"greeter-v1": version}) == tree
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_a_digest_pins_the_kustomize_image_and_the_gpu_nodes_image(tmp_path: Path) -> None:
+    """kustomization.yaml's entry carries kustomize's `digest:`; a gpu node's Deployment
+    names newName:newTag@digest (newName@digest without a tag) itself."""
+    version = make_version(tmp_path, gpu=True)
+    images = (
+        ImageMapping("konstellation/kre-entrypoint", "ghcr.io/acme/runner", digest=DIGEST),
+        ImageMapping("konstellation/kre-py", "ghcr.io/acme/runner-ml", "0.1.0", digest=DIGEST),
+        ImageMapping("konstellation/kre-py", "ghcr.io/acme/runner-gpu", "0.1.0", gpu=True,
+                     digest=DIGEST),
+    )
+    project = make_project(tmp_path, {"greeter-v1": "started"}, images=images)
+    tree = render_project(project, {"greeter-v1": version})
+    assert yaml.safe_load(tree["kustomization.yaml"])["images"] == [
+        {"name": "konstellation/kre-entrypoint", "newName": "ghcr.io/acme/runner",
+         "digest": DIGEST},
+        {"name": "konstellation/kre-py", "newName": "ghcr.io/acme/runner-ml", "newTag": "0.1.0",
+         "digest": DIGEST},
+    ]
+    deps = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["image"]
+            for o in by_kind(list(objects_of(tree).values()), "Deployment")}
+    assert deps["greeter-v1-output"] == f"ghcr.io/acme/runner-gpu:0.1.0@{DIGEST}"
+    assert deps["greeter-v1-etl"] == "konstellation/kre-py:1.23.0"  # kustomize rewrites it
+    no_tag = (*images[:2], replace(images[2], new_tag=""))
+    objs = rendered(tmp_path, gpu=True, images=no_tag)
+    (out,) = [d for d in by_kind(objs, "Deployment") if d["metadata"]["name"].endswith("output")]
+    assert out["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        f"ghcr.io/acme/runner-gpu@{DIGEST}")
 
 
 def test_a_gpu_node_without_a_gpu_entry_keeps_its_image(tmp_path: Path) -> None:
@@ -547,6 +594,36 @@ def test_namespace_and_network_policies(tmp_path: Path) -> None:
     assert [p["port"] for p in allow["ingress"][0]["ports"]] == [9000, 8080]
 
 
+def test_deleting_the_application_or_kustomization_leaves_the_namespace(tmp_path: Path) -> None:
+    """Argo CD neither prunes the Namespace nor deletes it with the Application; Flux
+    neither prunes it nor deletes it with the Kustomization: the user's Secrets stay."""
+    ns = objects_of(render_project(make_project(tmp_path, {}), {}))["namespace-demo-ns.yaml"]
+    annotations = ns["metadata"]["annotations"]
+    options = [o.strip() for o in annotations["argocd.argoproj.io/sync-options"].split(",")]
+    assert sorted(options) == ["Delete=false", "Prune=false"]
+    assert annotations["kustomize.toolkit.fluxcd.io/prune"] == "disabled"
+
+
+def test_create_namespace_false_renders_no_namespace(tmp_path: Path) -> None:
+    version = make_version(tmp_path)
+    project = make_project(tmp_path, {"greeter-v1": "published"}, create_namespace=False)
+    tree = render_project(project, {"greeter-v1": version})
+    assert not [o for o in objects_of(tree).values() if o["kind"] == "Namespace"]
+    assert {p for p in tree if "/" not in p} == {
+        "kustomization.yaml", "networkpolicy-demo-default-deny.yaml",
+        "networkpolicy-demo-entrypoint-ingress.yaml"}
+    kust = yaml.safe_load(tree["kustomization.yaml"])
+    assert kust["namespace"] == "demo-ns"  # everything still goes to the namespace
+    assert kust["resources"] == sorted(p for p in tree if p != "kustomization.yaml")
+    with_ns = render_project(replace(project, create_namespace=True), {"greeter-v1": version})
+    assert set(with_ns) - set(tree) == {"namespace-demo-ns.yaml"}
+    assert all(with_ns[p] == tree[p] for p in tree if p != "kustomization.yaml")
+    # the Application never creates it either
+    app = yaml.safe_load(render_deploy(project, "https://x.example/r.git", "main")[
+        "argocd/application-demo.yaml"])
+    assert "CreateNamespace=false" in app["spec"]["syncPolicy"]["syncOptions"]
+
+
 def test_nats_ports() -> None:
     assert nats_ports("nats://a:4333,nats://b") == [4222, 4333]
     assert nats_ports("") == [4222]
@@ -572,6 +649,10 @@ def test_render_deploy(tmp_path: Path) -> None:
                                      "targetRevision": "main", "path": "rendered/demo"}
     assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     assert "CreateNamespace=false" in app["spec"]["syncPolicy"]["syncOptions"]
+    # client-side apply stores a copy of each object in an annotation, too long for a
+    # ConfigMap over 256 KiB
+    assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]
+    assert check_object("deploy/argocd/application-demo.yaml", app, "1.35") == []
     assert app["spec"]["destination"]["namespace"] == "demo-ns"
     repo = yaml.safe_load(tree["flux/gitrepository-demo.yaml"])
     assert repo["apiVersion"] == "source.toolkit.fluxcd.io/v1"
