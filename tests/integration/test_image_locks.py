@@ -117,7 +117,9 @@ def test_the_slim_flavor_installs_and_runs_the_runner(pip: Path, tmp_path: Path)
     listed = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m\n"
          "for d in m.distributions(): print(d.metadata['Name'], d.version)"],
-        check=True, env=env, capture_output=True, text=True, timeout=60).stdout.splitlines()
+        # not from the checkout, whose kai_server.egg-info would be listed too
+        check=True, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path).stdout.splitlines()
     installed = dict(line.split(" ") for line in listed)
     assert {lock.canonical_name(name): version for name, version in installed.items()} \
         == lock.read_lock(flavor.lock)
