@@ -8,7 +8,10 @@
   itself names the errors of an invalid object;
 * kubeconform, strict and offline against the same schemas, when it is on PATH;
 * kinds with no bundled schema (Argo CD, Flux, External Secrets, Sealed Secrets)
-  have their required fields checked in code.
+  have their required fields checked in code;
+* the Prometheus Operator's PodMonitor is checked against its CRD's schema, bundled in
+  `renderer/schemas/` (where it came from is in its `$comment`), read strictly (no
+  unknown fields), and for what the CRD leaves optional but a scrape needs.
 
 Every finding is a :class:`~renderer.problems.Problem` named after the file it
 is in: `rendered/<project>/<file>: <field path>: <message>`.
@@ -291,12 +294,73 @@ def _check_sealedsecret(file: str, obj: Obj) -> list[Problem]:
     return _require(file, obj, {"metadata.name": str, "spec.encryptedData": dict})
 
 
+PODMONITOR_SCHEMA = "podmonitor-monitoring-v1.crd.json"
+PODMONITOR_API_VERSION = "monitoring.coreos.com/v1"
+
+
+def _strict(node: Any) -> Any:
+    """A CRD schema read as strict field validation reads an object: an object schema with
+    `properties` allows no other field (unless it preserves unknown fields)."""
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _strict(sub) for name, sub in value.items()}
+        elif key in _LITERALS:
+            out[key] = value
+        else:
+            out[key] = _strict(value)
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def crd_validator(name: str) -> jsonschema.Draft202012Validator:
+    """The strict validator of a CRD schema bundled in renderer/schemas."""
+    text = resources.files("renderer.schemas").joinpath(name).read_text(encoding="utf-8")
+    schema = _strict(json.loads(text))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
+    problems = [
+        Problem(file, path=_field_path(error.absolute_path) or "(object)",
+                message=f"{error.message} (the PodMonitor CRD schema, strict)")
+        for error in sorted(crd_validator(PODMONITOR_SCHEMA).iter_errors(obj),
+                            key=lambda e: list(map(str, e.path)))
+    ]
+    problems += _require(file, obj, {"metadata.name": str, "spec.podMetricsEndpoints": list})
+    if _get(obj, "spec.podMetricsEndpoints") == []:
+        problems.append(Problem(file, path="spec.podMetricsEndpoints",
+                                message="is required (a non-empty list): nothing is scraped"))
+    selector = _get(obj, "spec.selector")
+    if isinstance(selector, Mapping) and not (selector.get("matchLabels")
+                                              or selector.get("matchExpressions")):
+        problems.append(Problem(file, path="spec.selector", message=(
+            "selects every pod of the namespace; give matchLabels")))
+    for i, endpoint in enumerate(_get(obj, "spec.podMetricsEndpoints") or []):
+        if isinstance(endpoint, Mapping) and not any(
+                endpoint.get(key) for key in ("port", "portNumber", "targetPort")):
+            problems.append(Problem(file, path=f"spec.podMetricsEndpoints[{i}]", message=(
+                "names no port to scrape (port, portNumber or targetPort)")))
+    if obj.get("apiVersion") != PODMONITOR_API_VERSION:
+        problems.append(Problem(file, path="apiVersion", message=(
+            f"must be {PODMONITOR_API_VERSION} (the version of the bundled CRD schema)")))
+    return problems
+
+
 CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
     ("argoproj.io", "Application"): _check_application,
     ("source.toolkit.fluxcd.io", "GitRepository"): _check_gitrepository,
     ("kustomize.toolkit.fluxcd.io", "Kustomization"): _check_flux_kustomization,
     ("external-secrets.io", "ExternalSecret"): _check_externalsecret,
     ("bitnami.com", "SealedSecret"): _check_sealedsecret,
+    ("monitoring.coreos.com", "PodMonitor"): _check_podmonitor,
 }
 
 

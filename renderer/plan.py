@@ -42,6 +42,7 @@ CONFIGMAP_KEY_MAX = 253
 RUN_AS = 10001  # uid and gid of every container
 GRACE_SECONDS = 30
 TMP_SIZE = "256Mi"
+METRICS_PATH = "/metrics"  # Prometheus metrics, on every runner's web port (runner.web)
 GPU = "nvidia.com/gpu"  # the extended resource (and taint) of a GPU node
 SECRET = "secret"
 EXTERNAL_SECRET = "externalSecret"
@@ -133,6 +134,13 @@ class Process:
             env[key] = str(value)
         env.update(contract.kre_aliases(env))
         return env
+
+    @property
+    def web_port(self) -> Port:
+        """The container port the runner serves /healthz, /readyz and METRICS_PATH on (its
+        KAI_WEB_PORT): the entrypoint's `web`, a node's `metrics`."""
+        port = int(self.env[contract.ENV_WEB_PORT])
+        return next(p for p in self.ports if p.port == port)
 
 
 @dataclass(frozen=True)

@@ -194,11 +194,54 @@ def _first(value: _T | None, fallback: _T) -> _T:
 
 
 @dataclass(frozen=True)
+class EgressPort:
+    """A port a kai.yaml egress rule opens: a number, or (for pods) a port name."""
+
+    port: int | str
+    protocol: str = "TCP"  # TCP, UDP or SCTP
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """One kai.yaml `network.egress` entry: where the nodes may connect, on which ports.
+
+    Either `cidr` (an IP range, less its `excluded` ranges: kai.yaml's `except`) or pods:
+    every pod of `namespace`, those of its pods `pod_labels` selects, or, with no
+    namespace, the pods `pod_labels` selects in the project's own namespace.
+    """
+
+    ports: tuple[EgressPort, ...]
+    cidr: str = ""
+    excluded: tuple[str, ...] = ()
+    namespace: str = ""
+    pod_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Network:
+    """kai.yaml `network:`: what the NetworkPolicies open beyond the defaults (egress to DNS
+    and NATS; ingress to the entrypoints' gRPC and web ports from anywhere)."""
+
+    egress: tuple[EgressRule, ...] = ()  # every node of every version
+    metrics_namespace: str = ""  # may scrape the web and metrics ports; "": nobody
+    ingress_from: str = ""  # the only namespace that reaches the entrypoints; "": any
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """kai.yaml `monitoring:`: how Prometheus finds the pods' /metrics."""
+
+    pod_monitor: bool = False  # a PodMonitor per version; else prometheus.io/* annotations
+    labels: dict[str, str] = field(default_factory=dict)  # the PodMonitors' extra labels
+
+
+@dataclass(frozen=True)
 class VersionState:
     state: str = STOPPED
     config: ConfigSource | None = None
     runtime: Runtime = field(default_factory=Runtime)  # overrides the project's, field by field
     build: BuildOverride = field(default_factory=BuildOverride)  # over the project's `build:`
+    egress: tuple[EgressRule, ...] = ()  # opened for this version's nodes, besides the project's
 
 
 @dataclass(frozen=True)
@@ -222,10 +265,17 @@ class Project:
     build: Build | None = None  # None: no version images (kai.yaml has no `build:`)
     versions: dict[str, VersionState] = field(default_factory=dict)
     root: Path = Path(".")
+    network: Network = field(default_factory=Network)
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)
         return vs.state if vs else STOPPED
+
+    def egress_of(self, version: str) -> tuple[EgressRule, ...]:
+        """The egress rules kai.yaml adds for one version's nodes (the project's aside)."""
+        vs = self.versions.get(version)
+        return vs.egress if vs else ()
 
     def runtime_of(self, version: str) -> Runtime:
         """The version's runtime settings over the project's."""

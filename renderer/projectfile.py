@@ -9,6 +9,7 @@ comments, key order and style (a round-trip edit with ruamel.yaml).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,9 +28,13 @@ from .project import (
     BuildOverride,
     ConfigSource,
     DataStream,
+    EgressPort,
+    EgressRule,
     ImageMapping,
     Ingress,
+    Monitoring,
     Nats,
+    Network,
     Project,
     Resources,
     Runtime,
@@ -120,6 +125,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
                                        message))
     out += _runtime_problems(doc)
     out += _build_problems(doc)
+    out += _network_problems(doc)
     return out
 
 
@@ -267,6 +273,102 @@ def _timing_problems(doc: Document, path: tuple[str, ...], section: dict[str, An
     return out
 
 
+# The labels kai gives every object it renders; kai.yaml labels may not set them.
+KAI_LABEL_PREFIX = "app.kubernetes.io/"
+
+
+def _network_problems(doc: Document) -> list[Problem]:
+    """What the schema cannot say of `network.egress` (project-wide and per version) and
+    of `monitoring.labels`."""
+    data = doc.data
+    out: list[Problem] = []
+    places: list[tuple[tuple[str | int, ...], list[Any]]] = [
+        (("network", "egress"), data.get("network", {}).get("egress", []))]
+    for name, entry in data.get("versions", {}).items():
+        places.append((("versions", name, "network", "egress"),
+                       entry.get("network", {}).get("egress", [])))
+    for path, rules in places:
+        for i, rule in enumerate(rules):
+            out += _egress_rule_problems(doc, (*path, i), rule)
+    for key in data.get("monitoring", {}).get("labels", {}):
+        if key.startswith(KAI_LABEL_PREFIX):
+            out.append(doc.problem(("monitoring", "labels", key), (
+                f"{KAI_LABEL_PREFIX}* labels are the ones kai sets on every object; "
+                "use another key"), key=True))
+    return out
+
+
+def _egress_rule_problems(doc: Document, at: tuple[str | int, ...],
+                          rule: dict[str, Any]) -> list[Problem]:
+    """One egress rule: a destination (a CIDR, or pods), valid CIDRs, numbers for a CIDR."""
+    out: list[Problem] = []
+    pods = [key for key in ("namespace", "podSelector") if key in rule]
+    if "cidr" in rule and pods:
+        out.append(doc.problem((*at, pods[0]), (
+            f"a rule reaches either an IP range (cidr) or pods ({' and '.join(pods)}), not "
+            "both; make them two rules"), key=True))
+    elif "cidr" not in rule and not pods:
+        out.append(doc.problem(at, (
+            "needs a destination: cidr (an IP range), or namespace and/or podSelector "
+            "(pods)")))
+    if "podSelector" in rule and not rule["podSelector"]["matchLabels"]:
+        out.append(doc.problem((*at, "podSelector", "matchLabels"), (
+            "names no label, so it selects every pod; name one, or use namespace alone for "
+            "every pod of a namespace")))
+    cidr = None
+    if "cidr" in rule:
+        cidr, message = parse_cidr(rule["cidr"])
+        if message:
+            out.append(doc.problem((*at, "cidr"), message))
+    if "except" in rule and "cidr" not in rule:
+        out.append(doc.problem((*at, "except"), (
+            "needs cidr: except names ranges left out of a cidr rule's range"), key=True))
+    for j, text in enumerate(rule.get("except", [])):
+        excluded, message = parse_cidr(text)
+        if excluded is not None and cidr is not None:
+            message = _except_problem(excluded, cidr)
+        if message:
+            out.append(doc.problem((*at, "except", j), message))
+    if "cidr" in rule:
+        for j, port in enumerate(rule["ports"]):
+            if isinstance(port["port"], str):
+                out.append(doc.problem((*at, "ports", j, "port"), (
+                    f'"{port["port"]}" is a port name, which only pods define; a cidr rule '
+                    "needs the port's number")))
+    return out
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_cidr(text: str) -> tuple[IPNetwork | None, str]:
+    """An IP range in CIDR notation, written canonically; else None and what is wrong."""
+    wrong = (f'"{text}" is not an IPv4 or IPv6 range in CIDR notation (like "10.0.0.0/8" or '
+             '"2001:db8::/32")')
+    if "%" in text:  # an IPv6 zone names an interface of one machine
+        return None, wrong
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None, wrong
+    if "/" not in text:
+        return None, (f'"{text}" needs a prefix length: "{network}" is that one address')
+    if network.network_address != ipaddress.ip_interface(text).ip:
+        return None, (f'"{text}" is not the start of a /{network.prefixlen} range: write '
+                      f'"{network}" (the range it falls in), or a longer prefix')
+    if str(network) != text:
+        return None, f'"{text}" is written "{network}" in CIDR notation'
+    return network, ""
+
+
+def _except_problem(excluded: IPNetwork, cidr: IPNetwork) -> str:
+    if excluded.version != cidr.version:
+        return f'"{excluded}" is IPv{excluded.version}, but cidr "{cidr}" is IPv{cidr.version}'
+    if excluded.network_address not in cidr or excluded.prefixlen <= cidr.prefixlen:
+        return f'"{excluded}" must be a range inside cidr "{cidr}", and smaller'
+    return ""
+
+
 def _show(value: object) -> str:
     """A value as a message quotes it: text in quotes, numbers as they are."""
     return f'"{value}"' if isinstance(value, str) else str(value)
@@ -325,10 +427,39 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")),
                                _runtime(entry.get("runtime", {}), project_wide=False),
                                BuildOverride(**_pick(entry.get("build", {}), {
-                                   "flavor": "flavor", "base": "base"})))
+                                   "flavor": "flavor", "base": "base"})),
+                               egress=_egress(entry.get("network", {})))
             for name, entry in data.get("versions", {}).items()
         },
         root=root,
+        network=_network(data.get("network", {})),
+        monitoring=Monitoring(
+            pod_monitor=data.get("monitoring", {}).get("podMonitor") is True,
+            labels=dict(data.get("monitoring", {}).get("labels", {})),
+        ),
+    )
+
+
+def _network(raw: dict[str, Any]) -> Network:
+    return Network(
+        egress=_egress(raw),
+        metrics_namespace=raw.get("metrics", {}).get("namespace", ""),
+        ingress_from=raw.get("ingressFrom", {}).get("namespace", ""),
+    )
+
+
+def _egress(network: dict[str, Any]) -> tuple[EgressRule, ...]:
+    """The `egress` rules of a `network:` section (the project's or a version's)."""
+    return tuple(
+        EgressRule(
+            ports=tuple(EgressPort(p["port"] if isinstance(p["port"], str) else int(p["port"]),
+                                   p.get("protocol", "TCP")) for p in rule["ports"]),
+            cidr=rule.get("cidr", ""),
+            excluded=tuple(rule.get("except", ())),
+            namespace=rule.get("namespace", ""),
+            pod_labels=dict(rule.get("podSelector", {}).get("matchLabels", {})),
+        )
+        for rule in network.get("egress", [])
     )
 
 
@@ -409,6 +540,8 @@ def project_data(project: Project) -> dict[str, Any]:
         if vs.build != BuildOverride():
             entry["build"] = {key: value for key, value in
                               (("flavor", vs.build.flavor), ("base", vs.build.base)) if value}
+        if vs.egress:
+            entry["network"] = {"egress": _egress_data(vs.egress)}
         versions[name] = entry
     data: dict[str, Any] = {
         "project": project.name,
@@ -429,8 +562,45 @@ def project_data(project: Project) -> dict[str, Any]:
         build = project.build
         data["build"] = {"registry": build.registry, "flavor": build.flavor,
                          **({"base": build.base} if build.base else {})}
+    network = _network_data(project.network)
+    if network:
+        data["network"] = network
+    if project.monitoring != Monitoring():
+        monitoring: dict[str, Any] = {"podMonitor": project.monitoring.pod_monitor}
+        if project.monitoring.labels:
+            monitoring["labels"] = dict(sorted(project.monitoring.labels.items()))
+        data["monitoring"] = monitoring
     data["versions"] = versions
     return data
+
+
+def _network_data(network: Network) -> dict[str, Any]:
+    """A `network:` section with what `network` sets; empty when it sets nothing."""
+    out: dict[str, Any] = {}
+    if network.egress:
+        out["egress"] = _egress_data(network.egress)
+    if network.metrics_namespace:
+        out["metrics"] = {"namespace": network.metrics_namespace}
+    if network.ingress_from:
+        out["ingressFrom"] = {"namespace": network.ingress_from}
+    return out
+
+
+def _egress_data(rules: tuple[EgressRule, ...]) -> list[dict[str, Any]]:
+    out = []
+    for rule in rules:
+        entry: dict[str, Any] = {}
+        if rule.cidr:
+            entry["cidr"] = rule.cidr
+        if rule.excluded:
+            entry["except"] = list(rule.excluded)
+        if rule.namespace:
+            entry["namespace"] = rule.namespace
+        if rule.pod_labels:
+            entry["podSelector"] = {"matchLabels": dict(sorted(rule.pod_labels.items()))}
+        entry["ports"] = [{"port": p.port, "protocol": p.protocol} for p in rule.ports]
+        out.append(entry)
+    return out
 
 
 def _runtime_data(runtime: Runtime) -> dict[str, Any]:

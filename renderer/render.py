@@ -36,6 +36,8 @@ from .plan import (
     ENTRYPOINT,
     EXTERNAL_SECRET,
     MANAGED_BY,
+    METRICS_PATH,
+    NODE,
     SEALED_SECRET,
     PlanError,
     Process,
@@ -55,6 +57,8 @@ from .project import (
     PROJECT_FILE,
     VERSIONS_DIR,
     ConfigSource,
+    EgressRule,
+    Monitoring,
     Project,
     too_many_published,
 )
@@ -138,8 +142,56 @@ def _configmap(plan: VersionPlan) -> dict[str, Any]:
     return render_template("configmap", plan=plan, data=data, binary_data=binary)
 
 
-def _deployment(plan: VersionPlan, process: Process) -> dict[str, Any]:
-    return render_template("deployment", plan=plan, p=process)
+def _deployment(plan: VersionPlan, process: Process, monitoring: Monitoring) -> dict[str, Any]:
+    annotations = {} if monitoring.pod_monitor else scrape_annotations(process)
+    return render_template("deployment", plan=plan, p=process, pod_annotations=annotations)
+
+
+def scrape_annotations(process: Process) -> dict[str, str]:
+    """The prometheus.io/* annotations of a process's pods, for a Prometheus that discovers
+    pods by annotation (without a PodMonitor): scrape METRICS_PATH on its web port."""
+    return {
+        "prometheus.io/path": METRICS_PATH,
+        "prometheus.io/port": str(process.web_port.port),
+        "prometheus.io/scrape": "true",
+    }
+
+
+def _podmonitor(project: Project, plan: VersionPlan) -> dict[str, Any]:
+    """The version's PodMonitor: METRICS_PATH on the web port of every one of its pods."""
+    return render_template(
+        "podmonitor",
+        name=plan.version,
+        namespace=plan.namespace,
+        labels={**project.monitoring.labels,
+                **labels(plan.project, plan.version, "monitoring", "podmonitor", plan.version)},
+        selector=version_pods(plan.project, plan.version),
+        ports=sorted({p.web_port.name for p in plan.processes}),
+        path=METRICS_PATH,
+    )
+
+
+def version_pods(project: str, version: str) -> dict[str, str]:
+    """The labels that select every pod of a version (entrypoint and nodes)."""
+    return {"app.kubernetes.io/part-of": project, "app.kubernetes.io/version": version}
+
+
+def _egress_policy(name: str, namespace: str, object_labels: Mapping[str, str],
+                   pods: Mapping[str, str], rules: tuple[EgressRule, ...]) -> dict[str, Any]:
+    """A NetworkPolicy that opens kai.yaml egress `rules` to the `pods` it selects."""
+    return render_template("networkpolicy", kind="egress", name=name, namespace=namespace,
+                           labels=dict(object_labels), pod_selector=dict(pods), rules=rules)
+
+
+def _version_egress(plan: VersionPlan, rules: tuple[EgressRule, ...]) -> list[dict[str, Any]]:
+    """The version's own egress rules (kai.yaml versions.<v>.network.egress), for its nodes;
+    they add to the project's, which its nodes get from the project's policy."""
+    if not rules:
+        return []
+    name = f"{plan.version}-egress"
+    return [_egress_policy(name, plan.namespace,
+                           labels(plan.project, plan.version, "network", "egress", name),
+                           {**version_pods(plan.project, plan.version), "type": NODE}, rules)]
 
 
 def _service(plan: VersionPlan) -> dict[str, Any]:
@@ -222,10 +274,13 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
     objects = _config_objects(project, plan)
     if not plan.version_image:  # else the files are in the image
         objects.append(_configmap(plan))
-    objects += [_deployment(plan, process) for process in plan.processes]
+    objects += _version_egress(plan, project.egress_of(plan.version))
+    objects += [_deployment(plan, process, project.monitoring) for process in plan.processes]
     objects.append(_service(plan))
     if plan.published:
         objects.append(_ingress(project, plan))
+    if project.monitoring.pod_monitor:
+        objects.append(_podmonitor(project, plan))
     return objects
 
 
@@ -251,12 +306,12 @@ def render_project_objects(project: Project) -> list[dict[str, Any]]:
     false`) and NetworkPolicies."""
     base = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": project.name}
     common = {"namespace": project.namespace, "labels": base}
+    network = project.network
     objects = []
     if project.create_namespace:
         objects.append(render_template("namespace", namespace=project.namespace,
                                        project=project.name, managed_by=MANAGED_BY))
-    return [
-        *objects,
+    objects += [
         render_template(
             "networkpolicy", kind="default", name=f"{project.name}-default-deny",
             pod_selector={"app.kubernetes.io/part-of": project.name},
@@ -267,9 +322,22 @@ def render_project_objects(project: Project) -> list[dict[str, Any]]:
             "networkpolicy", kind="entrypoint", name=f"{project.name}-entrypoint-ingress",
             pod_selector={"app.kubernetes.io/part-of": project.name, "type": ENTRYPOINT},
             nats_ports=[], nats_namespace="",
-            ports=[contract.GRPC_PORT, contract.WEB_PORT], **common,
+            ports=[contract.GRPC_PORT, contract.WEB_PORT],
+            from_namespace=network.ingress_from, **common,
         ),
     ]
+    if network.egress:  # every node of the project; a version's own rules add to these
+        objects.append(_egress_policy(
+            f"{project.name}-egress", project.namespace, base,
+            {"app.kubernetes.io/part-of": project.name, "type": NODE}, network.egress))
+    if network.metrics_namespace:
+        objects.append(render_template(
+            "networkpolicy", kind="metrics", name=f"{project.name}-metrics-ingress",
+            pod_selector={"app.kubernetes.io/part-of": project.name},
+            ports=[contract.WEB_PORT, contract.NODE_WEB_PORT],
+            from_namespace=network.metrics_namespace, **common,
+        ))
+    return objects
 
 
 def project_tree(project: Project) -> dict[str, bytes]:

@@ -185,7 +185,8 @@ def test_a_node_sees_the_configmaps_files_read_only(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         # as the pod's user, or (its Python out of that user's reach) as root without
         # capabilities: one line says which, and the writes fail either way
-        guard = [line for line in lines if line.startswith("kai dev: the Python that runs the processes")]
+        guard = [line for line in lines
+                 if line.startswith("kai dev: the Python that runs the processes")]
         assert reply["uid"] == (10001 if not guard else 0), guard
         assert all("without capabilities" in line for line in guard)
         assert not any("writes into the version's files are not prevented" in line

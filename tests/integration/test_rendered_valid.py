@@ -16,7 +16,17 @@ from renderer import checks
 from renderer.atomic import read_tree, write_tree
 from renderer.images import container_image, default_images
 from renderer.krt import Config, Node, Version, Workflow
-from renderer.project import ConfigSource, ImageMapping, Ingress, Project, VersionState
+from renderer.project import (
+    ConfigSource,
+    EgressPort,
+    EgressRule,
+    ImageMapping,
+    Ingress,
+    Monitoring,
+    Network,
+    Project,
+    VersionState,
+)
 from renderer.render import RenderError, kustomization, render_deploy, render_project
 
 pytestmark = pytest.mark.integration
@@ -208,3 +218,55 @@ def test_kubeconform_offline(repo: tuple[Project, dict[str, Version]]) -> None:
     project, versions = repo
     tree = render_project(project, versions)
     assert checks.kubeconform(tree, project.kubernetes_version) == []
+
+
+@pytest.fixture
+def opened(repo: tuple[Project, dict[str, Version]]) -> tuple[Project, dict[str, Version]]:
+    """The same repo with every network and monitoring setting: egress rules of each kind
+    (project-wide and for one version), metrics, ingressFrom and PodMonitors."""
+    project, versions = repo
+    rules = (
+        EgressRule((EgressPort(443),), cidr="0.0.0.0/0", excluded=("10.0.0.0/8",)),
+        EgressRule((EgressPort(6566), EgressPort("grpc")), namespace="feast",
+                   pod_labels={"app": "feast-online"}),
+        EgressRule((EgressPort(53, "UDP"), EgressPort(9999, "SCTP")), namespace="kube-system"),
+    )
+    own = (EgressRule((EgressPort(6379),), pod_labels={"app": "redis"}),
+           EgressRule((EgressPort(8443),), cidr="2001:db8::/32"))
+    states = dict(project.versions)
+    states["greeter-v2"] = replace(states["greeter-v2"], egress=own)
+    project = replace(
+        project, versions=states,
+        network=Network(egress=rules, metrics_namespace="monitoring",
+                        ingress_from="ingress-nginx"),
+        monitoring=Monitoring(pod_monitor=True, labels={"release": "kube-prometheus-stack"}))
+    return project, versions
+
+
+def test_network_and_monitoring_pass_the_real_tools(
+        opened: tuple[Project, dict[str, Version]]) -> None:
+    project, versions = opened
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    names = {Path(f).name for f in files}
+    assert {"networkpolicy-demo-egress.yaml", "networkpolicy-demo-metrics-ingress.yaml",
+            "networkpolicy-greeter-v2-egress.yaml", "podmonitor-greeter-v1.yaml",
+            "podmonitor-greeter-v2.yaml", "podmonitor-room-v1.yaml"} <= names
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run(
+        [*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout
+    warned = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")}
+    assert all(Path(f).name.startswith(("externalsecret-", "sealedsecret-", "podmonitor-"))
+               for f in warned)
+    assert checks.check_files(read_tree(target), project.kubernetes_version) == []
+    if shutil.which("kubectl"):
+        proc = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        kinds = [o["kind"] for o in yaml.safe_load_all(proc.stdout) if o]
+        assert kinds.count("PodMonitor") == 3 and kinds.count("NetworkPolicy") == 5
