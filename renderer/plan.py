@@ -92,6 +92,8 @@ class Mounts:
     config: str = contract.CONFIG_MOUNT
     tmp: str = contract.TMP_DIR
     tmp_size: str = TMP_SIZE
+    nats_auth: str = contract.NATS_AUTH_MOUNT  # kai.yaml's nats.auth Secret, when it names one
+    nats_ca: str = contract.NATS_CA_MOUNT  # kai.yaml's nats.tls.caSecret, when it names one
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ class VersionPlan:
     # The image every process runs when the version has one of its own (renderer.build):
     # its files are baked in at the version mount, so no ConfigMap and no version volume.
     version_image: str = ""
+    nats_auth_secret: str = ""  # mounted into every pod (Mounts.nats_auth) when set
+    nats_ca_secret: str = ""  # mounted into every pod (Mounts.nats_ca) when set
 
     @property
     def published(self) -> bool:
@@ -434,6 +438,8 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
         config_source=vs.config if vs else None,
         workflows=workflows,
         version_image=image.tag if image else "",
+        nats_auth_secret=project.nats.auth_secret,
+        nats_ca_secret=project.nats.ca_secret,
     )
 
 
@@ -458,6 +464,9 @@ def runner_env(project: Project, version: Version,
         config_files=version.config.files,
         config_dir=contract.CONFIG_MOUNT,
         storage=project.nats.storage,
+        nats_auth_dir=contract.NATS_AUTH_MOUNT if project.nats.auth_secret else "",
+        nats_ca_file=(f"{contract.NATS_CA_MOUNT}/{contract.NATS_CA_KEY}"
+                      if project.nats.ca_secret else ""),
         **asdict(project.runtime_of(version.name).settings()),
     )
 

@@ -249,6 +249,8 @@ class Nats:
     url: str = DEFAULT_NATS_URL
     namespace: str = ""  # where NATS runs; the NetworkPolicy allows egress there
     storage: str = "file"
+    auth_secret: str = ""  # nats.auth.secret: the Secret with the runner's NATS credentials
+    ca_secret: str = ""  # nats.tls.caSecret: the Secret with the CA of NATS's certificate
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,11 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
             if message:
                 out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
                                        message))
+    url = data.get("nats", {}).get("url", "")
+    if contract.nats_url_has_credentials(url):
+        out.append(doc.problem(("nats", "url"), (
+            f"{contract.NATS_URL_CREDENTIALS}, which would be committed in plain text; put "
+            "them in a Secret and name it in nats.auth: {secret: NAME}")))
     out += _runtime_problems(doc)
     out += _build_problems(doc)
     out += _network_problems(doc)
@@ -405,7 +410,9 @@ def _project(data: dict[str, Any], root: Path) -> Project:
         namespace=data["namespace"],
         **_pick(data, {"createNamespace": "create_namespace",
                        "kubernetesVersion": "kubernetes_version"}),
-        nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage"})),
+        nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage"}),
+                  auth_secret=nats.get("auth", {}).get("secret", ""),
+                  ca_secret=nats.get("tls", {}).get("caSecret", "")),
         ingress=Ingress(**_pick(ingress, {
             "host": "host", "className": "class_name", "tlsSecret": "tls_secret",
             "annotations": "annotations",
@@ -511,6 +518,10 @@ def project_data(project: Project) -> dict[str, Any]:
     if project.nats.namespace:
         nats["namespace"] = project.nats.namespace
     nats["storage"] = project.nats.storage
+    if project.nats.auth_secret:
+        nats["auth"] = {"secret": project.nats.auth_secret}
+    if project.nats.ca_secret:
+        nats["tls"] = {"caSecret": project.nats.ca_secret}
     ing = project.ingress
     ingress: dict[str, Any] = {}
     if ing.host:

@@ -45,6 +45,10 @@ ENV_BIND_HOST = "KAI_BIND_HOST"  # address the gRPC and web servers listen on
 ENV_CONCURRENCY = "KAI_CONCURRENCY"  # messages a node process handles at once
 ENV_EVENT_LOOP = "KAI_EVENT_LOOP"  # optional: "asyncio" runs on asyncio's loop, not uvloop
 ENV_MAX_MESSAGE = "KAI_MAX_MESSAGE"  # bytes: the largest request, step output or reply
+# Optional, for NATS (runner.transport.natsauth): a folder with one kind of credentials, and
+# the PEM file of the CAs that the server's certificate is checked against.
+ENV_NATS_AUTH_DIR = "KAI_NATS_AUTH_DIR"
+ENV_NATS_CA_FILE = "KAI_NATS_CA_FILE"
 
 # --- KRE 1.x names of the same settings ---------------------------------------------
 
@@ -101,7 +105,12 @@ NODE_WEB_PORT = 9090
 VERSION_MOUNT = "/opt/kai/version"  # where the version ConfigMap is mounted in a pod
 CONFIG_MOUNT = "/opt/kai/config"  # where declared config files are mounted in a pod
 TMP_DIR = "/tmp"
-NATS_PORT = 4222  # when a NATS URL names no port
+NATS_AUTH_MOUNT = "/var/run/kai/nats-auth"  # where kai.yaml's nats.auth Secret is mounted
+NATS_CA_MOUNT = "/var/run/kai/nats-ca"  # where kai.yaml's nats.tls.caSecret is mounted
+NATS_CA_KEY = "ca.crt"  # the key of that Secret that holds the CA bundle
+NATS_PORT = 4222  # when a nats:// or tls:// URL names no port
+# The port a server URL without one means, by scheme: a websocket one is a web address.
+NATS_SCHEME_PORTS = {"nats": NATS_PORT, "tls": NATS_PORT, "ws": 80, "wss": 443}
 DEFAULT_NATS_URL = f"nats://nats.kai-system.svc:{NATS_PORT}"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STORAGE = "file"
@@ -297,6 +306,8 @@ class RunnerEnv:
     bind_host: str = DEFAULT_BIND_HOST
     concurrency: int = DEFAULT_CONCURRENCY
     max_message: int = DEFAULT_MAX_MESSAGE
+    nats_auth_dir: str = ""  # empty: no credentials
+    nats_ca_file: str = ""  # empty: the system's CAs
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
@@ -328,6 +339,10 @@ class RunnerEnv:
             env[ENV_NODE] = self.node
         if self.handler is not None:
             env[ENV_HANDLER] = self.handler
+        if self.nats_auth_dir:
+            env[ENV_NATS_AUTH_DIR] = self.nats_auth_dir
+        if self.nats_ca_file:
+            env[ENV_NATS_CA_FILE] = self.nats_ca_file
         env.update(self.extra)
         env.update(kre_aliases(env))
         return dict(sorted(env.items()))
@@ -371,6 +386,8 @@ class RunnerEnv:
                 bind_host=e.get(ENV_BIND_HOST) or DEFAULT_BIND_HOST,
                 concurrency=_at_least_one(e, ENV_CONCURRENCY, DEFAULT_CONCURRENCY),
                 max_message=_at_least_one(e, ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE),
+                nats_auth_dir=e.get(ENV_NATS_AUTH_DIR, ""),
+                nats_ca_file=e.get(ENV_NATS_CA_FILE, ""),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None
@@ -397,9 +414,21 @@ def nats_servers(url: str) -> list[str]:
 
 
 def nats_address(server: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """(host, port) of one NATS server: `nats://HOST:PORT`, `HOST:PORT` or `HOST`.
+    """(host, port) of one NATS server: `SCHEME://HOST:PORT`, `HOST:PORT` or `HOST`.
 
-    The port is NATS_PORT when none is given; raises ValueError when it is not a port.
+    Without a port: 4222 for nats:// and tls://, 443 for wss://, 80 for ws://
+    (NATS_SCHEME_PORTS). Raises ValueError when the port is not a port.
     """
     parsed = urlsplit(server if "://" in server else f"nats://{server}")
-    return parsed.hostname or default_host, parsed.port or NATS_PORT
+    return (parsed.hostname or default_host,
+            parsed.port or NATS_SCHEME_PORTS.get(parsed.scheme.lower(), NATS_PORT))
+
+
+# What a NATS URL with credentials in it is told; the caller adds where they go instead.
+NATS_URL_CREDENTIALS = "carries credentials (user:password@ or token@)"
+
+
+def nats_url_has_credentials(url: str) -> bool:
+    """Whether any server of a NATS URL carries credentials (`user:password@`, `token@`)."""
+    return any("@" in urlsplit(s if "://" in s else f"nats://{s}").netloc
+               for s in nats_servers(url))

@@ -65,6 +65,7 @@ class NatsServer:
         max_payload: int | None = None,
         log: Path | None = None,
         new_session: bool = False,
+        extra_config: str = "",
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -79,6 +80,8 @@ class NatsServer:
         # only its owner (`kai dev`), which stops it after the processes that use it.
         self.new_session = new_session
         self.proc: subprocess.Popen[bytes] | None = None
+        # configuration appended to the generated file (authorization, tls, operator ...)
+        self.extra_config = extra_config
 
     @property
     def url(self) -> str:
@@ -95,6 +98,8 @@ class NatsServer:
         ]
         if self.max_payload:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.extra_config:
+            lines.append(self.extra_config.rstrip("\n"))
         path = self.store_dir / "nats.conf"
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -9,6 +9,9 @@ An embedded nats-server (JetStream, a temporary store in `kai-dev-<pid>-*`) unle
 what exits and stops them in order; nats-server is stopped last.
 First the version's requirements.txt is checked against the Python the processes run, or
 with `--install` installed into a cached venv whose Python runs them (renderer.cli.devvenv).
+`--nats-creds FILE` reaches the processes as the cluster's nats.auth Secret does: the
+version is rendered with an auth Secret of kai dev's own (DEV_NATS_SECRET), whose volume
+holds FILE as `creds`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from runner.supervisor import (
     StartupError,
     Supervisor,
 )
+from runner.transport import natsauth
 
 from . import devconfig, devpod, devvenv
 from .call import EXIT_INPUT, EXIT_RPC, compile_or_exit, load_or_exit
@@ -67,6 +71,7 @@ SHOW_LINES = 15  # lines of a failed process's output repeated in the error
 K8S_GRACE = 30.0  # Kubernetes' terminationGracePeriodSeconds when a pod names none
 WORK_PREFIX = "kai-dev-"  # temporary folders: kai-dev-<pid>-<random>
 EXIT_INTERRUPTED = 130  # Ctrl-C before the processes started (128 + SIGINT)
+DEV_NATS_SECRET = "kai-dev-nats-auth"  # the nats.auth Secret that carries --nats-creds
 
 
 class DevError(Exception):
@@ -85,6 +90,7 @@ class Options:
     ready_timeout: float
     call: tuple[str, str] | None
     call_timeout: float
+    nats_creds: Path | None = None
     python: str = sys.executable  # the interpreter of the processes (renderer.cli.devvenv)
 
 
@@ -151,13 +157,18 @@ def check_port(port: int, flag: str) -> None:
             raise DevError(f"cannot use port {port} ({flag}): {exc.strerror}") from None
 
 
-def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[dict[str, Any]]]:
+def render_local(project: Project, version: Version, nats_creds: bool = False,
+                 ) -> tuple[VersionPlan, list[dict[str, Any]]]:
     """The version's plan and its objects as `kai render` renders it started, except that
     its config comes from a plain Secret: `kai dev` takes the values from `--config` and
     the environment, wherever the cluster gets them from; and its files always come in a
     ConfigMap: a version with an image of its own (renderer.build) runs its files from
-    here, with this machine's Python packages."""
-    local = dataclasses.replace(project, versions={
+    here, with this machine's Python packages. Nor are the cluster's NATS Secrets
+    (nats.auth, nats.tls) mounted: with `nats_creds`, DEV_NATS_SECRET is the auth Secret
+    (dev_secrets says what it holds)."""
+    nats = dataclasses.replace(project.nats, ca_secret="",
+                               auth_secret=DEV_NATS_SECRET if nats_creds else "")
+    local = dataclasses.replace(project, nats=nats, versions={
         **project.versions,
         version.name: VersionState(STARTED, ConfigSource(SECRET, f"{version.name}-config")),
     })
@@ -165,27 +176,45 @@ def render_local(project: Project, version: Version) -> tuple[VersionPlan, list[
     return plan, render_version(local, plan)
 
 
+def dev_secrets(nats_creds: Path | None) -> dict[str, dict[str, bytes]]:
+    """The Secrets of kai dev's own that the rendered volumes name (besides the config
+    Secret): DEV_NATS_SECRET with the `--nats-creds` file as its `creds` key. Raises
+    DevError when the file is not a .creds file."""
+    if nats_creds is None:
+        return {}
+    try:
+        natsauth.check_creds_file(nats_creds)
+        return {DEV_NATS_SECRET: {natsauth.CREDS: nats_creds.read_bytes()}}
+    except natsauth.NatsSetupError as exc:
+        raise DevError(f"--nats-creds: {exc}") from None
+    except OSError as exc:
+        raise DevError(f"--nats-creds: cannot read {nats_creds}: {exc.strerror}") from None
+
+
 def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
                    config: devconfig.DevConfig, grpc_port: int, web_port: int,
-                   guard: devpod.Guard = devpod.NOT_ROOT) -> list[ProcessSpec]:
+                   guard: devpod.Guard = devpod.NOT_ROOT,
+                   secrets: Mapping[str, Mapping[str, bytes]] | None = None,
+                   ) -> list[ProcessSpec]:
     """The Deployments among a version's rendered objects (renderer.render.render_version,
     what `kai render` writes) as processes of this machine: each container's command, env
     (a secretKeyRef's value from `config`: a variable's, or a file's content), replicas,
     probes and terminationGracePeriodSeconds, with this machine's paths and ports (the
     entrypoint's: `grpc_port`, `web_port`; nodes': free ones). Each pod's volumes are
     written under `work/pods/<Deployment>` (renderer.cli.devpod); `guard` says as whom
-    they run.
+    they run; `secrets` holds kai dev's own Secrets by name (dev_secrets).
     """
     configmaps = {str(o["metadata"]["name"]): o for o in objects if o.get("kind") == "ConfigMap"}
     return [deployment_spec(obj, configmaps, work / "pods", nats_url, config, grpc_port,
-                            web_port, guard)
+                            web_port, guard, secrets)
             for obj in objects if obj.get("kind") == "Deployment"]
 
 
 def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, Any]],
                     pods_dir: Path, nats_url: str, config: devconfig.DevConfig,
                     grpc_port: int, web_port: int,
-                    guard: devpod.Guard = devpod.NOT_ROOT) -> ProcessSpec:
+                    guard: devpod.Guard = devpod.NOT_ROOT,
+                    secrets: Mapping[str, Mapping[str, bytes]] | None = None) -> ProcessSpec:
     """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
     name = str(obj["metadata"]["name"])
     pod = obj["spec"]["template"]["spec"]
@@ -212,7 +241,7 @@ def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str
     user = devpod.pod_user(guard, pod, container)
     try:
         mounts = devpod.materialise(name, pod, container, configmaps, config.files,
-                                    pods_dir / name, user)
+                                    pods_dir / name, user, secrets)
     except devpod.PodError as exc:
         raise DevError(str(exc)) from None
     env = devpod.local_env(env, mounts)
@@ -277,7 +306,11 @@ def _probe(name: str, raw: Mapping[str, Any] | None, ports: Mapping[str, int],
 
 
 def check_nats(url: str) -> None:
-    """Fail early, with one line, when `--nats URL` does not answer."""
+    """Fail early, with one line, when `--nats URL` carries credentials or does not answer."""
+    if contract.nats_url_has_credentials(url):
+        raise DevError(f"--nats: the URL {contract.NATS_URL_CREDENTIALS}, which would reach "
+                       "every process's environment and logs; pass a .creds file with "
+                       "--nats-creds FILE")
     servers = contract.nats_servers(url)
     first = servers[0] if servers else url
     try:
@@ -333,7 +366,7 @@ async def run(project: Project, version: Version, plan: VersionPlan,
         _say(line, True)
     try:
         specs = rendered_specs(objects, work, nats_url, config, opts.port, opts.web_port,
-                               guard)
+                               guard, dev_secrets(opts.nats_creds))
     except DevError as exc:
         _say(f"error: {exc}", True)
         return EXIT_INPUT
@@ -390,7 +423,12 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
               type=click.IntRange(1, 65535),
               help="The entrypoint's HTTP port (/proto, /healthz, /readyz, /metrics).")
 @click.option("--nats", "nats_url", metavar="URL",
-              help="Use this NATS server (with JetStream) instead of an embedded one.")
+              help="Use this NATS server (with JetStream) instead of an embedded one. "
+                   "No credentials in it: see --nats-creds.")
+@click.option("--nats-creds", "nats_creds", metavar="FILE",
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Authenticate to --nats URL with this .creds file (user JWT and nkey "
+                   "seed), as kai.yaml's nats.auth Secret does in the cluster.")
 @click.option("--config", "configs", multiple=True, metavar="NAME=VALUE",
               help="A declared config value (repeatable). For a file, NAME=@path reads it "
                    "from a file. Undeclared on the command line: taken from the environment.")
@@ -409,8 +447,8 @@ async def _call(compiled: CompiledProto, opts: Options) -> int:
                    "$XDG_CACHE_HOME/kai/venvs), made once per requirements file, and run "
                    "the processes with its Python.")
 def dev(target: str, port: int, web_port: int, nats_url: str | None,
-        configs: tuple[str, ...], call_: tuple[str, str] | None, call_timeout: float,
-        ready_timeout: float, repo: Path | None, install: bool) -> None:
+        nats_creds: Path | None, configs: tuple[str, ...], call_: tuple[str, str] | None,
+        call_timeout: float, ready_timeout: float, repo: Path | None, install: bool) -> None:
     """Run VERSION locally: embedded NATS, the entrypoint and every node.
 
     VERSION is a version directory, or inside a GitOps repo the name of a
@@ -440,8 +478,10 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
       kai dev examples/greeter --call PyGreet '{"name": "Ada"}'
       kai dev examples/kre-pandas --install   (its requirements.txt in a cached venv)
       kai dev my-v1 --config API_KEY=s3cret --config CERT=@cert.pem   (in a GitOps repo)
+      kai dev my-v1 --nats tls://nats.example.com --nats-creds user.creds
     """
-    opts = Options(port, web_port, nats_url, ready_timeout, call_ or None, call_timeout)
+    opts = Options(port, web_port, nats_url, ready_timeout, call_ or None, call_timeout,
+                   nats_creds=nats_creds)
     say = functools.partial(click.echo, err=True)
     try:
         version_dir = resolve_version(target, repo)
@@ -455,12 +495,16 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
             parse_request(find_rpc(compiled, opts.call[0]), opts.call[1])
         config = devconfig.resolve(version.config.variables, version.config.files,
                                    devconfig.parse_pairs(configs))
+        if nats_creds is not None and not nats_url:
+            raise DevError("--nats-creds needs --nats URL (the embedded nats-server takes "
+                           "no credentials)")
+        dev_secrets(nats_creds)  # a file that is no .creds file stops here
         check_port(port, "--port")
         check_port(web_port, "--web-port")
         if nats_url:
             check_nats(nats_url)
         project = find_project(version.directory)
-        plan, objects = render_local(project, version)
+        plan, objects = render_local(project, version, nats_creds is not None)
         python = devvenv.python_for(version.directory, install, say,
                                     f"kai dev {target} --install")
     except KeyboardInterrupt:

@@ -3,7 +3,8 @@
 Each Deployment's volumes are written into its own folder of the run's `kai-dev-<pid>-*`
 folder, as the kubelet would mount them: a configMap volume holds exactly the ConfigMap's
 `items` (key → path; every key when it names none), a secret volume the config files
-`kai dev` was given (devconfig), an emptyDir an empty writable folder. A mount that is
+`kai dev` was given (devconfig), or the keys of a Secret of kai dev's own that it names
+(the `--nats-creds` file), an emptyDir an empty writable folder. A mount that is
 `readOnly` gets files 0444 and folders 0555. The container's env values that name a
 mountPath (or a path below it) are rewritten to the local folder, and TMPDIR and HOME
 point at the volume mounted on /tmp, so a node sees the files the pod sees, no others.
@@ -153,8 +154,12 @@ def _items(name: str, source: Mapping[str, Any], content: Mapping[str, bytes],
 
 def materialise(name: str, pod: Mapping[str, Any], container: Mapping[str, Any],
                 configmaps: Mapping[str, Mapping[str, Any]], secret_files: Mapping[str, bytes],
-                pod_dir: Path, user: PodUser) -> dict[str, Path]:
-    """Write the container's mounted volumes under `pod_dir`; mountPath → local folder."""
+                pod_dir: Path, user: PodUser,
+                secrets: Mapping[str, Mapping[str, bytes]] | None = None) -> dict[str, Path]:
+    """Write the container's mounted volumes under `pod_dir`; mountPath → local folder.
+
+    A secret volume gets `secrets[its secretName]` when there is one, else the config
+    files `secret_files`."""
     volumes = {str(v["name"]): v for v in pod.get("volumes") or ()}
     mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts") or ():
@@ -176,8 +181,10 @@ def materialise(name: str, pod: Mapping[str, Any], container: Mapping[str, Any],
                     if (v := _decode_key(k, cm)) is not None}
             files = _items(name, source, keys, f"ConfigMap {source['name']}")
         elif "secret" in vol:
-            files = _items(name, vol["secret"], secret_files,
-                           f"the config Secret {vol['secret'].get('secretName', '')}")
+            secret = str(vol["secret"].get("secretName", ""))
+            own = (secrets or {}).get(secret)
+            files = _items(name, vol["secret"], secret_files if own is None else own,
+                           f"the {'config ' if own is None else ''}Secret {secret}")
         elif "emptyDir" in vol:
             files = {}
         else:

@@ -21,6 +21,10 @@ configuration file is read and the PIP_* settings that add indexes, links or con
 are dropped. pip reads each wheel's metadata (PEP 658 files, or HTTP range requests into
 the wheel where an index does not serve those: fast-deps), so no multi-GB torch or CUDA
 wheel is downloaded.
+
+A dependency published as an sdist only (SDIST_ONLY: pure Python) is first built into a
+wheel with that pip, offered to the resolutions by --find-links; the image's own pip
+builds it the same way, from the sdist, as it installs it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ HOST_MACHINE = "x86_64"
 DOCKER_PLATFORMS = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}
 
 PIP_VERSION = "26.3"
+# Runner dependencies that PyPI has as sdists only, all pure Python: --only-binary=:all:
+# cannot take them, so resolve() builds their wheels first (sdist_wheels)
+SDIST_ONLY = ("nkeys",)
 # PIP_* settings that only say how to reach an index; every other one (find-links, extra
 # indexes, constraints, a config file) would change what resolves, so it is dropped
 PIP_NETWORK_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_INDEX_URL",
@@ -146,9 +153,23 @@ def make_pip(venv: Path) -> Path:
     return python
 
 
+def sdist_wheels(python: Path, resolutions: Sequence[Resolution], wheels: Path) -> Path:
+    """Build the wheels of SDIST_ONLY into `wheels`: the version each constrained
+    resolution's lock pins, else the newest. Returns `wheels`."""
+    specs = set()
+    for resolution in resolutions:
+        pins = read_lock(resolution.lock) if resolution.constrained else {}
+        specs |= {f"{name}=={pins[name]}" if name in pins else name for name in SDIST_ONLY}
+    _run([str(python), "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-cache-dir",
+          "--wheel-dir", str(wheels), *sorted(specs)], pip_environment(),
+         f"build wheels of {', '.join(sorted(specs))}")
+    return wheels
+
+
 def resolve_command(python: Path, resolution: Resolution, report: Path,
-                    cache: Path | None = None) -> list[str]:
-    """The pip command that resolves `resolution` as the image installs it, into `report`."""
+                    cache: Path | None = None, find_links: Path | None = None) -> list[str]:
+    """The pip command that resolves `resolution` as the image installs it, into `report`
+    (with the wheels sdist_wheels built in `find_links`)."""
     command = [
         str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
         "--report", str(report), "--use-feature=fast-deps",
@@ -159,6 +180,8 @@ def resolve_command(python: Path, resolution: Resolution, report: Path,
     for tag in platform_tags(resolution.machine):
         command += ["--platform", tag]
     command += ["--cache-dir", str(cache)] if cache else ["--no-cache-dir"]
+    if find_links:
+        command += ["--find-links", str(find_links)]
     if resolution.constrained:
         command += ["-c", str(resolution.lock)]
     return [*command, "-r", str(resolution.requirements)]
@@ -174,11 +197,13 @@ def read_report(report: Path) -> dict[str, str]:
 def resolve(python: Path, resolutions: Sequence[Resolution], workdir: Path,
             cache: Path | None = None) -> list[dict[str, str]]:
     """Run the resolutions side by side (pip mostly waits on the index); their pins, in order."""
+    wheels = sdist_wheels(python, resolutions, workdir / "wheels")
+
     def one(number: int) -> dict[str, str]:
         resolution = resolutions[number]
         report = workdir / f"{number}-{resolution.flavor}-{resolution.machine}.report.json"
         constraint = f" under {_shown(resolution.lock)}" if resolution.constrained else ""
-        _run(resolve_command(python, resolution, report, cache), pip_environment(),
+        _run(resolve_command(python, resolution, report, cache, wheels), pip_environment(),
              f"resolve {_shown(resolution.requirements)}{constraint} for {resolution.machine}")
         return read_report(report)
 

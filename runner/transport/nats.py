@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -56,6 +58,7 @@ from nats.js.manager import JetStreamManager
 from nats.js.object_store import ObjectStore
 
 from .. import contract
+from . import natsauth
 from .base import (
     CLAIM_MARGIN,
     WORK_MAX_AGE,
@@ -91,13 +94,35 @@ _KEEP_FOREVER = {"Nats-TTL": "never"}  # a data record the stream's max age neve
 # --- connection ------------------------------------------------------------------
 
 
-async def connect(url: str, name: str, events: ConnectionEvents | None = None) -> Client:
-    """Connect to NATS, retrying until it answers; the client then reconnects forever."""
+async def connect(url: str, name: str, events: ConnectionEvents | None = None, *,
+                  auth_dir: str = "", ca_file: str = "") -> Client:
+    """Connect to NATS, retrying until it answers; the client then reconnects forever.
+
+    `url` may list several servers, separated by commas. `auth_dir` and `ca_file` are the
+    credentials and the CA file (runner.transport.natsauth; empty: none). Raises
+    NatsSetupError, with one line, when they cannot be used, or when the first server
+    that answers refuses the credentials (or their lack) or presents a certificate they
+    do not trust: trying again with the same ones cannot help.
+    """
     events = events or ConnectionEvents()
+    servers = contract.nats_servers(url) or [url]
+    options = natsauth.connect_options(auth_dir, ca_file)
+    kind = natsauth.auth_kind(auth_dir)
+    if any(server.split("://", 1)[0].lower() in ("ws", "wss") for server in servers):
+        if importlib.util.find_spec("aiohttp") is None:  # nats-py's websocket transport
+            raise natsauth.NatsSetupError(f"NATS at {url}: a ws:// or wss:// URL needs the "
+                                          "aiohttp package (pip install aiohttp)")
+    if kind:
+        log.info("nats: authenticating with the %s in %s", natsauth.LABELS[kind], auth_dir)
     errors_seen = 0
+    first = True  # until the first connection: nats-py would retry a refusal forever
 
     async def on_error(exc: Exception) -> None:
         nonlocal errors_seen
+        if first:
+            problem = natsauth.first_connection_problem(url, exc, auth_dir, kind, ca_file)
+            if problem:
+                raise natsauth.NatsSetupError(problem)  # out of nats-py's connect loop
         errors_seen += 1
         loud = errors_seen in (1, 10) or errors_seen % 100 == 0
         level = logging.WARNING if loud else logging.DEBUG
@@ -118,20 +143,28 @@ async def connect(url: str, name: str, events: ConnectionEvents | None = None) -
     async def on_closed() -> None:
         log.info("nats connection closed")
 
-    nc = await nats.connect(
-        servers=[url],
-        name=name,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=2,
-        ping_interval=10,
-        max_outstanding_pings=3,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        closed_cb=on_closed,
-    )
+    nc = Client()
+    try:
+        await nc.connect(
+            servers=servers,
+            name=name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds, a float works
+            connect_timeout=2,
+            ping_interval=10,
+            max_outstanding_pings=3,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            closed_cb=on_closed,
+            **options,
+        )
+    except natsauth.NatsSetupError:
+        with contextlib.suppress(Exception):  # a TLS socket's close may wait for the peer
+            await asyncio.wait_for(nc.close(), 2.0)
+        raise
+    first = False
     return nc
 
 
@@ -709,7 +742,8 @@ class NatsTransport(Transport):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self, name: str, events: ConnectionEvents | None = None) -> None:
-        nc = await connect(self.env.nats_url, name, events)
+        nc = await connect(self.env.nats_url, name, events, auth_dir=self.env.nats_auth_dir,
+                           ca_file=self.env.nats_ca_file)
         self.nc = nc
         self._jsm = nc.jsm(timeout=JS_TIMEOUT)
         # a chunk is a message with no headers: as large as the server takes, less a margin

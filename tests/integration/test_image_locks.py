@@ -109,10 +109,12 @@ def test_the_slim_flavor_installs_and_runs_the_runner(pip: Path, tmp_path: Path)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    env=env, timeout=120)
     python = venv / "bin" / "python"
-    flavor = lock.Resolution("runner", lock.HOST_MACHINE)
+    flavor = lock.Resolution("runner", lock.HOST_MACHINE, constrained=True)
+    wheels = lock.sdist_wheels(pip, [flavor], tmp_path / "wheels")  # as the image's pip does
     subprocess.run(
         [str(pip), "-m", "pip", "--python", str(python), "install", "--quiet", "--no-cache-dir",
-         "--only-binary=:all:", "-c", str(flavor.lock), "-r", str(flavor.requirements)],
+         "--only-binary=:all:", "--find-links", str(wheels), "-c", str(flavor.lock),
+         "-r", str(flavor.requirements)],
         check=True, env=env, timeout=600)
     listed = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m\n"

@@ -23,6 +23,7 @@ from renderer.project import (
     ImageMapping,
     Ingress,
     Monitoring,
+    Nats,
     Network,
     Project,
     VersionState,
@@ -102,6 +103,11 @@ def test_kubernetes_validate_cli_strict(repo: tuple[Project, dict[str, Version]]
     target = _written(project, versions)
     files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
     assert len(files) == 3 + 3 * 5 + 1 + 1 + 1  # project + per version + Ingress + ES + SS
+    _validate_strict(project, files)
+
+
+def _validate_strict(project: Project, files: list[str]) -> None:
+    """kubernetes-validate --strict passes every file (the CRDs it lacks only warn)."""
     script = Path(sys.executable).parent / "kubernetes-validate"
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
     proc = subprocess.run(
@@ -112,6 +118,37 @@ def test_kubernetes_validate_cli_strict(repo: tuple[Project, dict[str, Version]]
     assert "ERROR" not in proc.stdout
     warned = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")}
     assert all(Path(f).name.startswith(("externalsecret-", "sealedsecret-")) for f in warned)
+
+
+def test_nats_secrets_render_valid_and_no_credential_enters_the_tree(
+        repo: tuple[Project, dict[str, Version]]) -> None:
+    project, versions = repo
+    project = replace(project, nats=Nats(url="tls://nats.kai-system.svc,tls://nats-2.kai-system.svc",
+                                         namespace="kai-system", auth_secret="nats-auth",
+                                         ca_secret="nats-ca"))
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    _validate_strict(project, files)
+    tree = read_tree(target)
+    deployments = [yaml.safe_load(data) for path, data in tree.items()
+                   if Path(path).name.startswith("deployment-")]
+    assert len(deployments) == 3 * 3
+    for dep in deployments:
+        pod = dep["spec"]["template"]["spec"]
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["nats-auth"]["readOnly"] and mounts["nats-ca"]["readOnly"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert (secrets["nats-auth"], secrets["nats-ca"]) == ("nats-auth", "nats-ca")
+    # the names of the Secrets only: no Secret object, no credential, no URL userinfo
+    kinds = {yaml.safe_load(data)["kind"] for path, data in tree.items()}
+    assert "Secret" not in kinds
+    text = b"".join(tree.values()).decode()
+    for marker in ("BEGIN NATS USER JWT", "USER NKEY SEED", "password:", "token:", "@nats"):
+        assert marker not in text
+    if shutil.which("kubectl") is not None:
+        built = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                               text=True, check=False)
+        assert built.returncode == 0, built.stderr
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

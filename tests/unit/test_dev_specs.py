@@ -8,21 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from renderer.cli import main
+from renderer.cli.call import EXIT_INPUT
 from renderer.cli.dev import (
+    DEV_NATS_SECRET,
     DevError,
     deployment_spec,
+    dev_secrets,
     remove_stale_work_dirs,
     render_local,
     rendered_specs,
 )
 from renderer.cli.devconfig import DevConfig
 from renderer.krt import Config
-from renderer.project import Project
+from renderer.project import Nats, Project
 from renderer.validate import load_version
 from runner import __main__ as runner_main
 from runner import contract
-from runner.supervisor import GRPC, HTTP
+from runner.supervisor import GRPC, HTTP, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PROJECT = Project(name="dev", namespace="dev")
@@ -133,3 +138,66 @@ def test_a_port_with_only_time_wait_connections_is_free_and_a_listener_is_not() 
     client.close()
     listener.close()
     check_port(port, "--port")
+
+
+# --- NATS credentials: --nats-creds takes the cluster's path, the cluster's Secrets stay out ---
+
+CREDS = ("-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n"
+         "------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n"
+         "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY\n"
+         "------END USER NKEY SEED------\n")
+
+
+def test_nats_creds_reach_every_process_as_a_mounted_auth_secret(tmp_path: Path) -> None:
+    version = load_version(ROOT / "examples" / "greeter")
+    cluster = replace(PROJECT, nats=Nats(auth_secret="cluster-auth", ca_secret="cluster-ca"))
+    creds = tmp_path / "user.creds"
+    creds.write_text(CREDS)
+    _, objs = render_local(cluster, version, nats_creds=True)
+    out = rendered_specs(objs, tmp_path / "work", "nats://127.0.0.1:1", DevConfig({}, {}),
+                         7000, 7001, secrets=dev_secrets(creds))
+    assert len(out) == 4
+    for spec in out:
+        auth = Path(spec.env[contract.ENV_NATS_AUTH_DIR])
+        assert auth == tmp_path / "work" / "pods" / spec.name / "nats-auth"
+        assert sorted(p.name for p in auth.iterdir()) == ["creds"]
+        assert (auth / "creds").read_text() == CREDS
+        assert contract.ENV_NATS_CA_FILE not in spec.env  # the cluster's CA is not here
+    text = repr(objs)
+    assert "cluster-auth" not in text and "cluster-ca" not in text
+    assert DEV_NATS_SECRET in text
+
+
+def test_without_nats_creds_no_nats_secret_is_mounted(tmp_path: Path) -> None:
+    version = load_version(ROOT / "examples" / "greeter")
+    cluster = replace(PROJECT, nats=Nats(auth_secret="cluster-auth", ca_secret="cluster-ca"))
+    for spec in rendered_specs(render_local(cluster, version)[1], tmp_path, "nats://x:1",
+                               DevConfig({}, {}), 7000, 7001):
+        assert contract.ENV_NATS_AUTH_DIR not in spec.env
+        assert contract.ENV_NATS_CA_FILE not in spec.env
+
+
+def _dev(tmp_path: Path, *args: str) -> tuple[int, str]:
+    ports = ("--port", str(free_port()), "--web-port", str(free_port()))
+    result = CliRunner().invoke(main, ["dev", str(ROOT / "examples" / "greeter"), *ports,
+                                       *args])
+    return result.exit_code, result.stderr
+
+
+def test_kai_dev_refuses_credentials_in_the_url_and_misplaced_creds(tmp_path: Path) -> None:
+    code, err = _dev(tmp_path, "--nats", "nats://kai:hunter2@127.0.0.1:1")
+    assert code == EXIT_INPUT
+    assert err == ("error: --nats: the URL carries credentials (user:password@ or token@), "
+                   "which would reach every process's environment and logs; pass a .creds "
+                   "file with --nats-creds FILE\n")
+    creds = tmp_path / "user.creds"
+    creds.write_text(CREDS)
+    code, err = _dev(tmp_path, "--nats-creds", str(creds))
+    assert (code, err) == (EXIT_INPUT, "error: --nats-creds needs --nats URL (the embedded "
+                                       "nats-server takes no credentials)\n")
+    token = tmp_path / "token"
+    token.write_text("just-a-token\n")
+    code, err = _dev(tmp_path, "--nats", "nats://127.0.0.1:1", "--nats-creds", str(token))
+    assert code == EXIT_INPUT
+    assert err.startswith(f"error: --nats-creds: {token} is not a NATS .creds file ")
+    assert err.count("\n") == 1

@@ -724,3 +724,57 @@ def test_edit_writes_new_lines_with_the_indentation_most_of_the_file_uses(
     project = load_project(write(tmp_path, text))
     out = edited(tmp_path, text, with_states(project, c_v1="stopped"))
     assert changes(text, out) == ["+     c-v1:", "+         state: stopped"]
+
+
+# --- nats.auth and nats.tls ------------------------------------------------------------------
+
+NATS_SECRETS = """\
+project: demo
+namespace: kai-demo
+nats:
+  url: tls://nats.kai-system.svc
+  auth: {secret: nats-auth}      # the runner's credentials
+  tls: {caSecret: nats-ca}
+"""
+
+
+def test_nats_auth_and_tls_secrets_load_dump_and_edit(tmp_path: Path) -> None:
+    p = load_project(write(tmp_path, NATS_SECRETS))
+    assert p.nats == Nats("tls://nats.kai-system.svc", auth_secret="nats-auth",
+                          ca_secret="nats-ca")
+    text = dump_project(p)
+    assert "  auth:\n    secret: nats-auth\n  tls:\n    caSecret: nats-ca\n" in text
+    assert load_project(write(tmp_path, text)) == p
+    assert "auth" not in dump_project(replace(p, nats=Nats()))
+    # an edit elsewhere keeps the block as written, with its comment
+    started = replace(p, versions={"a-v1": VersionState("started")})
+    assert "  auth: {secret: nats-auth}      # the runner's credentials\n" in (
+        edit_project(NATS_SECRETS, started))
+    dropped = edit_project(NATS_SECRETS, replace(p, nats=replace(p.nats, auth_secret="")))
+    assert load_project(write(tmp_path, dropped)).nats.auth_secret == ""
+
+
+def test_nats_auth_and_tls_are_checked_by_the_schema(tmp_path: Path) -> None:
+    text = ("project: demo\nnamespace: kai-demo\n"
+            "nats: {auth: {secret: Bad_Name}, tls: {ca: x}}\n")
+    found = problems(tmp_path, text)
+    assert found[0].startswith('kai.yaml:3:23: nats.auth.secret: "Bad_Name" does not match')
+    assert found[1:] == [
+        "kai.yaml:3:39: nats.tls.caSecret: required field is missing (e.g. caSecret: nats-ca)",
+        'kai.yaml:3:40: nats.tls.ca: unknown field "ca"; allowed: caSecret',
+    ]
+
+
+@pytest.mark.parametrize("url", [
+    "nats://kai:hunter2@nats.kai-system.svc:4222", "nats://s3cr3t@nats.kai-system.svc",
+    "nats://a.svc:4222,nats://kai:hunter2@b.svc:4222",
+])
+def test_a_nats_url_with_credentials_is_refused_with_its_position(tmp_path: Path,
+                                                                  url: str) -> None:
+    text = f"project: demo\nnamespace: kai-demo\nnats:\n  url: {url}\n"
+    [problem] = problems(tmp_path, text)
+    assert problem == (
+        "kai.yaml:4:8: nats.url: carries credentials (user:password@ or token@), which would "
+        "be committed in plain text; put them in a Secret and name it in nats.auth: "
+        "{secret: NAME}")
+    assert "hunter2" not in problem and "s3cr3t" not in problem

@@ -627,6 +627,61 @@ def test_create_namespace_false_renders_no_namespace(tmp_path: Path) -> None:
 def test_nats_ports() -> None:
     assert nats_ports("nats://a:4333,nats://b") == [4222, 4333]
     assert nats_ports("") == [4222]
+    # a websocket URL is a web address: without a port, the scheme's
+    assert nats_ports("wss://nats.example.com") == [443]
+    assert nats_ports("ws://nats.example.com/ws") == [80]
+    assert nats_ports("tls://nats.example.com") == [4222]
+    assert nats_ports("wss://a:8443,wss://b") == [443, 8443]
+
+
+def test_a_wss_url_without_port_opens_443_in_the_network_policy(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {}, nats=Nats(url="wss://nats.example.com"))
+    deny = objects_of(render_project(project, {}))["networkpolicy-demo-default-deny.yaml"]
+    assert deny["spec"]["egress"][1]["ports"] == [{"protocol": "TCP", "port": 443}]
+
+
+NATS_AUTH = Nats(url="tls://nats.infra.svc", auth_secret="nats-auth", ca_secret="nats-ca")
+
+
+def test_nats_auth_and_ca_secrets_are_mounted_into_every_runner_pod(tmp_path: Path) -> None:
+    deployments = by_kind(rendered(tmp_path, nats=NATS_AUTH), "Deployment")
+    assert len(deployments) == 3
+    for dep in deployments:
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert {"name": "nats-auth", "mountPath": contract.NATS_AUTH_MOUNT,
+                "readOnly": True} in c["volumeMounts"]
+        assert {"name": "nats-ca", "mountPath": contract.NATS_CA_MOUNT,
+                "readOnly": True} in c["volumeMounts"]
+        # the whole Secret: whichever kind of credentials it holds
+        assert {"name": "nats-auth", "secret": {"secretName": "nats-auth",
+                                                "defaultMode": 0o440}} in pod["volumes"]
+        assert {"name": "nats-ca", "secret": {"secretName": "nats-ca",
+                                              "defaultMode": 0o440}} in pod["volumes"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env[contract.ENV_NATS_AUTH_DIR] == contract.NATS_AUTH_MOUNT
+        assert env[contract.ENV_NATS_CA_FILE] == f"{contract.NATS_CA_MOUNT}/ca.crt"
+        assert env[contract.ENV_NATS_URL] == "tls://nats.infra.svc"
+
+
+def test_without_nats_secrets_nothing_is_mounted_or_set(tmp_path: Path) -> None:
+    for dep in by_kind(rendered(tmp_path), "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        assert {v["name"] for v in pod["volumes"]}.isdisjoint({"nats-auth", "nats-ca"})
+        names = {e["name"] for e in pod["containers"][0]["env"]}
+        assert names.isdisjoint({contract.ENV_NATS_AUTH_DIR, contract.ENV_NATS_CA_FILE})
+
+
+def test_only_the_auth_secret_or_only_the_ca(tmp_path: Path) -> None:
+    auth = Nats(auth_secret="nats-auth")
+    (dep, *_) = by_kind(rendered(tmp_path / "a", nats=auth), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]][-1] == "nats-auth"
+    assert "nats-ca" not in {v["name"] for v in pod["volumes"]}
+    ca = Nats(url="tls://n", ca_secret="nats-ca")
+    (dep, *_) = by_kind(rendered(tmp_path / "b", nats=ca), "Deployment")
+    env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert contract.ENV_NATS_CA_FILE in env and contract.ENV_NATS_AUTH_DIR not in env
 
 
 def test_values_cannot_inject_yaml(tmp_path: Path) -> None:
