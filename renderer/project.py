@@ -22,6 +22,7 @@ from runner.contract import (
 )
 
 from .krt import Config
+from .scheduling import Gpu, ProcessSettings, Resources, Scheduling
 
 STOPPED = "stopped"
 STARTED = "started"
@@ -61,12 +62,6 @@ class ImageMapping:
     new_name: str
     new_tag: str = ""
     gpu: bool = False
-
-
-@dataclass(frozen=True)
-class Resources:
-    requests: dict[str, str] = field(default_factory=lambda: {"cpu": "100m", "memory": "128Mi"})
-    limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "512Mi"})
 
 
 @dataclass(frozen=True)
@@ -157,6 +152,9 @@ class VersionState:
     state: str = STOPPED
     config: ConfigSource | None = None
     runtime: Runtime = field(default_factory=Runtime)  # overrides the project's, field by field
+    scheduling: Scheduling = field(default_factory=Scheduling)  # the same
+    nodes: dict[str, ProcessSettings] = field(default_factory=dict)  # by krt.yml node name
+    entrypoint: ProcessSettings = field(default_factory=ProcessSettings)
 
 
 @dataclass(frozen=True)
@@ -176,6 +174,8 @@ class Project:
     images: tuple[ImageMapping, ...] = ()
     resources: Resources = field(default_factory=Resources)
     runtime: Runtime = field(default_factory=Runtime)
+    gpu: Gpu = field(default_factory=Gpu)
+    scheduling: Scheduling = field(default_factory=Scheduling)
     versions: dict[str, VersionState] = field(default_factory=dict)
     root: Path = Path(".")
 
@@ -187,6 +187,20 @@ class Project:
         """The version's runtime settings over the project's."""
         vs = self.versions.get(version)
         return vs.runtime.over(self.runtime) if vs else self.runtime
+
+    def scheduling_of(self, version: str) -> Scheduling:
+        """The version's scheduling settings over the project's."""
+        vs = self.versions.get(version)
+        return vs.scheduling.over(self.scheduling) if vs else self.scheduling
+
+    def node_settings(self, version: str, node: str) -> ProcessSettings:
+        """What kai.yaml sets for one node of a version (nothing when it sets nothing)."""
+        vs = self.versions.get(version)
+        return vs.nodes.get(node, ProcessSettings()) if vs else ProcessSettings()
+
+    def entrypoint_settings(self, version: str) -> ProcessSettings:
+        vs = self.versions.get(version)
+        return vs.entrypoint if vs else ProcessSettings()
 
     @property
     def published(self) -> str | None:

@@ -17,6 +17,7 @@ import yaml
 
 from runner import contract
 
+from . import schedulingfile
 from .atomic import write_file
 from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
@@ -29,7 +30,6 @@ from .project import (
     Ingress,
     Nats,
     Project,
-    Resources,
     Runtime,
     VersionState,
     published_conflict,
@@ -117,6 +117,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
                 out.append(doc.problem(("versions", name, "config", "sealedSecret", "file"),
                                        message))
     out += _runtime_problems(doc)
+    out += schedulingfile.problems(doc)
     return out
 
 
@@ -271,8 +272,6 @@ def _repo_file_problem(root: Path, rel: str) -> str | None:
 def _project(data: dict[str, Any], root: Path) -> Project:
     nats = data.get("nats", {})
     ingress = data.get("ingress", {})
-    resources = data.get("resources", {})
-    defaults = Resources()
     return Project(
         name=data["project"],
         namespace=data["namespace"],
@@ -286,17 +285,16 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             ImageMapping(i["name"], i["newName"], i.get("newTag", ""), i.get("gpu") is True)
             for i in data.get("images", [])
         ),
-        resources=Resources(
-            requests=dict(resources.get("requests", defaults.requests)),
-            limits=dict(resources.get("limits", defaults.limits)),
-        ),
+        resources=schedulingfile.project_resources(data),
         runtime=_runtime(data.get("runtime", {})),
         versions={
             name: VersionState(entry.get("state", STOPPED), _config(entry.get("config")),
-                               _runtime(entry.get("runtime", {}), project_wide=False))
+                               _runtime(entry.get("runtime", {}), project_wide=False),
+                               **schedulingfile.version_fields(entry))
             for name, entry in data.get("versions", {}).items()
         },
         root=root,
+        **schedulingfile.project_fields(data),
     )
 
 
@@ -372,6 +370,7 @@ def project_data(project: Project) -> dict[str, Any]:
             entry["config"] = _config_data(vs.config)
         if vs.runtime != Runtime():
             entry["runtime"] = _runtime_data(vs.runtime)
+        entry.update(schedulingfile.version_data(vs))
         versions[name] = entry
     data: dict[str, Any] = {
         "project": project.name,
@@ -384,6 +383,7 @@ def project_data(project: Project) -> dict[str, Any]:
             "requests": dict(sorted(project.resources.requests.items())),
             "limits": dict(sorted(project.resources.limits.items())),
         },
+        **schedulingfile.project_data(project),
     }
     if project.runtime != Runtime():  # left out, the runner's defaults apply
         data["runtime"] = _runtime_data(project.runtime)

@@ -142,6 +142,10 @@ def _deployment(plan: VersionPlan, process: Process) -> dict[str, Any]:
     return render_template("deployment", plan=plan, p=process)
 
 
+def _disruption_budget(plan: VersionPlan, process: Process) -> dict[str, Any]:
+    return render_template("poddisruptionbudget", plan=plan, p=process)
+
+
 def _service(plan: VersionPlan) -> dict[str, Any]:
     return render_template("service", plan=plan)
 
@@ -221,6 +225,8 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
         return []
     objects = [*_config_objects(project, plan), _configmap(plan)]
     objects += [_deployment(plan, process) for process in plan.processes]
+    objects += [_disruption_budget(plan, process) for process in plan.processes
+                if process.spread]
     objects.append(_service(plan))
     if plan.published:
         objects.append(_ingress(project, plan))
