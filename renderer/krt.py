@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .problems import InputWarning
+from .scheduling import ResourceOverride
 
 MANIFEST_NAMES = ("krt.yml", "krt.yaml")
 
@@ -22,6 +23,8 @@ class Node:
     src: str  # relative to the version directory, posix separators
     gpu: bool = False
     replicas: int = 1
+    # its own requests and limits, over the project default (renderer.scheduling)
+    resources: ResourceOverride = field(default_factory=ResourceOverride)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Version:
                 src=str_or_empty(n.get("src")),
                 gpu=n.get("gpu") is True,
                 replicas=int_or(n.get("replicas"), 1),
+                resources=resource_override(n.get("resources")),
             )
             for n in map(dict_or_empty, list_or_empty(data.get("nodes")))
         )
@@ -109,6 +113,19 @@ class Version:
 
 
 # --- reading data of any shape --------------------------------------------------------------
+
+
+def resource_override(value: Any) -> ResourceOverride:
+    """A `resources: {requests: {...}, limits: {...}}` mapping (of krt.yml or kai.yaml),
+    each quantity without space around it; entries that are not text are left out (the
+    schema says what is wrong)."""
+    raw = dict_or_empty(value)
+
+    def section(name: str) -> dict[str, str]:
+        return {k: v.strip() for k, v in sorted(dict_or_empty(raw.get(name)).items())
+                if isinstance(v, str)}
+
+    return ResourceOverride(requests=section("requests"), limits=section("limits"))
 
 
 def dict_or_empty(value: Any) -> dict[str, Any]:

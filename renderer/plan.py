@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from runner import contract
 
@@ -25,9 +26,18 @@ from .project import (
     STARTED,
     ConfigSource,
     Project,
-    Resources,
     lacks_config_source,
     no_config_source,
+)
+from .scheduling import (
+    ProcessSettings,
+    ResourceOverride,
+    Resources,
+    Scheduling,
+    Toleration,
+    excesses,
+    merge,
+    unknown_node,
 )
 from .versionfiles import Selected, VersionFilesError, shipped_files
 
@@ -43,7 +53,7 @@ RUN_AS = 10001  # uid and gid of every container
 GRACE_SECONDS = 30
 TMP_SIZE = "256Mi"
 METRICS_PATH = "/metrics"  # Prometheus metrics, on every runner's web port (runner.web)
-GPU = "nvidia.com/gpu"  # the extended resource (and taint) of a GPU node
+SPREAD_REPLICAS = 2  # from this many replicas on: a PodDisruptionBudget and spread by node
 SECRET = "secret"
 EXTERNAL_SECRET = "externalSecret"
 SEALED_SECRET = "sealedSecret"
@@ -78,10 +88,15 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class Toleration:
-    key: str
-    operator: str = "Exists"
-    effect: str = "NoSchedule"
+class Rollout:
+    """A Deployment's RollingUpdate strategy, when it is not Kubernetes' default."""
+
+    max_surge: int
+    max_unavailable: int
+
+
+# A GPU node's rollout takes a pod down before it starts the new one: no spare GPU needed.
+GPU_ROLLOUT = Rollout(max_surge=0, max_unavailable=1)
 
 
 @dataclass(frozen=True)
@@ -111,12 +126,16 @@ class Process:
     gpu: bool
     labels: dict[str, str]
     selector: dict[str, str]
-    resources: Resources
+    resources: Resources  # every layer merged (renderer.scheduling), with a GPU node's GPU
     container: str  # the container's name: the node's, or ENTRYPOINT
-    limits: dict[str, str]  # the resource limits, with a GPU for a GPU node
     readiness: Probe
     liveness: Probe
     tolerations: tuple[Toleration, ...] = ()
+    node_selector: dict[str, str] = field(default_factory=dict)
+    service_account: str = ""  # "": the namespace's default, and no token mounted
+    image_pull_secrets: tuple[str, ...] = ()
+    priority_class: str = ""
+    rollout: Rollout | None = None  # None: Kubernetes' default RollingUpdate
     # from the version's Secret: the variables of these names (config variables, then each
     # config file's content, as KRE delivered files), and the files mounted in mounts.config
     secret_env: tuple[str, ...] = ()
@@ -124,6 +143,18 @@ class Process:
     run_as: int = RUN_AS  # uid and gid
     grace_seconds: int = GRACE_SECONDS
     mounts: Mounts = field(default_factory=Mounts)
+
+    @property
+    def spread(self) -> bool:
+        """Replicated: a PodDisruptionBudget lets a drain take only one replica at a time,
+        and the replicas spread over nodes (by hostname) where they can."""
+        return self.replicas >= SPREAD_REPLICAS
+
+    @property
+    def automount_token(self) -> bool:
+        """A named service account is for workload identity (or the Kubernetes API), which
+        needs its token; without one, no token is mounted."""
+        return bool(self.service_account)
 
     def local_env(self, version_dir: Path, nats_url: str, config_dir: Path,
                   ports: dict[str, int] | None = None) -> dict[str, str]:
@@ -405,6 +436,11 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
     state = state or project.state_of(version.name)
     vs = project.versions.get(version.name)
     v = version.name
+    defined = [n.name for n in version.nodes]
+    unknown = sorted(set(vs.nodes) - set(defined)) if vs else []
+    if unknown:  # kai validate says so first, at its position in kai.yaml
+        raise PlanError(f"kai.yaml: versions.{v}.nodes.{unknown[0]}: "
+                        f"{unknown_node(v, unknown[0], defined)}")
     workflows = plan_workflows(version)
     selected = selected_files(version)
     image = None if local else version_image(project, version, selected)
@@ -477,6 +513,7 @@ def entrypoint_process(project: Project, version: Version, base: contract.Runner
     name = entrypoint_name(v)
     ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, name)
     ep_labels.update({"type": ENTRYPOINT, "version-name": name})
+    settings = project.entrypoint_settings(v)
     return Process(
         name=name,
         component=ENTRYPOINT,
@@ -489,11 +526,12 @@ def entrypoint_process(project: Project, version: Version, base: contract.Runner
         gpu=False,
         labels=ep_labels,
         selector={"type": ENTRYPOINT, "version-name": name},
-        resources=project.resources,
+        resources=process_resources(v, ENTRYPOINT, project.resources, settings.resources),
         container=ENTRYPOINT,
-        limits=dict(project.resources.limits),
         readiness=Probe(contract.GRPC_PORT, failure_threshold=3),
         liveness=Probe("web", "/healthz", period=20, initial_delay=10),
+        mounts=_mounts(settings),
+        **_placement(project.scheduling_of(v)),
     )
 
 
@@ -505,6 +543,17 @@ def node_process(project: Project, version: Version, node: Node,
     env = replace(base, node=node.name, handler=node.src, web_port=contract.NODE_WEB_PORT)
     node_labels = labels(project.name, v, NODE, node.name, name)
     node_labels.update({"type": NODE, "version-name": v})
+    settings = project.node_settings(v, node.name)
+    resources = process_resources(v, f"node {node.name}", project.resources, node.resources,
+                                  settings.resources)
+    placement = _placement(project.scheduling_of(v))
+    if node.gpu:
+        gpu = project.gpu
+        one = {gpu.resource: "1"}  # an extended resource: its request equals its limit
+        resources = Resources({**resources.requests, **one}, {**resources.limits, **one})
+        tolerations = tuple(dict.fromkeys((*placement["tolerations"], *gpu.pod_tolerations)))
+        placement.update(tolerations=tolerations, rollout=GPU_ROLLOUT,
+                         node_selector={**placement["node_selector"], **gpu.node_selector})
     return Process(
         name=name,
         component=NODE,
@@ -513,19 +562,47 @@ def node_process(project: Project, version: Version, node: Node,
         command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
         env=env.to_environ(),
         ports=(Port("metrics", contract.NODE_WEB_PORT),),
-        replicas=node.replicas,
+        replicas=node.replicas if settings.replicas is None else settings.replicas,
         gpu=node.gpu,
         labels=node_labels,
         selector={"app.kubernetes.io/instance": name},
-        resources=project.resources,
+        resources=resources,
         container=node.name,
-        limits={**project.resources.limits, **({GPU: "1"} if node.gpu else {})},
         readiness=Probe(contract.NODE_WEB_PORT, "/readyz", failure_threshold=3),
         liveness=Probe(contract.NODE_WEB_PORT, "/healthz", period=20, initial_delay=10),
-        tolerations=(Toleration(GPU),) if node.gpu else (),
         secret_env=secret_env(version.config),
         secret_files=version.config.files,
+        mounts=_mounts(settings),
+        **placement,
     )
+
+
+def process_resources(version: str, what: str, base: Resources,
+                      *overrides: ResourceOverride) -> Resources:
+    """The layers merged (renderer.scheduling); raises PlanError when a request ends up
+    above its limit (validation says so first, at the field's position)."""
+    found = excesses([base, *overrides])
+    if found:
+        said = "; ".join(f"requests.{e.resource} {e.request} is more than limits.{e.resource} "
+                         f"{e.limit}" for e in found)
+        raise PlanError(f"version {version}: {what}: {said}; Kubernetes refuses a request "
+                        "above its limit")
+    return merge(base, *overrides)
+
+
+def _mounts(settings: ProcessSettings) -> Mounts:
+    return Mounts(tmp_size=settings.tmp_size or TMP_SIZE)
+
+
+def _placement(scheduling: Scheduling) -> dict[str, Any]:
+    """The Process fields that say where its pods run and as whom."""
+    return {
+        "tolerations": scheduling.tolerations or (),
+        "node_selector": dict(scheduling.node_selector or {}),
+        "service_account": scheduling.service_account or "",
+        "image_pull_secrets": scheduling.image_pull_secrets or (),
+        "priority_class": scheduling.priority_class or "",
+    }
 
 
 def secret_env(config: Config) -> tuple[str, ...]:

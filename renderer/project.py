@@ -22,6 +22,7 @@ from runner.contract import (
 )
 
 from .krt import Config
+from .scheduling import Gpu, ProcessSettings, Resources, Scheduling
 
 STOPPED = "stopped"
 STARTED = "started"
@@ -102,12 +103,6 @@ class BuildOverride:
 
     flavor: str = ""
     base: str = ""
-
-
-@dataclass(frozen=True)
-class Resources:
-    requests: dict[str, str] = field(default_factory=lambda: {"cpu": "100m", "memory": "128Mi"})
-    limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "512Mi"})
 
 
 @dataclass(frozen=True)
@@ -242,6 +237,9 @@ class VersionState:
     runtime: Runtime = field(default_factory=Runtime)  # overrides the project's, field by field
     build: BuildOverride = field(default_factory=BuildOverride)  # over the project's `build:`
     egress: tuple[EgressRule, ...] = ()  # opened for this version's nodes, besides the project's
+    scheduling: Scheduling = field(default_factory=Scheduling)  # the same
+    nodes: dict[str, ProcessSettings] = field(default_factory=dict)  # by krt.yml node name
+    entrypoint: ProcessSettings = field(default_factory=ProcessSettings)
 
 
 @dataclass(frozen=True)
@@ -265,6 +263,8 @@ class Project:
     resources: Resources = field(default_factory=Resources)
     runtime: Runtime = field(default_factory=Runtime)
     build: Build | None = None  # None: no version images (kai.yaml has no `build:`)
+    gpu: Gpu = field(default_factory=Gpu)
+    scheduling: Scheduling = field(default_factory=Scheduling)
     versions: dict[str, VersionState] = field(default_factory=dict)
     root: Path = Path(".")
     network: Network = field(default_factory=Network)
@@ -290,6 +290,19 @@ class Project:
             return None
         vs = self.versions.get(version)
         return self.build.over(vs.build) if vs else self.build
+    def scheduling_of(self, version: str) -> Scheduling:
+        """The version's scheduling settings over the project's."""
+        vs = self.versions.get(version)
+        return vs.scheduling.over(self.scheduling) if vs else self.scheduling
+
+    def node_settings(self, version: str, node: str) -> ProcessSettings:
+        """What kai.yaml sets for one node of a version (nothing when it sets nothing)."""
+        vs = self.versions.get(version)
+        return vs.nodes.get(node, ProcessSettings()) if vs else ProcessSettings()
+
+    def entrypoint_settings(self, version: str) -> ProcessSettings:
+        vs = self.versions.get(version)
+        return vs.entrypoint if vs else ProcessSettings()
 
     @property
     def published(self) -> str | None:

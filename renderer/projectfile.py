@@ -18,6 +18,7 @@ import yaml
 
 from runner import contract
 
+from . import schedulingfile
 from .atomic import write_file
 from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
@@ -36,7 +37,6 @@ from .project import (
     Nats,
     Network,
     Project,
-    Resources,
     Runtime,
     VersionState,
     published_conflict,
@@ -131,6 +131,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     out += _runtime_problems(doc)
     out += _build_problems(doc)
     out += _network_problems(doc)
+    out += schedulingfile.problems(doc)
     return out
 
 
@@ -403,8 +404,6 @@ def _repo_file_problem(root: Path, rel: str) -> str | None:
 def _project(data: dict[str, Any], root: Path) -> Project:
     nats = data.get("nats", {})
     ingress = data.get("ingress", {})
-    resources = data.get("resources", {})
-    defaults = Resources()
     return Project(
         name=data["project"],
         namespace=data["namespace"],
@@ -422,10 +421,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
                          i.get("digest", ""))
             for i in data.get("images", [])
         ),
-        resources=Resources(
-            requests=dict(resources.get("requests", defaults.requests)),
-            limits=dict(resources.get("limits", defaults.limits)),
-        ),
+        resources=schedulingfile.project_resources(data),
         runtime=_runtime(data.get("runtime", {})),
         build=Build(**_pick(data["build"], {
             "registry": "registry", "flavor": "flavor", "base": "base",
@@ -435,7 +431,8 @@ def _project(data: dict[str, Any], root: Path) -> Project:
                                _runtime(entry.get("runtime", {}), project_wide=False),
                                BuildOverride(**_pick(entry.get("build", {}), {
                                    "flavor": "flavor", "base": "base"})),
-                               egress=_egress(entry.get("network", {})))
+                               egress=_egress(entry.get("network", {})),
+                               **schedulingfile.version_fields(entry))
             for name, entry in data.get("versions", {}).items()
         },
         root=root,
@@ -444,6 +441,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             pod_monitor=data.get("monitoring", {}).get("podMonitor") is True,
             labels=dict(data.get("monitoring", {}).get("labels", {})),
         ),
+        **schedulingfile.project_fields(data),
     )
 
 
@@ -553,6 +551,7 @@ def project_data(project: Project) -> dict[str, Any]:
                               (("flavor", vs.build.flavor), ("base", vs.build.base)) if value}
         if vs.egress:
             entry["network"] = {"egress": _egress_data(vs.egress)}
+        entry.update(schedulingfile.version_data(vs))
         versions[name] = entry
     data: dict[str, Any] = {
         "project": project.name,
@@ -566,6 +565,7 @@ def project_data(project: Project) -> dict[str, Any]:
             "requests": dict(sorted(project.resources.requests.items())),
             "limits": dict(sorted(project.resources.limits.items())),
         },
+        **schedulingfile.project_data(project),
     }
     if project.runtime != Runtime():  # left out, the runner's defaults apply
         data["runtime"] = _runtime_data(project.runtime)

@@ -194,6 +194,10 @@ def _version_egress(plan: VersionPlan, rules: tuple[EgressRule, ...]) -> list[di
                            {**version_pods(plan.project, plan.version), "type": NODE}, rules)]
 
 
+def _disruption_budget(plan: VersionPlan, process: Process) -> dict[str, Any]:
+    return render_template("poddisruptionbudget", plan=plan, p=process)
+
+
 def _service(plan: VersionPlan) -> dict[str, Any]:
     return render_template("service", plan=plan)
 
@@ -276,6 +280,8 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
         objects.append(_configmap(plan))
     objects += _version_egress(plan, project.egress_of(plan.version))
     objects += [_deployment(plan, process, project.monitoring) for process in plan.processes]
+    objects += [_disruption_budget(plan, process) for process in plan.processes
+                if process.spread]
     objects.append(_service(plan))
     if plan.published:
         objects.append(_ingress(project, plan))

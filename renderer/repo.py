@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import git
 from .atomic import tree_names, write_file, write_tree
@@ -35,6 +36,9 @@ from .project import (
 )
 from .versionfiles import copied_files
 from .worktree import branch_worktree, recover_worktrees
+
+if TYPE_CHECKING:
+    from .yamlsafe import Document
 
 Tree = dict[str, bytes]
 GITKEEP = ".gitkeep"
@@ -113,12 +117,14 @@ def load(root: Path, skip: Iterable[str] = (), only: Iterable[str] | None = None
     caller already loaded it.
     """
     from .projectfile import load_project
-    from .validate import load_version
+    from .validate import read_version, version_settings_problems
+    from .yamlsafe import load_yaml
 
     if project is None:
         project = load_project(root)
     problems: list[Problem] = []
     versions: dict[str, Version] = {}
+    docs: dict[str, Document] = {}
     skipped = set(skip)
     wanted = None if only is None else set(only)
     for name in sorted(project.versions):
@@ -133,7 +139,7 @@ def load(root: Path, skip: Iterable[str] = (), only: Iterable[str] | None = None
             )
             continue
         try:
-            version = load_version(folder, display_root=root)
+            version, docs[name] = read_version(folder, display_root=root)
         except InputError as exc:
             problems.extend(exc.problems)
             continue
@@ -144,6 +150,10 @@ def load(root: Path, skip: Iterable[str] = (), only: Iterable[str] | None = None
             )
             continue
         versions[name] = version
+    if versions:  # how kai.yaml's node settings fit the versions, with positions
+        pdoc = load_yaml(root / PROJECT_FILE, PROJECT_FILE)
+        for name, version in versions.items():
+            problems += version_settings_problems(project, pdoc, version, docs[name])
     if problems:
         raise InputError(problems)
     return Repo(root=root, project=replace(project, root=root), versions=versions)

@@ -43,9 +43,11 @@ from .project import (
 from .projectfile import read_project
 from .requirements import REQUIREMENTS_FILE
 from .requirements import problems as requirements_problems
+from .scheduling import ProcessSettings, excesses, unknown_node
+from .schedulingfile import project_source
 from .schemacheck import deprecated_fields, schema_problems
 from .versionfiles import VersionFilesError, left_out, shipped_files
-from .yamlsafe import Document, FieldPath, load_yaml, shown_path
+from .yamlsafe import Document, FieldPath, format_path, load_yaml, shown_path
 
 SCHEMA = "krt.schema.json"
 KRE_NAME_LIMIT = 20  # KRE 1.x refused version, node and workflow names this long (`lt=20`)
@@ -170,6 +172,7 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
             else:
                 out += [Problem(shown(src), line, col, f"nodes[{i}].src", message)
                         for line, col, message in source_problems(directory / src)]
+    out += _resource_problems(doc, version)
     out += _proto_problems(doc, version, directory, shown, shipped)
     out += _requirements_problems(directory, shown, shipped)
     out += _name_length_problems(doc, version)
@@ -181,6 +184,54 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                     ("config", section, i),
                     f'"{name}" is reserved: {contract.reserved_env_rule()} are the '
                     "runner's own environment; rename it"))
+    return out
+
+
+def _resource_problems(doc: Document, version: Version) -> list[Problem]:
+    """A node's own requests above its own limits (over the project default, see
+    version_settings_problems)."""
+    out = []
+    for i, node in enumerate(version.nodes):
+        for e in excesses([node.resources]):
+            section, _ = e.culprit
+            out.append(doc.problem(("nodes", i, "resources", section, e.resource), e.message()))
+    return out
+
+
+def version_settings_problems(project: Project, pdoc: Document, version: Version,
+                              vdoc: Document) -> list[Problem]:
+    """How kai.yaml's settings of `version` fit its krt.yml (`vdoc`): each node kai.yaml
+    sets must be the version's, and no request may end up above its limit once the
+    project default, the krt.yml node's resources and kai.yaml's override are merged.
+    (A request and limit both from one of them are checked where it is read.)"""
+    out: list[Problem] = []
+    vs = project.versions.get(version.name)
+    if vs is None:
+        return out
+    at = ("versions", version.name, "nodes")
+    defined = [n.name for n in version.nodes]
+    for name in vs.nodes:
+        if name not in defined:
+            out.append(pdoc.problem((*at, name), unknown_node(version.name, name, defined),
+                                    key=True))
+    for i, node in enumerate(version.nodes):
+        override = vs.nodes.get(node.name, ProcessSettings())
+        # each layer: the document and path of its `resources` (None for the project's)
+        places: list[tuple[Document, FieldPath] | None] = [
+            None, (vdoc, ("nodes", i, "resources")), (pdoc, (*at, node.name, "resources"))]
+        for e in excesses([project.resources, node.resources, override.resources]):
+            if e.request_layer == e.limit_layer:
+                continue
+            section, layer = e.culprit
+            other, other_layer = e.other
+            here, other_place = places[layer], places[other_layer]
+            assert here is not None  # the culprit is the later layer, never the project's
+            if other_place is None:
+                source = project_source(pdoc, other, e.resource)
+            else:
+                source = f"{other_place[0].file} " \
+                    f"{format_path((*other_place[1], other, e.resource))}"
+            out.append(here[0].problem((*here[1], section, e.resource), e.message(source)))
     return out
 
 
@@ -617,6 +668,8 @@ def _cross_problems(project: Project, pdoc: Document, loaded: dict[str, tuple[Ve
                 key=True,
             ))
             continue
+        if name in loaded:
+            out += version_settings_problems(project, pdoc, *loaded[name])
         if name not in loaded or vs.state not in (STARTED, PUBLISHED):
             continue
         config = loaded[name][0].config

@@ -81,9 +81,9 @@ def test_only_the_changed_versions_are_loaded_rendered_and_rewritten(
     before = {rel: (repo / RENDERED / rel).stat().st_ino for rel in read_tree(repo / RENDERED)}
     loaded: list[str] = []
     rendered: list[str] = []
-    real_load, real_tree = validate.load_version, render.version_tree
+    real_load, real_tree = validate.read_version, render.version_tree
 
-    def load_version(path: Path, display_root: Path | None = None):  # type: ignore[no-untyped-def]
+    def read_version(path: Path, display_root: Path | None = None):  # type: ignore[no-untyped-def]
         loaded.append(Path(path).name)
         return real_load(path, display_root)
 
@@ -91,7 +91,7 @@ def test_only_the_changed_versions_are_loaded_rendered_and_rewritten(
         rendered.append(version.name)
         return real_tree(project, version, state)
 
-    monkeypatch.setattr(validate, "load_version", load_version)
+    monkeypatch.setattr(validate, "read_version", read_version)
     monkeypatch.setattr(render, "version_tree", version_tree)
     apply_state_change(repo, "greeter-v2", "publish")
     assert sorted(loaded) == sorted(rendered) == ["greeter-v1", "greeter-v2"]

@@ -29,6 +29,7 @@ from renderer.project import (
     VersionState,
 )
 from renderer.render import RenderError, kustomization, render_deploy, render_project
+from renderer.scheduling import Gpu, ProcessSettings, ResourceOverride, Scheduling, Toleration
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,9 @@ def test_kubernetes_validate_cli_strict(repo: tuple[Project, dict[str, Version]]
     project, versions = repo
     target = _written(project, versions)
     files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
-    assert len(files) == 3 + 3 * 5 + 1 + 1 + 1  # project + per version + Ingress + ES + SS
+    # project + per version (ConfigMap, 3 Deployments, Service, etl's PodDisruptionBudget)
+    # + Ingress + ES + SS
+    assert len(files) == 3 + 3 * 6 + 1 + 1 + 1
     _validate_strict(project, files)
 
 
@@ -307,3 +310,46 @@ def test_network_and_monitoring_pass_the_real_tools(
         assert proc.returncode == 0, proc.stderr
         kinds = [o["kind"] for o in yaml.safe_load_all(proc.stdout) if o]
         assert kinds.count("PodMonitor") == 3 and kinds.count("NetworkPolicy") == 5
+
+
+def test_resources_and_scheduling_pass_the_real_tools(tmp_path: Path) -> None:
+    """Per-node resources, a GPU node with its selector and tolerations, every scheduling
+    field, a /tmp size and replicas 3 (a PodDisruptionBudget and a spread): each object
+    passes kubernetes-validate --strict and kubectl kustomize builds the tree."""
+    etl = _version(tmp_path, "greeter-v1")
+    nodes = (replace(etl.nodes[0], replicas=3, resources=ResourceOverride(
+                 {"cpu": "250m", "memory": "256Mi"}, {"cpu": "2", "memory": "1Gi"})),
+             etl.nodes[1])
+    versions = {"greeter-v1": replace(etl, nodes=nodes)}
+    project = Project(
+        name="demo", namespace="demo", images=default_images(), root=tmp_path,
+        gpu=Gpu("nvidia.com/gpu", {"konstellation.io/gpu": "true"}),
+        scheduling=Scheduling("kai-runner", ("regcred",), {"kubernetes.io/arch": "amd64"},
+                              (Toleration("dedicated", "Equal", "ml", "NoSchedule"),
+                               Toleration("node.kubernetes.io/unreachable", "Exists",
+                                          effect="NoExecute", seconds=30)), "kai-high"),
+        versions={"greeter-v1": VersionState(
+            "published", entrypoint=ProcessSettings(ResourceOverride(limits={"memory": "1Gi"}),
+                                                    tmp_size="64Mi"),
+            nodes={"model": ProcessSettings(ResourceOverride(limits={"memory": "8Gi"}),
+                                            tmp_size="2Gi")})},
+    )
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    assert any(Path(f).name == "poddisruptionbudget-greeter-v1-etl.yaml" for f in files)
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    assert checks.check_files(read_tree(target), project.kubernetes_version) == []
+    model = yaml.safe_load((target / "greeter-v1/deployment-greeter-v1-model.yaml").read_text())
+    assert model["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert model["spec"]["template"]["spec"]["nodeSelector"] == {
+        "konstellation.io/gpu": "true", "kubernetes.io/arch": "amd64"}
+    if shutil.which("kubectl") is not None:
+        built = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                               text=True, check=False)
+        assert built.returncode == 0, built.stderr
+        kinds = {o["kind"] for o in yaml.safe_load_all(built.stdout) if o}
+        assert "PodDisruptionBudget" in kinds
