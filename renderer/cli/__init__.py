@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "diff": "render:diff",
     "dev": "dev:dev",
     "call": "call:call",
+    "gc": "gc:gc",
 }
 
 
