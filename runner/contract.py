@@ -4,7 +4,8 @@ Everything a runner process needs to know arrives as environment variables
 whose names are defined here, once. The renderer imports this module to build
 the plan (and so the Kubernetes manifests and `kai dev`); the runner reads the
 same names back with :func:`RunnerEnv.from_environ`. NATS subjects, stream and
-consumer names and message headers are derived here too, so both sides agree.
+consumer names and message headers are derived here too, so both sides agree, and a
+stream's name is read back here (:func:`stream_owner`: whose it is, for `kai gc`).
 
 This module must stay free of third-party imports: it is imported by the
 renderer and at the very start of every runner process.
@@ -177,9 +178,28 @@ def _token(value: str) -> str:
     return _TOKEN.sub("_", value)
 
 
+# --- JetStream names: built here, and read back here (stream_owner) -------------------
+
+# Every stream a version's processes create is named `KAI_<project>_<version>_<workflow>`
+# (its work queue), `KAI_<project>_DATA` (the project's data stream), or is the stream
+# `OBJ_KAI_<project>_<version>_CLAIMS` of its claim bucket (an object store bucket B lives
+# in stream OBJ_B). Project, version and workflow names are lowercase letters, digits and
+# '-', a version's starting with a letter (kai.yaml and krt.yml allow no other), so '_'
+# separates the parts unambiguously and the upper-case suffixes cannot be a name.
+STREAM_PREFIX = "KAI"
+DATA_SUFFIX = "DATA"
+CLAIMS_SUFFIX = "CLAIMS"
+OBJECT_STREAM_PREFIX = "OBJ_"  # JetStream's object store: bucket B is stream OBJ_B
+_SEP = "_"
+
+
+def _kai_name(*parts: str) -> str:
+    return _SEP.join((STREAM_PREFIX, *parts))
+
+
 def stream_name(project: str, version: str, workflow: str) -> str:
     """The JetStream stream of one workflow of one version."""
-    return f"KAI_{_token(project)}_{_token(version)}_{_token(workflow)}"
+    return _kai_name(_token(project), _token(version), _token(workflow))
 
 
 def stream_subjects(project: str, version: str, workflow: str) -> str:
@@ -199,7 +219,18 @@ def consumer_name(step: int, node: str) -> str:
 
 def claims_bucket(project: str, version: str) -> str:
     """The version's object store bucket of payloads too large for one message."""
-    return f"KAI_{_token(project)}_{_token(version)}_CLAIMS"
+    return _kai_name(_token(project), _token(version), CLAIMS_SUFFIX)
+
+
+def claims_stream(project: str, version: str) -> str:
+    """The JetStream stream that holds the version's claim bucket."""
+    return OBJECT_STREAM_PREFIX + claims_bucket(project, version)
+
+
+def claims_subjects(project: str, version: str) -> tuple[str, str]:
+    """The subjects of the claim bucket's stream: its chunks and its objects' metadata."""
+    bucket = claims_bucket(project, version)
+    return f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"
 
 
 def reply_prefix(project: str, version: str) -> str:
@@ -209,7 +240,7 @@ def reply_prefix(project: str, version: str) -> str:
 
 def data_stream_name(project: str) -> str:
     """The project's stream for predictions, measurements and db documents."""
-    return f"KAI_{_token(project)}_DATA"
+    return _kai_name(_token(project), DATA_SUFFIX)
 
 
 def data_subjects(project: str) -> str:
@@ -220,6 +251,50 @@ def data_subject(project: str, kind: str, *parts: str) -> str:
     """A subject in the project's data stream, e.g. (p, "db", version, collection)."""
     tail = ".".join(_token(p) for p in parts)
     return f"kai-data.{_token(project)}.{_token(kind)}" + (f".{tail}" if tail else "")
+
+
+WORK_STREAM = "work stream"
+DATA_STREAM = "data stream"
+CLAIM_BUCKET = "claim bucket"
+_NAME_PART = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")  # a project's or workflow's
+_VERSION_PART = re.compile(r"[a-z](?:[-a-z0-9]*[a-z0-9])?")  # a version's: a DNS-1035 label
+
+
+@dataclass(frozen=True)
+class StreamOwner:
+    """Whose a JetStream stream is, read back from its name by :func:`stream_owner`."""
+
+    kind: str  # WORK_STREAM, DATA_STREAM or CLAIM_BUCKET
+    project: str
+    version: str = ""  # "" for the data stream: it is the project's
+    workflow: str = ""  # a work stream's
+
+    def subjects(self) -> tuple[str, ...]:
+        """The subjects the runner's stream of this name captures, sorted."""
+        if self.kind == WORK_STREAM:
+            return (stream_subjects(self.project, self.version, self.workflow),)
+        if self.kind == CLAIM_BUCKET:
+            return tuple(sorted(claims_subjects(self.project, self.version)))
+        return (data_subjects(self.project),)
+
+
+def stream_owner(stream: str) -> StreamOwner | None:
+    """Whose stream `stream` is: the inverse of stream_name, data_stream_name and
+    claims_stream for the names kai.yaml and krt.yml allow. None for every other name,
+    so a stream no KAI version made (or one of a name the runner would not build) is
+    never taken for one."""
+    claims = stream.startswith(OBJECT_STREAM_PREFIX)
+    parts = stream.removeprefix(OBJECT_STREAM_PREFIX).split(_SEP)
+    if parts[0] != STREAM_PREFIX or len(parts) < 3 or not _NAME_PART.fullmatch(parts[1]):
+        return None
+    project, last = parts[1], parts[-1]
+    if len(parts) == 3:
+        return StreamOwner(DATA_STREAM, project) if last == DATA_SUFFIX and not claims else None
+    if len(parts) != 4 or not _VERSION_PART.fullmatch(parts[2]):
+        return None
+    if claims:
+        return StreamOwner(CLAIM_BUCKET, project, parts[2]) if last == CLAIMS_SUFFIX else None
+    return StreamOwner(WORK_STREAM, project, parts[2], last) if _NAME_PART.fullmatch(last) else None
 
 
 RESERVED_ENV_PREFIX = "KAI_"  # the runner's own environment

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "build": "build:build",
     "dev": "dev:dev",
     "call": "call:call",
+    "gc": "gc:gc",
 }
 
 

@@ -628,7 +628,7 @@ class Claims:
     def __init__(self, js: JetStreamContext, env: contract.RunnerEnv, chunk: int) -> None:
         self.js = js
         self.bucket = contract.claims_bucket(env.project, env.version)
-        self.stream = f"OBJ_{self.bucket}"
+        self.stream = contract.claims_stream(env.project, env.version)
         self.env = env
         self.chunk = chunk
         self._store: ObjectStore | None = None
