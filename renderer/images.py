@@ -66,6 +66,12 @@ def map_comment(registry: str = DEFAULT_REGISTRY) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
 
+BUILD_COMMENT = (
+    "# Version images: a version with a requirements.txt, or too large for a ConfigMap,\n"
+    "# runs on REGISTRY/<project>-<version>:<content hash>, built FROM the flavor's image\n"
+    "# by `kai build` (docs/version-images.md); the CI workflow builds and pushes them.\n")
+
+
 def registry_problem(registry: str) -> str | None:
     """What is wrong with a registry reference (`host[:port]/path`), or None."""
     expected = "expected host[:port]/path, e.g. registry.example.com/kai or ghcr.io/acme"

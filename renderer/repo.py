@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from . import git
 from .atomic import tree_names, write_file, write_tree
 from .changeset import Changeset, recover_interrupted
-from .images import DEFAULT_REGISTRY, default_images, map_comment, registry_problem
+from .images import (
+    BUILD_COMMENT,
+    DEFAULT_REGISTRY,
+    default_images,
+    map_comment,
+    registry_problem,
+)
 from .krt import MANIFEST_NAMES, Version
 from .lifecycle import NothingToDo, Transition, transition
 from .lock import repo_lock
@@ -31,6 +37,7 @@ from .project import (
     RENDERED_DIR,
     STOPPED,
     VERSIONS_DIR,
+    Build,
     Project,
     VersionState,
 )
@@ -414,9 +421,10 @@ def _init(root: Path, directory: Path, project: str, namespace: str, repo_url: s
         namespace=namespace,
         kubernetes_version=DEFAULT_KUBERNETES_VERSION,
         images=default_images(registry),
+        build=Build(registry),
         root=root,
     )
-    text = dump_project(model, {"images": map_comment(registry)})
+    text = dump_project(model, {"images": map_comment(registry), "build": BUILD_COMMENT})
     root.mkdir(parents=True, exist_ok=True)
     for sub in (root / DEPLOY_DIR, model.rendered_dir):
         if sub.is_dir() and any(sub.iterdir()):

@@ -587,6 +587,11 @@ def test_failed_render_leaves_kai_yaml_unchanged(repo: Path, tmp_path: Path) -> 
     # grown by hand past what kai add accepts (it refuses such a version itself)
     weights = repo / "versions" / "big-v1" / "src" / "etl" / "weights.bin"
     weights.write_bytes(os.urandom(1100 * 1024))
+    # and no `build:` (kai init writes one), so it cannot have an image of its own
+    project = repo / "kai.yaml"
+    text = project.read_text()
+    start = text.index("build:\n")
+    project.write_text(text[:start] + text[text.index("versions:", start):])
     git(repo, "add", "-A", ".")
     git(repo, "commit", "-qm", "grow big-v1")
     before, kai_yaml = head(repo), (repo / "kai.yaml").read_bytes()
