@@ -90,3 +90,32 @@ def render_check_at(repo: Path, rev: str, scratch: Path) -> list[str]:
     tree = render_tree(loaded)
     current = read_tree(loaded.rendered_dir)
     return sorted(p for p in set(tree) | set(current) if tree.get(p) != current.get(p))
+
+
+def rendered_files(folder: Path) -> list[str]:
+    """Every rendered object file below `folder` (not kustomize's own file), sorted."""
+    return sorted(str(p) for p in folder.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def validate_strict(files: list[str], kubernetes_version: str,
+                    may_warn: tuple[str, ...] = ()) -> None:
+    """The real `kubernetes-validate --strict` passes every file. It bundles no schema for a
+    custom resource, so such a file only warns: allowed for file names starting with one
+    of `may_warn`, and for no other file."""
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cli, "--strict", "-k", kubernetes_version, "--quiet", *files],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout, proc.stdout
+    warned = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")]
+    assert all(Path(f).name.startswith(may_warn) for f in warned), proc.stdout
+
+
+def drop_build(root: Path) -> None:
+    """Take the `build:` section `kai init` writes out of kai.yaml again (amending the init
+    commit), for a repo whose versions cannot have images of their own."""
+    text = (root / "kai.yaml").read_text()
+    start = text.index("# Version images:")
+    (root / "kai.yaml").write_text(text[:start] + text[text.index("versions:", start):])
+    git(root, "commit", "-qa", "--amend", "--no-edit")

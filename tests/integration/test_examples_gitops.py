@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from renderer.projectfile import load_project
 from renderer.render import render_deploy
 from renderer.repo import PLACEHOLDER_NOTE, PLACEHOLDER_URL
 from tests.conftest import EXAMPLES
+from tests.integration.gitops_helpers import rendered_files, validate_strict
 
 pytestmark = pytest.mark.integration
 
@@ -59,16 +59,10 @@ def test_examples_are_the_versions_of_the_gitops_repo(version: str) -> None:
 
 
 def test_kubernetes_validate_strict(repo: Path) -> None:
-    exe = Path(sys.executable).parent / "kubernetes-validate"
-    if not exe.exists():
-        exe = Path(shutil.which("kubernetes-validate") or "kubernetes-validate")
     version = yaml.safe_load((repo / "kai.yaml").read_text())["kubernetesVersion"]
-    files = sorted(str(p) for p in (repo / RENDERED).rglob("*.yaml")
-                   if p.name != "kustomization.yaml")
+    files = rendered_files(repo / RENDERED)
     assert len(files) >= 15
-    proc = subprocess.run([str(exe), "--strict", "--kubernetes-version", version, *files],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    validate_strict(files, version)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")

@@ -21,6 +21,7 @@ from tests.conftest import git
 from tests.integration.gitops_helpers import (
     GREETER,
     clean,
+    drop_build,
     head,
     kai,
     log,
@@ -582,16 +583,12 @@ def test_add_refuses_a_broken_krt(repo: Path, tmp_path: Path) -> None:
 
 
 def test_failed_render_leaves_kai_yaml_unchanged(repo: Path, tmp_path: Path) -> None:
+    drop_build(repo)  # so that a version too large for a ConfigMap cannot have an image
     big = make_version(tmp_path / "big", "big-v1")
     kai("add", str(big), "--repo", str(repo))
     # grown by hand past what kai add accepts (it refuses such a version itself)
     weights = repo / "versions" / "big-v1" / "src" / "etl" / "weights.bin"
     weights.write_bytes(os.urandom(1100 * 1024))
-    # and no `build:` (kai init writes one), so it cannot have an image of its own
-    project = repo / "kai.yaml"
-    text = project.read_text()
-    start = text.index("build:\n")
-    project.write_text(text[:start] + text[text.index("versions:", start):])
     git(repo, "add", "-A", ".")
     git(repo, "commit", "-qm", "grow big-v1")
     before, kai_yaml = head(repo), (repo / "kai.yaml").read_bytes()

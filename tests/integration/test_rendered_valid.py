@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,8 +29,12 @@ from renderer.project import (
 )
 from renderer.render import RenderError, kustomization, render_deploy, render_project
 from renderer.scheduling import Gpu, ProcessSettings, ResourceOverride, Scheduling, Toleration
+from tests.integration.gitops_helpers import validate_strict
 
 pytestmark = pytest.mark.integration
+
+# kubernetes-validate has no schema for these (checks.py checks them itself): they warn
+CUSTOM_RESOURCES = ("externalsecret-", "sealedsecret-", "podmonitor-")
 
 PROTO = """syntax = "proto3";
 message Req { string name = 1; }
@@ -111,16 +114,7 @@ def test_kubernetes_validate_cli_strict(repo: tuple[Project, dict[str, Version]]
 
 def _validate_strict(project: Project, files: list[str]) -> None:
     """kubernetes-validate --strict passes every file (the CRDs it lacks only warn)."""
-    script = Path(sys.executable).parent / "kubernetes-validate"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run(
-        [*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ERROR" not in proc.stdout
-    warned = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")}
-    assert all(Path(f).name.startswith(("externalsecret-", "sealedsecret-")) for f in warned)
+    validate_strict(files, project.kubernetes_version, CUSTOM_RESOURCES)
 
 
 def test_nats_secrets_render_valid_and_no_credential_enters_the_tree(
@@ -202,11 +196,7 @@ def test_no_namespace_and_pinned_images_build_and_validate(
     assert images["greeter-v1-entrypoint"] == f"registry.example.com/kai/runner:0.1.0@{DIGEST}"
     assert all(image.endswith(f"@{DIGEST}") for image in images.values())
     files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
-    script = Path(sys.executable).parent / "kubernetes-validate"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _validate_strict(project, files)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -292,17 +282,7 @@ def test_network_and_monitoring_pass_the_real_tools(
     assert {"networkpolicy-demo-egress.yaml", "networkpolicy-demo-metrics-ingress.yaml",
             "networkpolicy-greeter-v2-egress.yaml", "podmonitor-greeter-v1.yaml",
             "podmonitor-greeter-v2.yaml", "podmonitor-room-v1.yaml"} <= names
-    script = Path(sys.executable).parent / "kubernetes-validate"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run(
-        [*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ERROR" not in proc.stdout
-    warned = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")}
-    assert all(Path(f).name.startswith(("externalsecret-", "sealedsecret-", "podmonitor-"))
-               for f in warned)
+    _validate_strict(project, files)
     assert checks.check_files(read_tree(target), project.kubernetes_version) == []
     if shutil.which("kubectl"):
         proc = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
@@ -337,11 +317,7 @@ def test_resources_and_scheduling_pass_the_real_tools(tmp_path: Path) -> None:
     target = _written(project, versions)
     files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
     assert any(Path(f).name == "poddisruptionbudget-greeter-v1-etl.yaml" for f in files)
-    script = Path(sys.executable).parent / "kubernetes-validate"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    _validate_strict(project, files)
     assert checks.check_files(read_tree(target), project.kubernetes_version) == []
     model = yaml.safe_load((target / "greeter-v1/deployment-greeter-v1-model.yaml").read_text())
     assert model["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
