@@ -7,7 +7,9 @@ and it is not stopping (the entrypoint adds that every node takes work: runner.r
 or when the broker seems to have lost a stream or the consumer's requests,
 :meth:`ensure_soon` re-creates them in the background (:class:`Reensure`), one series at a
 time, with backoff.
-Settings (bind host, concurrency, ack wait ...) come from ``contract.RunnerEnv``.
+Settings (bind host, concurrency, ack wait ...) come from ``contract.RunnerEnv``. A process
+traces (``tracing``, runner.tracing) only when its environment turns tracing on, and
+exports the spans still waiting when it closes.
 """
 
 from __future__ import annotations

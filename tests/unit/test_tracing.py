@@ -1,6 +1,6 @@
 """Tracing (runner.tracing) on the in-memory transport: spans, their parents, attributes and
 status with tracing on; nothing at all (no span, no trace header, no OpenTelemetry import)
-with it off. The chain through real processes and NATS is tests/integration/test_tracing.py."""
+with it off. The chain through real processes and NATS is tests/integration/test_tracing_chain.py."""
 
 from __future__ import annotations
 
