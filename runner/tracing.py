@@ -94,8 +94,12 @@ def exporter_of(env: contract.RunnerEnv) -> SpanExporter:
     """Where the spans go: the traces file when set, else OTLP over gRPC (the endpoint and
     the rest of its settings from OpenTelemetry's environment variables)."""
     if env.traces_file:
-        return ConsoleSpanExporter(out=_AppendLines(env.traces_file),  # type: ignore[arg-type]
-                                   formatter=_json_line)
+        try:
+            out = _AppendLines(env.traces_file)
+        except OSError as exc:
+            raise contract.ContractError(f"{contract.ENV_TRACES_FILE}={env.traces_file}: "
+                                         f"cannot open it: {exc.strerror}") from None
+        return ConsoleSpanExporter(out=out, formatter=_json_line)  # type: ignore[arg-type]
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=env.tracing_endpoint or None)

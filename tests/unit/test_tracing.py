@@ -1,6 +1,7 @@
 """Tracing (runner.tracing) on the in-memory transport: spans, their parents, attributes and
 status with tracing on; nothing at all (no span, no trace header, no OpenTelemetry import)
-with it off. The chain through real processes and NATS is tests/integration/test_tracing_chain.py."""
+with it off. The chain through real processes and NATS: tests/integration/test_tracing_chain.py.
+"""
 
 from __future__ import annotations
 
@@ -283,3 +284,34 @@ def test_every_step_message_carries_when_it_was_published() -> None:
     assert set(headers) == {contract.HDR_MSG_ID, contract.HDR_DEADLINE, contract.HDR_REPLY,
                             contract.HDR_PUBLISHED}
     float(headers[contract.HDR_PUBLISHED])
+
+
+def test_a_traces_file_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
+    env = contract.RunnerEnv("p", "v1", "/v", "a.proto", (),
+                             traces_file=str(tmp_path / "missing" / "spans.jsonl"))
+    with pytest.raises(contract.ContractError) as info:
+        Tracing(env)
+    assert str(info.value) == (f"KAI_TRACES_FILE={tmp_path}/missing/spans.jsonl: cannot open "
+                               "it: No such file or directory")
+
+
+def test_a_stopping_process_exports_the_spans_still_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # no export on the timer
+    exporters: list[InMemorySpanExporter] = []
+
+    def batched(env: contract.RunnerEnv) -> Tracing:
+        exporters.append(InMemorySpanExporter())  # each process shuts its own down
+        return Tracing(env, exporter=exporters[-1])  # the batch processor, as in production
+
+    def finished() -> int:
+        return sum(len(e.get_finished_spans()) for e in exporters)
+
+    async def scenario() -> None:
+        async with memory_run(tmp_path, {"first": FIRST, "last": LAST},
+                              tracing_for=batched) as r:
+            await call(r, "x")
+            assert finished() == 0  # still in the processors' queues
+
+    run(scenario)
+    assert len(exporters) == 3 and finished() == 3  # exported as the processes stopped
