@@ -24,6 +24,7 @@ from .krt import Config, Node, Version
 from .project import (
     PUBLISHED,
     STARTED,
+    VERSIONS_DIR,
     ConfigSource,
     Project,
     lacks_config_source,
@@ -208,6 +209,9 @@ class VersionPlan:
     version_image: str = ""
     nats_auth_secret: str = ""  # mounted into every pod (Mounts.nats_auth) when set
     nats_ca_secret: str = ""  # mounted into every pod (Mounts.nats_ca) when set
+    # with kai.yaml monitoring.dashboards: the version's own metrics/dashboards/*.json (file
+    # name -> JSON text), shipped beside its generated dashboard (renderer.dashboards)
+    dashboards: dict[str, str] = field(default_factory=dict)
 
     @property
     def published(self) -> bool:
@@ -432,6 +436,7 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
     Raises PlanError when the version cannot run as asked (renderer.build.image_need).
     """
     from .build import size_problem, version_image
+    from .dashboards import own_dashboards
 
     state = state or project.state_of(version.name)
     vs = project.versions.get(version.name)
@@ -476,6 +481,8 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
         version_image=image.tag if image else "",
         nats_auth_secret=project.nats.auth_secret,
         nats_ca_secret=project.nats.ca_secret,
+        dashboards=(own_dashboards(version.directory, f"{VERSIONS_DIR}/{v}")
+                    if project.monitoring.dashboards else {}),
     )
 
 
@@ -503,6 +510,10 @@ def runner_env(project: Project, version: Version,
         nats_auth_dir=contract.NATS_AUTH_MOUNT if project.nats.auth_secret else "",
         nats_ca_file=(f"{contract.NATS_CA_MOUNT}/{contract.NATS_CA_KEY}"
                       if project.nats.ca_secret else ""),
+        tracing_endpoint=project.tracing.endpoint,
+        tracing_sampler=project.tracing.sampler,
+        tracing_sampler_arg=("" if project.tracing.sampler_arg is None
+                             else repr(project.tracing.sampler_arg)),
         **asdict(project.runtime_of(version.name).settings()),
     )
 

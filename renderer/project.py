@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from runner.contract import (
     DEFAULT_ACK_WAIT,
@@ -224,10 +225,31 @@ class Network:
 
 @dataclass(frozen=True)
 class Monitoring:
-    """kai.yaml `monitoring:`: how Prometheus finds the pods' /metrics."""
+    """kai.yaml `monitoring:`: how Prometheus finds the pods' /metrics, and dashboards."""
 
     pod_monitor: bool = False  # a PodMonitor per version; else prometheus.io/* annotations
     labels: dict[str, str] = field(default_factory=dict)  # the PodMonitors' extra labels
+    # Grafana dashboards per version (renderer.dashboards), as ConfigMaps for its sidecar
+    dashboards: bool = False
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """kai.yaml `tracing:`: where the runner's processes send their spans (OTLP over gRPC).
+
+    No endpoint: no tracing at all. The runner gets these as OpenTelemetry's own variables
+    (runner.contract: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, ...).
+    """
+
+    endpoint: str = ""  # http(s)://host:port of an OTLP gRPC receiver; "": tracing is off
+    sampler: str = ""  # one of contract.TRACE_SAMPLERS; "": the SDK's parentbased_always_on
+    sampler_arg: float | None = None  # the ratio of the *traceidratio samplers
+    namespace: str = ""  # where the collector runs; the NetworkPolicy allows egress there
+
+    @property
+    def port(self) -> int:
+        """The endpoint's port (kai.yaml validation requires one); 0 without an endpoint."""
+        return (urlsplit(self.endpoint).port or 0) if self.endpoint else 0
 
 
 @dataclass(frozen=True)
@@ -269,6 +291,7 @@ class Project:
     root: Path = Path(".")
     network: Network = field(default_factory=Network)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    tracing: Tracing = field(default_factory=Tracing)
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)

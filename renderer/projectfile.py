@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -38,6 +39,7 @@ from .project import (
     Network,
     Project,
     Runtime,
+    Tracing,
     VersionState,
     published_conflict,
     published_conflicts,
@@ -131,8 +133,49 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     out += _runtime_problems(doc)
     out += _build_problems(doc)
     out += _network_problems(doc)
+    out += _tracing_problems(doc)
     out += schedulingfile.problems(doc)
     return out
+
+
+def _tracing_problems(doc: Document) -> list[Problem]:
+    """`tracing.endpoint` is an OTLP gRPC address; samplerArg goes with a ratio sampler."""
+    tracing = doc.data.get("tracing")
+    if tracing is None:
+        return []
+    out: list[Problem] = []
+    message = endpoint_problem(tracing["endpoint"])
+    if message:
+        out.append(doc.problem(("tracing", "endpoint"), message))
+    sampler = tracing.get("sampler", "")
+    if "samplerArg" in tracing and sampler not in contract.RATIO_SAMPLERS:
+        out.append(doc.problem(("tracing", "samplerArg"), (
+            f"is the ratio of the {' and '.join(contract.RATIO_SAMPLERS)} samplers, but the "
+            f"sampler is {sampler or 'parentbased_always_on (the default)'}; set sampler: "
+            "parentbased_traceidratio, or leave samplerArg out"), key=True))
+    return out
+
+
+def endpoint_problem(url: str) -> str:
+    """What is wrong with an OTLP gRPC endpoint ("" when nothing is)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f'"{url}" is not a URL with a valid port, like "http://otel-collector:4317"'
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return (f'"{url}" must be http://HOST:PORT (plaintext) or https://HOST:PORT (TLS), '
+                'like "http://otel-collector.observability.svc:4317"')
+    if "@" in parts.netloc:
+        return (f'"{url}" carries credentials, which would be committed in plain text; the '
+                "collector's address only")
+    if port is None:
+        return (f'"{url}" needs its port, like ":4317" (an OpenTelemetry Collector\'s OTLP '
+                "gRPC port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return (f'"{url}" has a path: OTLP over gRPC takes HOST:PORT only (/v1/traces is OTLP '
+                "over HTTP, usually on port 4318; the gRPC port is usually 4317)")
+    return ""
 
 
 def _build_problems(doc: Document) -> list[Problem]:
@@ -440,9 +483,18 @@ def _project(data: dict[str, Any], root: Path) -> Project:
         monitoring=Monitoring(
             pod_monitor=data.get("monitoring", {}).get("podMonitor") is True,
             labels=dict(data.get("monitoring", {}).get("labels", {})),
+            dashboards=data.get("monitoring", {}).get("dashboards") is True,
         ),
+        tracing=_tracing(data.get("tracing", {})),
         **schedulingfile.project_fields(data),
     )
+
+
+def _tracing(raw: dict[str, Any]) -> Tracing:
+    arg = raw.get("samplerArg")
+    return Tracing(endpoint=raw.get("endpoint", ""), sampler=raw.get("sampler", ""),
+                   sampler_arg=None if arg is None else float(arg),
+                   namespace=raw.get("namespace", ""))
 
 
 def _network(raw: dict[str, Any]) -> Network:
@@ -580,9 +632,24 @@ def project_data(project: Project) -> dict[str, Any]:
         monitoring: dict[str, Any] = {"podMonitor": project.monitoring.pod_monitor}
         if project.monitoring.labels:
             monitoring["labels"] = dict(sorted(project.monitoring.labels.items()))
+        if project.monitoring.dashboards:
+            monitoring["dashboards"] = True
         data["monitoring"] = monitoring
+    if project.tracing != Tracing():
+        data["tracing"] = _tracing_data(project.tracing)
     data["versions"] = versions
     return data
+
+
+def _tracing_data(tracing: Tracing) -> dict[str, Any]:
+    out: dict[str, Any] = {"endpoint": tracing.endpoint}
+    if tracing.sampler:
+        out["sampler"] = tracing.sampler
+    if tracing.sampler_arg is not None:
+        out["samplerArg"] = tracing.sampler_arg
+    if tracing.namespace:
+        out["namespace"] = tracing.namespace
+    return out
 
 
 def _network_data(network: Network) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import jinja2
 
 from runner import contract
 
-from . import __version__, checks, output
+from . import __version__, checks, dashboards, output
 from .giturl import flux_url
 from .images import kustomize_images
 from .krt import Version
@@ -287,7 +287,16 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
         objects.append(_ingress(project, plan))
     if project.monitoring.pod_monitor:
         objects.append(_podmonitor(project, plan))
+    if project.monitoring.dashboards:
+        objects.append(_dashboards(plan))
     return objects
+
+
+def _dashboards(plan: VersionPlan) -> dict[str, Any]:
+    """The version's Grafana dashboards (renderer.dashboards), for Grafana's sidecar."""
+    return render_template("dashboards", name=dashboards.configmap_name(plan.version),
+                           namespace=plan.namespace, labels=dashboards.configmap_labels(plan),
+                           data=dashboards.dashboards_data(plan))
 
 
 def version_tree(project: Project, version: Version, state: str | None = None) -> dict[str, bytes]:
@@ -298,6 +307,8 @@ def version_tree(project: Project, version: Version, state: str | None = None) -
     """
     try:
         plan = build_plan(project, version, state)
+    except dashboards.DashboardError as exc:
+        raise RenderError([exc.problem]) from None
     except PlanError as exc:
         raise RenderError([Problem(f"{VERSIONS_DIR}/{version.name}", message=str(exc))]) from None
     objects = render_version(project, plan)
@@ -322,6 +333,7 @@ def render_project_objects(project: Project) -> list[dict[str, Any]]:
             "networkpolicy", kind="default", name=f"{project.name}-default-deny",
             pod_selector={"app.kubernetes.io/part-of": project.name},
             nats_ports=nats_ports(project.nats.url), nats_namespace=project.nats.namespace,
+            tracing_port=project.tracing.port, tracing_namespace=project.tracing.namespace,
             ports=[], **common,
         ),
         render_template(

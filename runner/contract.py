@@ -50,6 +50,34 @@ ENV_MAX_MESSAGE = "KAI_MAX_MESSAGE"  # bytes: the largest request, step output o
 # the PEM file of the CAs that the server's certificate is checked against.
 ENV_NATS_AUTH_DIR = "KAI_NATS_AUTH_DIR"
 ENV_NATS_CA_FILE = "KAI_NATS_CA_FILE"
+# Optional: each finished span written as one JSON line to this file (OpenTelemetry's
+# ConsoleSpanExporter) instead of OTLP; for tests and for looking at traces without a
+# collector. It turns tracing on like an OTLP endpoint does (runner.tracing).
+ENV_TRACES_FILE = "KAI_TRACES_FILE"
+
+# --- OpenTelemetry's own names (tracing) ------------------------------------------------
+
+# Tracing is on when an OTLP endpoint is set (kai.yaml `tracing.endpoint`), or
+# ENV_TRACES_FILE, and OTEL_SDK_DISABLED is not "true". The SDK reads these variables
+# itself, and the other OTEL_* ones too (OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_* ...).
+OTEL_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"  # gRPC OTLP, e.g. http://collector:4317
+OTEL_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"  # for traces only; wins
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"  # <project>-<version>-<node|entrypoint>
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER"
+OTEL_TRACES_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
+OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
+# The samplers OTEL_TRACES_SAMPLER names (the SDK's built-in ones); the *traceidratio ones
+# take OTEL_TRACES_SAMPLER_ARG, a ratio from 0 to 1.
+TRACE_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+                  "parentbased_always_off", "parentbased_traceidratio")
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+def service_name(project: str, version: str, node: str | None) -> str:
+    """The OpenTelemetry service name of one process: <project>-<version>-<node>, or
+    <project>-<version>-entrypoint."""
+    return f"{project}-{version}-{node or ROLE_ENTRYPOINT}"
 
 # --- KRE 1.x names of the same settings ---------------------------------------------
 
@@ -142,8 +170,9 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats),
-# and HDR_REQUEST_ID when the client chose the request id.
+# A step message carries four: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY, HDR_PUBLISHED
+# (runner.transport.nats), HDR_REQUEST_ID when the client chose the request id, and the trace
+# context (HDR_TRACEPARENT, HDR_TRACESTATE) while tracing is on.
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<call id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
 HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<call id>"
@@ -152,6 +181,14 @@ HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
 HDR_REQUEST_ID = "Kai-Request-Id"  # the client's x-request-id, when it sent one
 HDR_WORKFLOW = "Kai-Workflow"  # no longer sent: the subject names the workflow
 HDR_CLAIM = "Kai-Claim"  # a payload too large for one message: its object in claims_bucket
+# When the step's message was published (unix seconds, a decimal string): the node's queue
+# wait is from this to its handler's start. Every step message carries it.
+HDR_PUBLISHED = "Kai-Published"
+# W3C trace context (https://www.w3.org/TR/trace-context/), only while tracing is on: the
+# span of the process that published the step (the entrypoint's, or the previous node's).
+# The entrypoint reads the same keys from the client's gRPC metadata.
+HDR_TRACEPARENT = "traceparent"
+HDR_TRACESTATE = "tracestate"
 
 # --- request ids -------------------------------------------------------------
 
@@ -383,7 +420,35 @@ class RunnerEnv:
     max_message: int = DEFAULT_MAX_MESSAGE
     nats_auth_dir: str = ""  # empty: no credentials
     nats_ca_file: str = ""  # empty: the system's CAs
+    # tracing (OpenTelemetry's variables): the OTLP endpoint ("": none), the sampler and its
+    # argument ("": the SDK's default, parentbased_always_on), and ENV_TRACES_FILE
+    tracing_endpoint: str = ""
+    tracing_sampler: str = ""
+    tracing_sampler_arg: str = ""
+    traces_file: str = ""
+    tracing_disabled: bool = False  # OTEL_SDK_DISABLED=true
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the process traces: an endpoint or a traces file, and not disabled."""
+        return bool(self.tracing_endpoint or self.traces_file) and not self.tracing_disabled
+
+    def tracing_environ(self) -> dict[str, str]:
+        """OpenTelemetry's variables for these settings (none without an endpoint)."""
+        if not self.tracing_endpoint:
+            return {}
+        env = {
+            OTEL_ENDPOINT: self.tracing_endpoint,
+            OTEL_SERVICE_NAME: service_name(self.project, self.version, self.node),
+            OTEL_RESOURCE_ATTRIBUTES: (f"service.namespace={self.project},"
+                                       f"service.version={self.version}"),
+        }
+        if self.tracing_sampler:
+            env[OTEL_TRACES_SAMPLER] = self.tracing_sampler
+        if self.tracing_sampler_arg:
+            env[OTEL_TRACES_SAMPLER_ARG] = self.tracing_sampler_arg
+        return env
 
     def to_environ(self) -> dict[str, str]:
         """The variables, as strings, in a stable order, with their KRE_ALIASES."""
@@ -418,6 +483,9 @@ class RunnerEnv:
             env[ENV_NATS_AUTH_DIR] = self.nats_auth_dir
         if self.nats_ca_file:
             env[ENV_NATS_CA_FILE] = self.nats_ca_file
+        if self.traces_file:
+            env[ENV_TRACES_FILE] = self.traces_file
+        env.update(self.tracing_environ())
         env.update(self.extra)
         env.update(kre_aliases(env))
         return dict(sorted(env.items()))
@@ -463,6 +531,11 @@ class RunnerEnv:
                 max_message=_at_least_one(e, ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE),
                 nats_auth_dir=e.get(ENV_NATS_AUTH_DIR, ""),
                 nats_ca_file=e.get(ENV_NATS_CA_FILE, ""),
+                tracing_endpoint=e.get(OTEL_TRACES_ENDPOINT) or e.get(OTEL_ENDPOINT) or "",
+                tracing_sampler=e.get(OTEL_TRACES_SAMPLER, ""),
+                tracing_sampler_arg=e.get(OTEL_TRACES_SAMPLER_ARG, ""),
+                traces_file=e.get(ENV_TRACES_FILE, ""),
+                tracing_disabled=e.get(OTEL_SDK_DISABLED, "").strip().lower() == "true",
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None

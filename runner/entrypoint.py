@@ -54,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pb2
@@ -64,7 +64,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from . import contract, metrics
-from .process import RunnerProcess
+from .process import RunnerProcess, tracing_from_env
 from .proto import CompiledProto, ProtoError, compile_proto
 from .readiness import NodeWatch, steps_of
 from .transport import (
@@ -84,6 +84,9 @@ from .transport import (
     step_headers,
 )
 from .web import Response
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("runner.entrypoint")
 
@@ -220,8 +223,9 @@ class Entrypoint(RunnerProcess):
     """Serve each workflow's rpc over gRPC; pass calls on to step 0, await the last node."""
 
     def __init__(self, env: contract.RunnerEnv, compiled: CompiledProto,
-                 bindings: list[Binding], transport: Transport) -> None:
-        super().__init__(env, transport)
+                 bindings: list[Binding], transport: Transport,
+                 tracing: Tracing | None = None) -> None:
+        super().__init__(env, transport, tracing)
         self.compiled = compiled
         self.bindings = bindings
         self.inbox = ""
@@ -347,8 +351,13 @@ class Entrypoint(RunnerProcess):
     # --- the rpc --------------------------------------------------------------------------
 
     def _rpc(self, b: Binding) -> Callable[[bytes, RpcContext], Awaitable[bytes]]:
-        requests = {code: metrics.REQUESTS.labels(b.rpc, code.name) for code in grpc.StatusCode}
-        latency = metrics.REQUEST_SECONDS.labels(b.rpc)
+        version = self.env.version
+        requests = {code: metrics.REQUESTS.labels(version, b.rpc, code.name)
+                    for code in grpc.StatusCode}
+        latency = {code: metrics.REQUEST_SECONDS.labels(version, b.rpc, code.name)
+                   for code in grpc.StatusCode}
+        # chosen once: without tracing a call makes no span and its messages no trace headers
+        run = self._call if self.tracing is None else self._traced_call
 
         async def call(request: bytes, context: RpcContext) -> bytes:
             started = time.perf_counter()
@@ -356,16 +365,25 @@ class Entrypoint(RunnerProcess):
             request_id = self._request_id(context, call_id)
             await context.send_initial_metadata(((contract.REQUEST_ID_METADATA, request_id),))
             try:
-                payload = await self._call(b, request, context, call_id, request_id)
+                payload = await run(b, request, context, call_id, request_id)
             except StepError as error:
                 requests[error.code].inc()
-                latency.observe(time.perf_counter() - started)
+                latency[error.code].observe(time.perf_counter() - started)
                 await context.abort(error.code, error.message)
             requests[grpc.StatusCode.OK].inc()
-            latency.observe(time.perf_counter() - started)
+            latency[grpc.StatusCode.OK].observe(time.perf_counter() - started)
             return payload
 
         return call
+
+    async def _traced_call(self, b: Binding, request: bytes, context: RpcContext,
+                           call_id: str, request_id: str) -> bytes:
+        """:meth:`_call` in the rpc's span (runner.tracing), whose context its step carries."""
+        assert self.tracing is not None
+        span = self.tracing.rpc_span(b.service, b.rpc, b.workflow.name, request_id,
+                                     context.invocation_metadata())
+        return await self.tracing.run(span, self._call(b, request, context, call_id,
+                                                       request_id))
 
     def _request_id(self, context: RpcContext, call_id: str) -> str:
         """The client's x-request-id when it is valid (contract.valid_request_id), else
@@ -415,6 +433,8 @@ class Entrypoint(RunnerProcess):
         envelope = any_pb2.Any(type_url=b.type_url, value=request).SerializeToString()
         headers = step_headers(call_id, 0, f"{deadline:.6f}", self._reply_prefix + call_id,
                                request_id)
+        if self.tracing is not None:
+            self.tracing.inject(headers)
         size = t.oversize(envelope, headers)
         if size:
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -520,11 +540,16 @@ class Entrypoint(RunnerProcess):
         await self.close(0.1)
 
 
-def prepare(env: contract.RunnerEnv, transport: Transport | None = None) -> Entrypoint:
-    """Compile the proto and bind the rpcs (everything that can fail before serving)."""
+def prepare(env: contract.RunnerEnv, transport: Transport | None = None,
+            tracing: Tracing | None = None) -> Entrypoint:
+    """Compile the proto and bind the rpcs (everything that can fail before serving).
+
+    `tracing`: the process's (runner.tracing); None takes it from the environment (none
+    when it does not turn tracing on)."""
     try:
         compiled = compile_proto(Path(env.version_dir), env.proto)
     except ProtoError as exc:
         raise EntrypointError(f"the proto {env.proto} does not compile: {exc}") from None
     bindings = bind(env, compiled)
-    return Entrypoint(env, compiled, bindings, transport or open_transport(env))
+    return Entrypoint(env, compiled, bindings, transport or open_transport(env),
+                      tracing or tracing_from_env(env))

@@ -21,6 +21,11 @@ kept alive (``in_progress`` every ack wait / 4), so only a dead replica's work i
 again. A handler that raises ``sdk.Abort`` answers its code and message; any other
 exception answers INTERNAL ``node <name>: <message>``. Sync handlers run in a thread pool.
 
+Metrics (runner.metrics): per route, the step's time, the handler's, and the queue wait
+before it (HDR_PUBLISHED to the handler's start). Tracing (runner.tracing, only when the
+environment turns it on): each step runs in a CONSUMER span, a child of the context its
+message carries, and its output's message carries this span's.
+
 A node process does not import grpc (about 9 MB of memory): the status codes of its errors
 are looked up when an error happens (``StepError.of``), and a handler that raises ``Abort``
 has imported grpc itself.
@@ -46,13 +51,13 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from . import contract, metrics
-from .process import RunnerProcess
+from .process import RunnerProcess, tracing_from_env
 from .proto import ProtoError, compile_proto, generate_pb2
 from .sdk import NO_SCOPE, SCOPE, Abort, Context, Scope, Sink
 from .transport import (
@@ -64,6 +69,9 @@ from .transport import (
     publish_until,
     step_headers,
 )
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("runner.node")
 
@@ -377,6 +385,15 @@ def _handler_error(name: str, exc: Exception) -> StepError:
 # --- the running node -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Timers:
+    """A route's histograms (runner.metrics), labelled once."""
+
+    step: Any
+    handler: Any
+    queue_wait: Any
+
+
 @dataclass(slots=True)
 class _Working:
     """A delivery being worked on, and when it was last kept alive (monotonic seconds)."""
@@ -389,8 +406,8 @@ class NodeProcess(RunnerProcess):
     """One node process: a consumer per route, the handler on each delivery."""
 
     def __init__(self, env: contract.RunnerEnv, mod: NodeModule, routes: list[Route],
-                 transport: Transport) -> None:
-        super().__init__(env, transport)
+                 transport: Transport, tracing: Tracing | None = None) -> None:
+        super().__init__(env, transport, tracing)
         self.mod = mod
         self.routes = routes
         self.concurrency = env.concurrency
@@ -400,13 +417,13 @@ class NodeProcess(RunnerProcess):
         self._inflight: dict[int, _Working] = {}  # by id(delivery)
         self._ticker: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
-        self._latency: Any = None
         self.pb2_dir: Path | None = None  # the generated modules, deleted by stop()
 
     def _count(self, route: Route, outcome: str) -> None:
         counter = self._counters.get((route.workflow, outcome))
         if counter is None:
-            counter = metrics.MESSAGES.labels(self.name, route.workflow, outcome)
+            counter = metrics.MESSAGES.labels(self.env.version, route.workflow, self.name,
+                                              outcome)
             self._counters[(route.workflow, outcome)] = counter
         counter.inc()
 
@@ -415,7 +432,6 @@ class NodeProcess(RunnerProcess):
         return self.env.node or ""
 
     async def start(self) -> None:
-        self._latency = metrics.HANDLER_SECONDS.labels(self.name)
         web = await self.start_web(self.env.web_port)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
                                         thread_name_prefix=f"node-{self.name}")
@@ -480,31 +496,55 @@ class NodeProcess(RunnerProcess):
                         pass
 
     def _handler_for(self, route: Route) -> Callable[[Delivery], Any]:
-        return functools.partial(self._handle, route=route)
+        labels = (self.env.version, route.workflow, self.name)
+        timers = _Timers(metrics.STEP_SECONDS.labels(*labels),
+                         metrics.HANDLER_SECONDS.labels(*labels),
+                         metrics.QUEUE_WAIT_SECONDS.labels(*labels))
+        if self.tracing is None:  # chosen once: no span, no trace headers per message
+            return functools.partial(self._handle, route=route, timers=timers)
+        attributes = self.tracing.step_attributes(
+            route.workflow, self.name, route.step,
+            contract.step_subject(self.env.project, self.env.version, route.workflow,
+                                  route.step))
+        return functools.partial(self._traced_handle, route=route, timers=timers,
+                                 attributes=attributes)
+
+    async def _traced_handle(self, d: Delivery, route: Route, timers: _Timers,
+                             attributes: dict[str, Any]) -> None:
+        """:meth:`_handle` in the step's span (runner.tracing), a child of the one whose
+        context the message carries; the next step's message carries this one's."""
+        assert self.tracing is not None
+        span = self.tracing.step_span(self.name, route.workflow, d.headers, attributes,
+                                      d.request_id)
+        await self.tracing.run(span, self._handle(d, route, timers))
 
     async def _fail(self, d: Delivery, route: Route, error: StepError) -> None:
         log.warning("request %s: %s %s", d.request_id, error.code.name, error.message)
+        if self.tracing is not None:
+            self.tracing.current_failed(error)
         reply = d.reply
         if reply:
             await self.transport.reply_error(reply, error)
         await d.ack()
         self._count(route, _outcome(error))
 
-    async def _handle(self, d: Delivery, route: Route) -> None:
+    async def _handle(self, d: Delivery, route: Route, timers: _Timers) -> None:
         key = id(d)
-        self._inflight[key] = _Working(d, time.monotonic())
+        taken = time.monotonic()
+        self._inflight[key] = _Working(d, taken)
         # The request's scope for all of its handling: ctx.logger lines outside the
         # handler (its failure) carry the request id too.
         scope = SCOPE.set(Scope(d.request_id, route.workflow))
         try:
-            await self._step(d, route)
+            await self._step(d, route, timers)
         except StepError as error:
             await self._fail(d, route, error)
         finally:
             del self._inflight[key]
             SCOPE.reset(scope)
+            timers.step.observe(time.monotonic() - taken)
 
-    async def _step(self, d: Delivery, route: Route) -> None:
+    async def _step(self, d: Delivery, route: Route, timers: _Timers) -> None:
         deadline = d.deadline
         if deadline and time.time() >= deadline:
             await d.ack()
@@ -523,6 +563,9 @@ class NodeProcess(RunnerProcess):
                 got = data.TypeName() or "nothing"
                 raise StepError.of("INTERNAL", f"node {name}: received {got}, but its handler's "
                                    f"data is annotated {arg.DESCRIPTOR.full_name}")
+        published = d.published
+        if published:
+            timers.queue_wait.observe(max(0.0, time.time() - published))
         started = time.perf_counter()
         try:
             out = await invoke(self.mod.handler, self.mod.handler_async, self._pool,
@@ -532,7 +575,7 @@ class NodeProcess(RunnerProcess):
                 self.ctx.logger.exception("handler failed")  # type: ignore[union-attr]
             raise _handler_error(name, exc) from None
         finally:
-            self._latency.observe(time.perf_counter() - started)
+            timers.handler.observe(time.perf_counter() - started)
         if deadline and time.time() >= deadline:
             await d.ack()  # the entrypoint has answered DEADLINE_EXCEEDED already
             self._count(route, metrics.EXPIRED)
@@ -574,6 +617,8 @@ class NodeProcess(RunnerProcess):
         headers = step_headers(d.call_id, route.next_step,
                                d.deadline_header or repr(time.time() + self.env.request_timeout),
                                d.reply, d.request_id)
+        if self.tracing is not None:
+            self.tracing.inject(headers)
         size = self.transport.oversize(payload, headers)
         if size:
             raise StepError.of("RESOURCE_EXHAUSTED",
@@ -608,15 +653,20 @@ class NodeProcess(RunnerProcess):
             self.pb2_dir = None
 
 
-def prepare(env: contract.RunnerEnv, transport: Transport | None = None) -> NodeProcess:
-    """Everything that can fail before connecting: pb2, module, handler, routes."""
+def prepare(env: contract.RunnerEnv, transport: Transport | None = None,
+            tracing: Tracing | None = None) -> NodeProcess:
+    """Everything that can fail before connecting: pb2, module, handler, routes.
+
+    `tracing`: the process's (runner.tracing); None takes it from the environment (none
+    when it does not turn tracing on)."""
     if not env.node:
         raise StartupError(f"{contract.ENV_NODE} is not set: which node is this?")
     pb2 = prepare_pb2(env)
     try:
         mod = load_module(env)
         routes = routes_of(env)
-        proc = NodeProcess(env, mod, routes, transport or open_transport(env))
+        proc = NodeProcess(env, mod, routes, transport or open_transport(env),
+                           tracing or tracing_from_env(env))
     except BaseException:
         remove_pb2(pb2)
         raise

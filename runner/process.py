@@ -7,7 +7,9 @@ and it is not stopping (the entrypoint adds that every node takes work: runner.r
 or when the broker seems to have lost a stream or the consumer's requests,
 :meth:`ensure_soon` re-creates them in the background (:class:`Reensure`), one series at a
 time, with backoff.
-Settings (bind host, concurrency, ack wait ...) come from ``contract.RunnerEnv``.
+Settings (bind host, concurrency, ack wait ...) come from ``contract.RunnerEnv``. A process
+traces (``tracing``, runner.tracing) only when its environment turns tracing on, and
+exports the spans still waiting when it closes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,26 @@ import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from . import contract
 from .transport import ConnectionEvents, Transport
 from .web import Route, WebServer
 
+if TYPE_CHECKING:
+    from .tracing import Tracing
+
 log = logging.getLogger("runner.process")
+
+
+def tracing_from_env(env: contract.RunnerEnv) -> Tracing | None:
+    """The process's tracing (runner.tracing) when its environment turns tracing on, else
+    None; OpenTelemetry is imported only then."""
+    if not env.tracing:
+        return None
+    from . import tracing
+
+    return tracing.from_env(env)
 
 
 class Reensure:
@@ -59,9 +75,11 @@ class Reensure:
 class RunnerProcess(abc.ABC):
     """The base of the entrypoint and the node: connection state, re-ensure, probes."""
 
-    def __init__(self, env: contract.RunnerEnv, transport: Transport) -> None:
+    def __init__(self, env: contract.RunnerEnv, transport: Transport,
+                 tracing: Tracing | None = None) -> None:
         self.env = env
         self.transport = transport
+        self.tracing = tracing  # None: tracing is off (the untraced code paths)
         self.connected = False
         self.streams_ok = False
         self.started = False
@@ -146,3 +164,12 @@ class RunnerProcess(abc.ABC):
         await self.transport.close(flush_timeout=max(0.1, min(2.0, grace)))
         if self.web is not None:
             await self.web.close()
+        if self.tracing is not None:  # export the spans still waiting
+            from .tracing import SHUTDOWN_TIMEOUT
+
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.tracing.shutdown),
+                                       SHUTDOWN_TIMEOUT + 1.0)
+            except Exception as exc:
+                log.warning("tracing: the last spans were not exported: %s",
+                            exc or type(exc).__name__)

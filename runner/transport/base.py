@@ -181,7 +181,8 @@ class ConsumerState:
 def step_headers(call_id: str, step: int, deadline: str, reply: str,
                  request_id: str = "") -> dict[str, str]:
     """The headers of a step's input: message id ``"<call id>:<step>"``, deadline (unix
-    seconds), reply subject, and HDR_REQUEST_ID when the request id is not the call id.
+    seconds), reply subject, the time it is published (HDR_PUBLISHED: now, unix seconds), and
+    HDR_REQUEST_ID when the request id is not the call id.
 
     The call id is unique per rpc call (it keys the reply and de-duplicates a republished
     step); the request id is what node code, logs and records see (``ctx.request_id``). They
@@ -192,6 +193,7 @@ def step_headers(call_id: str, step: int, deadline: str, reply: str,
         contract.HDR_MSG_ID: f"{call_id}:{step}",
         contract.HDR_DEADLINE: deadline,
         contract.HDR_REPLY: reply,
+        contract.HDR_PUBLISHED: f"{time.time():.6f}",
     }
     if request_id and request_id != call_id:
         headers[contract.HDR_REQUEST_ID] = request_id
@@ -262,6 +264,15 @@ class Delivery(abc.ABC):
     def deadline(self) -> float:
         """The absolute deadline in unix seconds; 0.0 when there is none (or it is not a number)."""
         raw = self.headers.get(contract.HDR_DEADLINE)
+        try:
+            return float(raw) if raw else 0.0
+        except ValueError:
+            return 0.0
+
+    @property
+    def published(self) -> float:
+        """When the message was published (unix seconds, HDR_PUBLISHED); 0.0 when unknown."""
+        raw = self.headers.get(contract.HDR_PUBLISHED)
         try:
             return float(raw) if raw else 0.0
         except ValueError:

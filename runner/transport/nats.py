@@ -17,11 +17,13 @@
 Wire protocol (see also runner.contract for the names):
 
 * step input (JetStream, subject ``step_subject(p, v, wf, i)``): payload a serialized
-  ``google.protobuf.Any``; three headers: Nats-Msg-Id ``"{call_id}:{step}"`` (so a
+  ``google.protobuf.Any``; four headers: Nats-Msg-Id ``"{call_id}:{step}"`` (so a
   redelivered step publishes no duplicate, and where a node reads the request id from),
-  HDR_DEADLINE (absolute unix seconds) and HDR_REPLY, the subject of the answer:
-  ``"{entrypoint inbox}.{call_id}"``; a fourth, HDR_REQUEST_ID, only when the client chose
-  the request id (``x-request-id``), which then differs from the call id;
+  HDR_DEADLINE (absolute unix seconds), HDR_REPLY, the subject of the answer:
+  ``"{entrypoint inbox}.{call_id}"``, and HDR_PUBLISHED (unix seconds: the node's queue
+  wait starts there); HDR_REQUEST_ID only when the client chose the request id
+  (``x-request-id``), which then differs from the call id; and, while tracing is on, the
+  W3C trace context (``traceparent``, ``tracestate``: runner.tracing);
 * reply (core NATS, to HDR_REPLY): on success no headers at all, the payload is the
   serialized rpc response; otherwise HDR_STATUS (a grpc.StatusCode name) and HDR_ERROR.
   The entrypoint matches the answer to its call by the last token of the subject;

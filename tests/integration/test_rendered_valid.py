@@ -25,6 +25,7 @@ from renderer.project import (
     Nats,
     Network,
     Project,
+    Tracing,
     VersionState,
 )
 from renderer.render import RenderError, kustomization, render_deploy, render_project
@@ -253,7 +254,8 @@ def test_kubeconform_offline(repo: tuple[Project, dict[str, Version]]) -> None:
 @pytest.fixture
 def opened(repo: tuple[Project, dict[str, Version]]) -> tuple[Project, dict[str, Version]]:
     """The same repo with every network and monitoring setting: egress rules of each kind
-    (project-wide and for one version), metrics, ingressFrom and PodMonitors."""
+    (project-wide and for one version), metrics, ingressFrom, PodMonitors, dashboards and
+    tracing (its egress)."""
     project, versions = repo
     rules = (
         EgressRule((EgressPort(443),), cidr="0.0.0.0/0", excluded=("10.0.0.0/8",)),
@@ -269,7 +271,9 @@ def opened(repo: tuple[Project, dict[str, Version]]) -> tuple[Project, dict[str,
         project, versions=states,
         network=Network(egress=rules, metrics_namespace="monitoring",
                         ingress_from="ingress-nginx"),
-        monitoring=Monitoring(pod_monitor=True, labels={"release": "kube-prometheus-stack"}))
+        monitoring=Monitoring(pod_monitor=True, labels={"release": "kube-prometheus-stack"},
+                              dashboards=True),
+        tracing=Tracing("http://otel-collector.observability.svc:4317", namespace="observability"))
     return project, versions
 
 
@@ -281,7 +285,8 @@ def test_network_and_monitoring_pass_the_real_tools(
     names = {Path(f).name for f in files}
     assert {"networkpolicy-demo-egress.yaml", "networkpolicy-demo-metrics-ingress.yaml",
             "networkpolicy-greeter-v2-egress.yaml", "podmonitor-greeter-v1.yaml",
-            "podmonitor-greeter-v2.yaml", "podmonitor-room-v1.yaml"} <= names
+            "podmonitor-greeter-v2.yaml", "podmonitor-room-v1.yaml",
+            "configmap-greeter-v1-dashboards.yaml", "configmap-room-v1-dashboards.yaml"} <= names
     _validate_strict(project, files)
     assert checks.check_files(read_tree(target), project.kubernetes_version) == []
     if shutil.which("kubectl"):

@@ -208,14 +208,18 @@ def test_web_endpoints(chain: tuple[Version, NatsServer]) -> None:
     assert status == 200 and "service Greeter" in body
     status, body = http_get(ep.web_port, "/metrics")
     assert status == 200
-    assert 'kai_entrypoint_requests_total{code="OK",rpc="Greet"}' in body
-    assert "kai_entrypoint_request_seconds_bucket" in body
+    assert 'kai_entrypoint_requests_total{code="OK",rpc="Greet",version="v1"}' in body
+    assert 'kai_entrypoint_request_seconds_bucket{code="OK",le="+Inf",rpc="Greet",version="v1"}' \
+        in body
     assert http_get(ep.web_port, "/nope")[0] == 404
     node = version.procs[1]
     assert http_get(node.web_port, "/readyz")[0] == 200
     status, body = http_get(node.web_port, "/metrics")
-    assert 'kai_node_messages_total{node="etl",outcome="ok",workflow="greet"}' in body
-    assert "kai_node_handler_seconds_bucket" in body
+    assert 'kai_node_messages_total{node="etl",outcome="ok",version="v1",workflow="greet"}' \
+        in body
+    for metric in ("handler", "step", "queue_wait"):
+        assert f'kai_node_{metric}_seconds_count{{node="etl",version="v1",workflow="greet"}}' \
+            in body
 
 
 def test_records_are_stored_in_the_data_stream(chain: tuple[Version, NatsServer]) -> None:

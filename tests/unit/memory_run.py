@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,16 @@ class MemoryRun:
     entrypoint: Entrypoint | None = None
     nodes: dict[str, list[node.NodeProcess]] = field(default_factory=dict)
     channel: grpc.aio.Channel | None = None
+    # each process's runner.tracing.Tracing, made from its environment (None: from the
+    # environment, as a real process)
+    tracing_for: Callable[[contract.RunnerEnv], Any] | None = None
+
+    def _tracing(self, env: contract.RunnerEnv) -> Any:
+        return self.tracing_for(env) if self.tracing_for is not None else None
 
     async def start_entrypoint(self, transport: MemoryTransport | None = None) -> Entrypoint:
-        ep = prepare_entrypoint(self.env, transport or MemoryTransport(self.broker, self.env))
+        ep = prepare_entrypoint(self.env, transport or MemoryTransport(self.broker, self.env),
+                                self._tracing(self.env))
         await ep.start()
         self.entrypoint = ep
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{ep.grpc_port}")
@@ -52,7 +59,7 @@ class MemoryRun:
 
     async def start_node(self, name: str) -> node.NodeProcess:
         env = replace(self.env, node=name, handler=f"src/{name}.py")
-        proc = node.prepare(env, MemoryTransport(self.broker, env))
+        proc = node.prepare(env, MemoryTransport(self.broker, env), self._tracing(env))
         await proc.start()
         self.nodes.setdefault(name, []).append(proc)
         return proc
@@ -89,6 +96,7 @@ class MemoryRun:
 async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None = None,
                      replicas: dict[str, int] | None = None, start: bool = True,
                      broker: MemoryBroker | None = None,
+                     tracing_for: Callable[[contract.RunnerEnv], Any] | None = None,
                      **env: Any) -> AsyncIterator[MemoryRun]:
     """A version with `nodes` (name -> source) in one workflow `chain` (default: their order)."""
     vdir = root / "version"
@@ -104,7 +112,7 @@ async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None 
         bind_host="127.0.0.1", config_dir=str(root / "config"), **env)
     saved_path = list(sys.path)
     run = MemoryRun(root, renv, broker or MemoryBroker(),
-                    compile_proto(vdir, "proto/logic.proto"))
+                    compile_proto(vdir, "proto/logic.proto"), tracing_for=tracing_for)
     try:
         if start:
             await run.start_entrypoint()

@@ -190,7 +190,8 @@ def test_monitoring_in_kai_yaml(tmp_path: Path) -> None:
     assert [str(p) for p in info.value.problems] == [
         'kai.yaml:4:15: monitoring.podMonitor: expected true or false, got a string ("yes '
         'please")',
-        'kai.yaml:6:3: monitoring.scrape: unknown field "scrape"; allowed: podMonitor, labels',
+        'kai.yaml:6:3: monitoring.scrape: unknown field "scrape"; allowed: podMonitor, labels, '
+        'dashboards',
     ]
     (tmp_path / "kai.yaml").write_text(
         head + "monitoring:\n  podMonitor: true\n  labels: {app.kubernetes.io/name: x}\n")
