@@ -21,6 +21,7 @@ from runner.contract import (
     DEFAULT_REQUEST_TIMEOUT,
 )
 
+from .autoscaling import DEFAULT_ACCOUNT, AutoscalingSettings
 from .krt import Config
 from .scheduling import Gpu, ProcessSettings, Resources, Scheduling
 
@@ -249,6 +250,9 @@ class Nats:
     storage: str = "file"
     auth_secret: str = ""  # nats.auth.secret: the Secret with the runner's NATS credentials
     ca_secret: str = ""  # nats.tls.caSecret: the Secret with the CA of NATS's certificate
+    # where KEDA reads /jsz (renderer.autoscaling.monitoring_endpoint); "": url's host, 8222
+    monitoring: str = ""
+    account: str = DEFAULT_ACCOUNT  # the NATS account of the runner's streams, for KEDA
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ class Project:
     root: Path = Path(".")
     network: Network = field(default_factory=Network)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)

@@ -50,6 +50,9 @@ ENV_MAX_MESSAGE = "KAI_MAX_MESSAGE"  # bytes: the largest request, step output o
 # the PEM file of the CAs that the server's certificate is checked against.
 ENV_NATS_AUTH_DIR = "KAI_NATS_AUTH_DIR"
 ENV_NATS_CA_FILE = "KAI_NATS_CA_FILE"
+# Optional, entrypoint only: comma-separated nodes that may have no replica at all (autoscaled
+# to zero). The entrypoint keeps their consumers and is ready without a replica pulling.
+ENV_SCALE_TO_ZERO = "KAI_SCALE_TO_ZERO"
 
 # --- KRE 1.x names of the same settings ---------------------------------------------
 
@@ -383,6 +386,7 @@ class RunnerEnv:
     max_message: int = DEFAULT_MAX_MESSAGE
     nats_auth_dir: str = ""  # empty: no credentials
     nats_ca_file: str = ""  # empty: the system's CAs
+    scale_to_zero: tuple[str, ...] = ()  # entrypoint: nodes that may have no replica
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_environ(self) -> dict[str, str]:
@@ -418,6 +422,8 @@ class RunnerEnv:
             env[ENV_NATS_AUTH_DIR] = self.nats_auth_dir
         if self.nats_ca_file:
             env[ENV_NATS_CA_FILE] = self.nats_ca_file
+        if self.scale_to_zero:
+            env[ENV_SCALE_TO_ZERO] = ",".join(self.scale_to_zero)
         env.update(self.extra)
         env.update(kre_aliases(env))
         return dict(sorted(env.items()))
@@ -463,6 +469,7 @@ class RunnerEnv:
                 max_message=_at_least_one(e, ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE),
                 nats_auth_dir=e.get(ENV_NATS_AUTH_DIR, ""),
                 nats_ca_file=e.get(ENV_NATS_CA_FILE, ""),
+                scale_to_zero=_split(e.get(ENV_SCALE_TO_ZERO, "")),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None

@@ -353,3 +353,53 @@ def test_resources_and_scheduling_pass_the_real_tools(tmp_path: Path) -> None:
         assert built.returncode == 0, built.stderr
         kinds = {o["kind"] for o in yaml.safe_load_all(built.stdout) if o}
         assert "PodDisruptionBudget" in kinds
+
+
+@pytest.mark.parametrize("engine", ["keda", "hpa"])
+def test_autoscaling_passes_the_real_tools(tmp_path: Path, engine: str) -> None:
+    """Autoscaled nodes (a ScaledObject each with engine keda, an HPA with hpa) and an
+    autoscaled entrypoint (an HPA): the HPAs pass kubernetes-validate --strict, the
+    ScaledObjects the bundled KEDA CRD schema, and kubectl kustomize builds the tree; the
+    autoscaled Deployments name no replicas."""
+    from renderer.autoscaling import AutoscalingOverride, AutoscalingSettings
+
+    base = _version(tmp_path, "greeter-v1")
+    low = 0 if engine == "keda" else 1
+    nodes = (replace(base.nodes[0], autoscaling=AutoscalingOverride(low, 6, 4)), base.nodes[1])
+    versions = {"greeter-v1": replace(base, nodes=nodes)}
+    project = Project(
+        name="demo", namespace="demo", images=default_images(), root=tmp_path,
+        autoscaling=AutoscalingSettings(engine),
+        nats=Nats(monitoring="nats-headless.kai-system.svc:8222"),
+        versions={"greeter-v1": VersionState(
+            "published",
+            entrypoint=ProcessSettings(autoscaling=AutoscalingOverride(2, 5, cpu_utilization=70)),
+            nodes={"model": ProcessSettings(autoscaling=AutoscalingOverride(max_replicas=2))})},
+    )
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    names = {Path(f).name for f in files}
+    scalers = {"scaledobject-greeter-v1-etl.yaml", "scaledobject-greeter-v1-model.yaml"}
+    hpas = {"horizontalpodautoscaler-greeter-v1-etl.yaml",
+            "horizontalpodautoscaler-greeter-v1-model.yaml"}
+    assert "horizontalpodautoscaler-greeter-v1-entrypoint.yaml" in names
+    assert (scalers if engine == "keda" else hpas) <= names
+    assert not (hpas if engine == "keda" else scalers) & names
+    script = Path(sys.executable).parent / "kubernetes-validate"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cli, "--strict", "-k", project.kubernetes_version, "--quiet", *files],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    warned = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("WARN")}
+    assert all(Path(f).name.startswith("scaledobject-") for f in warned)  # a CRD it lacks
+    assert checks.check_files(read_tree(target), project.kubernetes_version) == []
+    for name in ("entrypoint", "etl", "model"):
+        dep = yaml.safe_load((target / f"greeter-v1/deployment-greeter-v1-{name}.yaml").read_text())
+        assert "replicas" not in dep["spec"]
+    if shutil.which("kubectl") is not None:
+        built = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                               text=True, check=False)
+        assert built.returncode == 0, built.stderr
+        kinds = [o["kind"] for o in yaml.safe_load_all(built.stdout) if o]
+        assert kinds.count("HorizontalPodAutoscaler") == (1 if engine == "keda" else 3)
+        assert kinds.count("ScaledObject") == (2 if engine == "keda" else 0)
