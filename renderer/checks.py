@@ -11,7 +11,9 @@
   have their required fields checked in code;
 * the Prometheus Operator's PodMonitor is checked against its CRD's schema, bundled in
   `renderer/schemas/` (where it came from is in its `$comment`), read strictly (no
-  unknown fields), and for what the CRD leaves optional but a scrape needs.
+  unknown fields), and for what the CRD leaves optional but a scrape needs;
+* so is KEDA's ScaledObject, and for the CRD's own CEL rule (minReplicaCount at most
+  maxReplicaCount) and what KEDA's nats-jetstream scaler needs of a trigger's metadata.
 
 Every finding is a :class:`~renderer.problems.Problem` named after the file it
 is in: `rendered/<project>/<file>: <field path>: <message>`.
@@ -327,13 +329,18 @@ def crd_validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
-    problems = [
+def _crd_problems(file: str, obj: Obj, schema: str, kind: str) -> list[Problem]:
+    """The errors of `obj` against the bundled CRD schema `schema`, read strictly."""
+    return [
         Problem(file, path=_field_path(error.absolute_path) or "(object)",
-                message=f"{error.message} (the PodMonitor CRD schema, strict)")
-        for error in sorted(crd_validator(PODMONITOR_SCHEMA).iter_errors(obj),
+                message=f"{error.message} (the {kind} CRD schema, strict)")
+        for error in sorted(crd_validator(schema).iter_errors(obj),
                             key=lambda e: list(map(str, e.path)))
     ]
+
+
+def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
+    problems = _crd_problems(file, obj, PODMONITOR_SCHEMA, "PodMonitor")
     problems += _require(file, obj, {"metadata.name": str, "spec.podMetricsEndpoints": list})
     if _get(obj, "spec.podMetricsEndpoints") == []:
         problems.append(Problem(file, path="spec.podMetricsEndpoints",
@@ -354,6 +361,48 @@ def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
     return problems
 
 
+SCALEDOBJECT_SCHEMA = "scaledobject-keda-v1alpha1.crd.json"
+SCALEDOBJECT_API_VERSION = "keda.sh/v1alpha1"
+KEDA_MAX_REPLICAS = 100  # KEDA's maxReplicaCount when none is given
+_NATS_JETSTREAM_NEEDS = ("natsServerMonitoringEndpoint", "stream", "consumer")
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _check_scaledobject(file: str, obj: Obj) -> list[Problem]:
+    problems = _crd_problems(file, obj, SCALEDOBJECT_SCHEMA, "KEDA ScaledObject")
+    problems += _require(file, obj, {"metadata.name": str, "spec.scaleTargetRef.name": str})
+    low, high = _get(obj, "spec.minReplicaCount"), _get(obj, "spec.maxReplicaCount")
+    if isinstance(low, int) and low > (high if isinstance(high, int) else KEDA_MAX_REPLICAS):
+        problems.append(Problem(file, path="spec.minReplicaCount", message=(
+            "must be at most maxReplicaCount (the CRD's rule; the API server refuses it)")))
+    triggers = _get(obj, "spec.triggers")
+    for i, trigger in enumerate(triggers if isinstance(triggers, list) else []):
+        if not isinstance(trigger, Mapping) or trigger.get("type") != "nats-jetstream":
+            continue
+        meta = trigger.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        at = f"spec.triggers[{i}].metadata"
+        for key in _NATS_JETSTREAM_NEEDS:
+            if not meta.get(key):
+                problems.append(Problem(file, path=f"{at}.{key}", message=(
+                    "is required by KEDA's nats-jetstream scaler")))
+        if not (meta.get("account") or meta.get("accountID")):
+            problems.append(Problem(file, path=f"{at}.account", message=(
+                "is required by KEDA's nats-jetstream scaler (or accountID)")))
+        for key in ("lagThreshold", "activationLagThreshold"):
+            value = meta.get(key)
+            if value is not None and not (isinstance(value, str) and _DIGITS.match(value)):
+                problems.append(Problem(file, path=f"{at}.{key}", message=(
+                    f"{value!r} is not a whole number (KEDA reads it as one)")))
+        if meta.get("useHttps") not in (None, "true", "false"):
+            problems.append(Problem(file, path=f"{at}.useHttps",
+                                    message='must be "true" or "false"'))
+    if obj.get("apiVersion") != SCALEDOBJECT_API_VERSION:
+        problems.append(Problem(file, path="apiVersion", message=(
+            f"must be {SCALEDOBJECT_API_VERSION} (the version of the bundled CRD schema)")))
+    return problems
+
+
 CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
     ("argoproj.io", "Application"): _check_application,
     ("source.toolkit.fluxcd.io", "GitRepository"): _check_gitrepository,
@@ -361,6 +410,7 @@ CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
     ("external-secrets.io", "ExternalSecret"): _check_externalsecret,
     ("bitnami.com", "SealedSecret"): _check_sealedsecret,
     ("monitoring.coreos.com", "PodMonitor"): _check_podmonitor,
+    ("keda.sh", "ScaledObject"): _check_scaledobject,
 }
 
 

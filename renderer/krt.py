@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .autoscaling import AutoscalingOverride
 from .problems import InputWarning
 from .scheduling import ResourceOverride
 
@@ -25,6 +26,8 @@ class Node:
     replicas: int = 1
     # its own requests and limits, over the project default (renderer.scheduling)
     resources: ResourceOverride = field(default_factory=ResourceOverride)
+    # krt.yml's `autoscaling`, under kai.yaml's (renderer.autoscaling); None: fixed replicas
+    autoscaling: AutoscalingOverride | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Version:
                 gpu=n.get("gpu") is True,
                 replicas=int_or(n.get("replicas"), 1),
                 resources=resource_override(n.get("resources")),
+                autoscaling=AutoscalingOverride.from_dict(n["autoscaling"])
+                if isinstance(n.get("autoscaling"), dict) else None,
             )
             for n in map(dict_or_empty, list_or_empty(data.get("nodes")))
         )

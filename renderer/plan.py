@@ -19,6 +19,20 @@ from typing import Any
 
 from runner import contract
 
+from .autoscaling import (
+    HPA,
+    KEDA,
+    ZERO_NEEDS_KEDA,
+    Autoscaling,
+    AutoscalingError,
+    AutoscalingOverride,
+    cpu_request_message,
+    decide,
+    layers,
+    needs_max_message,
+    no_work_message,
+    node_triggers,
+)
 from .images import container_image
 from .krt import Config, Node, Version
 from .project import (
@@ -123,7 +137,7 @@ class Process:
     command: tuple[str, ...]
     env: dict[str, str]  # the contract environment (and its KRE aliases), with cluster paths
     ports: tuple[Port, ...]
-    replicas: int
+    replicas: int  # autoscaled: what `kai dev` starts (the Deployment names none)
     gpu: bool
     labels: dict[str, str]
     selector: dict[str, str]
@@ -144,12 +158,15 @@ class Process:
     run_as: int = RUN_AS  # uid and gid
     grace_seconds: int = GRACE_SECONDS
     mounts: Mounts = field(default_factory=Mounts)
+    autoscaling: Autoscaling | None = None  # None: fixed replicas (renderer.autoscaling)
 
     @property
     def spread(self) -> bool:
-        """Replicated: a PodDisruptionBudget lets a drain take only one replica at a time,
-        and the replicas spread over nodes (by hostname) where they can."""
-        return self.replicas >= SPREAD_REPLICAS
+        """Replicated (or autoscaled up to 2 or more): a PodDisruptionBudget lets a drain take
+        only one replica at a time, and the replicas spread over nodes (by hostname) where
+        they can."""
+        most = self.autoscaling.max_replicas if self.autoscaling else self.replicas
+        return most >= SPREAD_REPLICAS
 
     @property
     def automount_token(self) -> bool:
@@ -459,9 +476,13 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
     else:
         files = read_files(selected)  # they fit: version_image said so
     base = runner_env(project, version, workflows)
-    processes = [entrypoint_process(project, version, base)]
-    processes += [node_process(project, version, node, base)
-                  for node in sorted(version.nodes, key=lambda n: n.name)]
+    nodes = [node_process(project, version, node, base)
+             for node in sorted(version.nodes, key=lambda n: n.name)]
+    # the entrypoint keeps a sleeping node's consumers, and is ready without its replicas
+    sleeping = tuple(str(p.node) for p in nodes
+                     if p.autoscaling is not None and p.autoscaling.scales_to_zero)
+    processes = [entrypoint_process(project, version, replace(base, scale_to_zero=sleeping)),
+                 *nodes]
     if image is not None:
         processes = [replace(p, image=image.tag) for p in processes]
     return VersionPlan(
@@ -525,6 +546,9 @@ def entrypoint_process(project: Project, version: Version, base: contract.Runner
     ep_labels = labels(project.name, v, ENTRYPOINT, ENTRYPOINT, name)
     ep_labels.update({"type": ENTRYPOINT, "version-name": name})
     settings = project.entrypoint_settings(v)
+    resources = process_resources(v, ENTRYPOINT, project.resources, settings.resources)
+    scaling = _autoscaling(v, ENTRYPOINT, HPA, resources,
+                           [settings.autoscaling] if settings.autoscaling else [])
     return Process(
         name=name,
         component=ENTRYPOINT,
@@ -533,15 +557,16 @@ def entrypoint_process(project: Project, version: Version, base: contract.Runner
         command=(*contract.RUNNER_COMMAND, contract.ROLE_ENTRYPOINT),
         env=base.to_environ(),
         ports=(Port("grpc", contract.GRPC_PORT), Port("web", contract.WEB_PORT)),
-        replicas=1,
+        replicas=scaling.local_replicas if scaling else 1,
         gpu=False,
         labels=ep_labels,
         selector={"type": ENTRYPOINT, "version-name": name},
-        resources=process_resources(v, ENTRYPOINT, project.resources, settings.resources),
+        resources=resources,
         container=ENTRYPOINT,
         readiness=Probe(contract.GRPC_PORT, failure_threshold=3),
         liveness=Probe("web", "/healthz", period=20, initial_delay=10),
         mounts=_mounts(settings),
+        autoscaling=scaling,
         **_placement(project.scheduling_of(v)),
     )
 
@@ -565,6 +590,11 @@ def node_process(project: Project, version: Version, node: Node,
         tolerations = tuple(dict.fromkeys((*placement["tolerations"], *gpu.pod_tolerations)))
         placement.update(tolerations=tolerations, rollout=GPU_ROLLOUT,
                          node_selector={**placement["node_selector"], **gpu.node_selector})
+    scaling = _autoscaling(
+        v, f"node {node.name}", project.autoscaling.engine, resources,
+        layers(node.autoscaling, settings.autoscaling, settings.replicas),
+        node_triggers(project.name, v, base.workflows, node.name), node.name)
+    fixed = node.replicas if settings.replicas is None else settings.replicas
     return Process(
         name=name,
         component=NODE,
@@ -573,7 +603,7 @@ def node_process(project: Project, version: Version, node: Node,
         command=(*contract.RUNNER_COMMAND, contract.ROLE_NODE),
         env=env.to_environ(),
         ports=(Port("metrics", contract.NODE_WEB_PORT),),
-        replicas=node.replicas if settings.replicas is None else settings.replicas,
+        replicas=scaling.local_replicas if scaling else fixed,
         gpu=node.gpu,
         labels=node_labels,
         selector={"app.kubernetes.io/instance": name},
@@ -584,6 +614,7 @@ def node_process(project: Project, version: Version, node: Node,
         secret_env=secret_env(version.config),
         secret_files=version.config.files,
         mounts=_mounts(settings),
+        autoscaling=scaling,
         **placement,
     )
 
@@ -599,6 +630,27 @@ def process_resources(version: str, what: str, base: Resources,
         raise PlanError(f"version {version}: {what}: {said}; Kubernetes refuses a request "
                         "above its limit")
     return merge(base, *overrides)
+
+
+def _autoscaling(version: str, what: str, engine: str, resources: Resources,
+                 given: list[AutoscalingOverride], triggers: tuple[Any, ...] = (),
+                 node: str = "") -> Autoscaling | None:
+    """The process's autoscaling (renderer.autoscaling), or None for fixed replicas; raises
+    PlanError where validation would have said no (at the field's position)."""
+    try:
+        scaling = decide(engine, given, triggers)
+    except AutoscalingError:
+        raise PlanError(f"version {version}: {what}: autoscaling "
+                        f"{needs_max_message(node)}") from None
+    if scaling is None:
+        return None
+    if scaling.engine == KEDA and not scaling.triggers:
+        raise PlanError(f"version {version}: {no_work_message(node)}")
+    if scaling.engine == HPA and scaling.min_replicas == 0:
+        raise PlanError(f"version {version}: {what}: autoscaling minReplicas {ZERO_NEEDS_KEDA}")
+    if scaling.engine == HPA and "cpu" not in resources.requests:
+        raise PlanError(f"version {version}: {cpu_request_message(what)}")
+    return scaling
 
 
 def _mounts(settings: ProcessSettings) -> Mounts:

@@ -22,6 +22,7 @@ from runner.contract import (
     DEFAULT_REQUEST_TIMEOUT,
 )
 
+from .autoscaling import DEFAULT_ACCOUNT, AutoscalingSettings
 from .krt import Config
 from .scheduling import Gpu, ProcessSettings, Resources, Scheduling
 
@@ -271,6 +272,9 @@ class Nats:
     storage: str = "file"
     auth_secret: str = ""  # nats.auth.secret: the Secret with the runner's NATS credentials
     ca_secret: str = ""  # nats.tls.caSecret: the Secret with the CA of NATS's certificate
+    # where KEDA reads /jsz (renderer.autoscaling.monitoring_endpoint); "": url's host, 8222
+    monitoring: str = ""
+    account: str = DEFAULT_ACCOUNT  # the NATS account of the runner's streams, for KEDA
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,7 @@ class Project:
     network: Network = field(default_factory=Network)
     monitoring: Monitoring = field(default_factory=Monitoring)
     tracing: Tracing = field(default_factory=Tracing)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)

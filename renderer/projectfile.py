@@ -19,8 +19,9 @@ import yaml
 
 from runner import contract
 
-from . import schedulingfile
+from . import autoscalingfile, schedulingfile
 from .atomic import write_file
+from .autoscaling import DEFAULT_ACCOUNT, AutoscalingSettings
 from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
 from .project import (
@@ -135,6 +136,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     out += _network_problems(doc)
     out += _tracing_problems(doc)
     out += schedulingfile.problems(doc)
+    out += autoscalingfile.project_problems(doc)
     return out
 
 
@@ -452,7 +454,8 @@ def _project(data: dict[str, Any], root: Path) -> Project:
         namespace=data["namespace"],
         **_pick(data, {"createNamespace": "create_namespace",
                        "kubernetesVersion": "kubernetes_version"}),
-        nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage"}),
+        nats=Nats(**_pick(nats, {"url": "url", "namespace": "namespace", "storage": "storage",
+                                 "monitoring": "monitoring", "account": "account"}),
                   auth_secret=nats.get("auth", {}).get("secret", ""),
                   ca_secret=nats.get("tls", {}).get("caSecret", "")),
         ingress=Ingress(**_pick(ingress, {
@@ -486,6 +489,8 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             dashboards=data.get("monitoring", {}).get("dashboards") is True,
         ),
         tracing=_tracing(data.get("tracing", {})),
+        autoscaling=AutoscalingSettings(**_pick(data.get("autoscaling", {}),
+                                                {"engine": "engine"})),
         **schedulingfile.project_fields(data),
     )
 
@@ -572,6 +577,10 @@ def project_data(project: Project) -> dict[str, Any]:
         nats["auth"] = {"secret": project.nats.auth_secret}
     if project.nats.ca_secret:
         nats["tls"] = {"caSecret": project.nats.ca_secret}
+    if project.nats.monitoring:
+        nats["monitoring"] = project.nats.monitoring
+    if project.nats.account != DEFAULT_ACCOUNT:
+        nats["account"] = project.nats.account
     ing = project.ingress
     ingress: dict[str, Any] = {}
     if ing.host:
@@ -618,6 +627,8 @@ def project_data(project: Project) -> dict[str, Any]:
             "limits": dict(sorted(project.resources.limits.items())),
         },
         **schedulingfile.project_data(project),
+        **({} if project.autoscaling == AutoscalingSettings()
+           else {"autoscaling": {"engine": project.autoscaling.engine}}),
     }
     if project.runtime != Runtime():  # left out, the runner's defaults apply
         data["runtime"] = _runtime_data(project.runtime)

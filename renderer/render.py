@@ -28,6 +28,7 @@ import jinja2
 from runner import contract
 
 from . import __version__, checks, dashboards, output
+from .autoscaling import KEDA, monitoring_endpoint
 from .giturl import flux_url
 from .images import kustomize_images
 from .krt import Version
@@ -198,6 +199,19 @@ def _disruption_budget(plan: VersionPlan, process: Process) -> dict[str, Any]:
     return render_template("poddisruptionbudget", plan=plan, p=process)
 
 
+def _autoscaler(project: Project, plan: VersionPlan, process: Process) -> dict[str, Any]:
+    """An autoscaled process's KEDA ScaledObject (a node, engine keda) or HPA (the
+    entrypoint, or a node with engine hpa); renderer.autoscaling."""
+    scaling = process.autoscaling
+    assert scaling is not None
+    if scaling.engine == KEDA:
+        return render_template(
+            "scaledobject", plan=plan, p=process, scaling=scaling,
+            endpoint=monitoring_endpoint(project.nats.url, project.nats.monitoring),
+            account=project.nats.account)
+    return render_template("horizontalpodautoscaler", plan=plan, p=process, scaling=scaling)
+
+
 def _service(plan: VersionPlan) -> dict[str, Any]:
     return render_template("service", plan=plan)
 
@@ -282,6 +296,8 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
     objects += [_deployment(plan, process, project.monitoring) for process in plan.processes]
     objects += [_disruption_budget(plan, process) for process in plan.processes
                 if process.spread]
+    objects += [_autoscaler(project, plan, process) for process in plan.processes
+                if process.autoscaling]
     objects.append(_service(plan))
     if plan.published:
         objects.append(_ingress(project, plan))

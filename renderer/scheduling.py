@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .autoscaling import AutoscalingOverride
 from .units import is_quantity, parse_quantity
 
 GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource (and taint) of a GPU node
@@ -237,6 +238,7 @@ class ProcessSettings:
     resources: ResourceOverride = field(default_factory=ResourceOverride)
     tmp_size: str | None = None  # the /tmp emptyDir's sizeLimit; None: the default
     replicas: int | None = None  # nodes only; None: krt.yml's
+    autoscaling: AutoscalingOverride | None = None  # over krt.yml's (renderer.autoscaling)
 
 
 def unknown_node(version: str, node: str, defined: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .autoscaling import AutoscalingOverride
 from .krt import resource_override
 from .problems import Problem
 from .project import Project, VersionState
@@ -78,7 +79,9 @@ def _settings(raw: dict[str, Any]) -> ProcessSettings:
     tmp_size = raw.get("tmpSize")
     return ProcessSettings(resources=resource_override(raw.get("resources")),
                            tmp_size=tmp_size.strip() if tmp_size is not None else None,
-                           replicas=raw.get("replicas"))
+                           replicas=raw.get("replicas"),
+                           autoscaling=AutoscalingOverride.from_dict(raw["autoscaling"])
+                           if "autoscaling" in raw else None)
 
 
 # --- checks a schema cannot express ---------------------------------------------------------
@@ -237,6 +240,8 @@ def _settings_data(settings: ProcessSettings) -> dict[str, Any]:
         out["tmpSize"] = settings.tmp_size
     if settings.replicas is not None:
         out["replicas"] = settings.replicas
+    if settings.autoscaling is not None:
+        out["autoscaling"] = settings.autoscaling.to_dict()
     return out
 
 

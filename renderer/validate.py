@@ -25,6 +25,7 @@ from typing import Any
 from runner import contract
 from runner.proto import CompiledProto, ProtoError, compile_proto
 
+from . import autoscalingfile
 from .build import image_need, size_problem
 from .images import image_name
 from .krt import MANIFEST_NAMES, Node, Version, dict_or_empty, list_or_empty, str_or_empty
@@ -173,6 +174,7 @@ def _semantic_problems(doc: Document, version: Version, directory: Path,
                 out += [Problem(shown(src), line, col, f"nodes[{i}].src", message)
                         for line, col, message in source_problems(directory / src)]
     out += _resource_problems(doc, version)
+    out += autoscalingfile.krt_problems(doc)
     out += _proto_problems(doc, version, directory, shown, shipped)
     out += _requirements_problems(directory, shown, shipped)
     out += _name_length_problems(doc, version)
@@ -232,6 +234,7 @@ def version_settings_problems(project: Project, pdoc: Document, version: Version
                 source = f"{other_place[0].file} " \
                     f"{format_path((*other_place[1], other, e.resource))}"
             out.append(here[0].problem((*here[1], section, e.resource), e.message(source)))
+    out += autoscalingfile.version_problems(project, pdoc, version, vdoc)
     return out
 
 
@@ -493,7 +496,8 @@ class Checked:
             "proto": v.proto,
             "nodes": [
                 {"name": n.name, "image": n.image, "src": n.src, "gpu": n.gpu,
-                 "replicas": n.replicas}
+                 "replicas": n.replicas,
+                 **({"autoscaling": n.autoscaling.to_dict()} if n.autoscaling else {})}
                 for n in v.nodes
             ],
             "workflows": [

@@ -78,6 +78,9 @@ def service_name(project: str, version: str, node: str | None) -> str:
     """The OpenTelemetry service name of one process: <project>-<version>-<node>, or
     <project>-<version>-entrypoint."""
     return f"{project}-{version}-{node or ROLE_ENTRYPOINT}"
+# Optional, entrypoint only: comma-separated nodes that may have no replica at all (autoscaled
+# to zero). The entrypoint keeps their consumers and is ready without a replica pulling.
+ENV_SCALE_TO_ZERO = "KAI_SCALE_TO_ZERO"
 
 # --- KRE 1.x names of the same settings ---------------------------------------------
 
@@ -427,6 +430,7 @@ class RunnerEnv:
     tracing_sampler_arg: str = ""
     traces_file: str = ""
     tracing_disabled: bool = False  # OTEL_SDK_DISABLED=true
+    scale_to_zero: tuple[str, ...] = ()  # entrypoint: nodes that may have no replica
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -486,6 +490,8 @@ class RunnerEnv:
         if self.traces_file:
             env[ENV_TRACES_FILE] = self.traces_file
         env.update(self.tracing_environ())
+        if self.scale_to_zero:
+            env[ENV_SCALE_TO_ZERO] = ",".join(self.scale_to_zero)
         env.update(self.extra)
         env.update(kre_aliases(env))
         return dict(sorted(env.items()))
@@ -536,6 +542,7 @@ class RunnerEnv:
                 tracing_sampler_arg=e.get(OTEL_TRACES_SAMPLER_ARG, ""),
                 traces_file=e.get(ENV_TRACES_FILE, ""),
                 tracing_disabled=e.get(OTEL_SDK_DISABLED, "").strip().lower() == "true",
+                scale_to_zero=_split(e.get(ENV_SCALE_TO_ZERO, "")),
             )
         except ValueError as exc:
             raise ContractError(f"bad number in the environment: {exc}") from None

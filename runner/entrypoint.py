@@ -312,6 +312,12 @@ class Entrypoint(RunnerProcess):
         await self.transport.ensure_data_stream()
         for wf in self.env.workflows:
             await self.transport.ensure_work_stream(wf.name)
+        # a node that may have no replica gets its consumers here, so the work waiting for
+        # it is counted (what wakes it: KEDA reads the consumer) before it ever ran
+        for wf in self.env.workflows:
+            for step, node in enumerate(wf.chain):
+                if node in self.env.scale_to_zero:
+                    await self.transport.ensure_consumer(wf.name, step, node)
 
     # --- answers -------------------------------------------------------------------------
 

@@ -28,6 +28,11 @@ finished nothing for that long (then the node cannot take work either). It comes
 at the first poll that sees it alive. The gap between two pull requests of a replica (one
 expires or is filled, the next is sent) is far shorter than DOWN_AFTER: no flap.
 
+A node that may scale to zero (KAI_SCALE_TO_ZERO, kai.yaml/krt.yml `autoscaling` with
+`minReplicas: 0`) has no replica while nothing waits for it: its steps count as up while
+their consumers exist (the entrypoint creates them, runner.entrypoint), since a request the
+entrypoint refused would never reach the queue whose depth wakes the node.
+
 Never blocking: the probes read the state kept here (:attr:`NodeWatch.ready`); a background
 task updates it, every POLL_STARTING seconds while a step is down and every POLL_READY
 seconds once all are up, asking for every consumer's state at once, each for at most
@@ -62,6 +67,9 @@ class Step:
     stream: str
     consumer: str
     node: str
+    # the node may have no replica at all (autoscaled to zero, KAI_SCALE_TO_ZERO): the step
+    # is up while its consumer is there, so the work waiting in it can wake the node
+    scales_to_zero: bool = False
 
 
 def steps_of(env: contract.RunnerEnv) -> list[Step]:
@@ -70,7 +78,8 @@ def steps_of(env: contract.RunnerEnv) -> list[Step]:
     for wf in env.workflows:
         stream = contract.stream_name(env.project, env.version, wf.name)
         for index, node in enumerate(wf.chain):
-            step = Step(stream, contract.consumer_name(index, node), node)
+            step = Step(stream, contract.consumer_name(index, node), node,
+                        node in env.scale_to_zero)
             found.setdefault((step.stream, step.consumer), step)
     return list(found.values())
 
@@ -88,7 +97,8 @@ class _Watched:
         """One poll's answer: `state`, or None when the consumer is not there."""
         before, self.last = self.last, state
         alive = state is not None and (
-            state.waiting > 0 or (before is not None and state.moved_since(before)))
+            self.step.scales_to_zero or state.waiting > 0
+            or (before is not None and state.moved_since(before)))
         if alive:
             self.up, self.seen_at = True, now
         else:

@@ -205,17 +205,39 @@ def rendered_specs(objects: list[dict[str, Any]], work: Path, nats_url: str,
     they run; `secrets` holds kai dev's own Secrets by name (dev_secrets).
     """
     configmaps = {str(o["metadata"]["name"]): o for o in objects if o.get("kind") == "ConfigMap"}
+    scaled = autoscaled_replicas(objects)
     return [deployment_spec(obj, configmaps, work / "pods", nats_url, config, grpc_port,
-                            web_port, guard, secrets)
+                            web_port, guard, secrets,
+                            replicas=scaled.get(str(obj["metadata"]["name"])))
             for obj in objects if obj.get("kind") == "Deployment"]
+
+
+def autoscaled_replicas(objects: list[dict[str, Any]]) -> dict[str, int]:
+    """The processes kai dev starts of each autoscaled Deployment, by name: its
+    ScaledObject's or HPA's minimum (what the cluster keeps while idle), but at least one,
+    so a node that may sleep in the cluster (minReplicas 0) runs here. Nothing scales a
+    process under kai dev."""
+    out: dict[str, int] = {}
+    for obj in objects:
+        kind, spec = obj.get("kind"), obj.get("spec") or {}
+        if kind == "ScaledObject":
+            low = spec.get("minReplicaCount", 0)  # KEDA's default
+        elif kind == "HorizontalPodAutoscaler":
+            low = spec.get("minReplicas", 1)  # Kubernetes' default
+        else:
+            continue
+        out[str(spec["scaleTargetRef"]["name"])] = max(1, int(low))
+    return out
 
 
 def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, Any]],
                     pods_dir: Path, nats_url: str, config: devconfig.DevConfig,
                     grpc_port: int, web_port: int,
                     guard: devpod.Guard = devpod.NOT_ROOT,
-                    secrets: Mapping[str, Mapping[str, bytes]] | None = None) -> ProcessSpec:
-    """One rendered Deployment as a ProcessSpec (see rendered_specs)."""
+                    secrets: Mapping[str, Mapping[str, bytes]] | None = None,
+                    replicas: int | None = None) -> ProcessSpec:
+    """One rendered Deployment as a ProcessSpec (see rendered_specs); `replicas`: the
+    processes to start when an autoscaler owns the count (autoscaled_replicas)."""
     name = str(obj["metadata"]["name"])
     pod = obj["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -254,7 +276,8 @@ def deployment_spec(obj: Mapping[str, Any], configmaps: Mapping[str, Mapping[str
         free = (contract.ENV_WEB_PORT,)
     env.update(contract.kre_aliases(env))  # after the local paths and NATS URL
     grace = float(pod.get("terminationGracePeriodSeconds", K8S_GRACE))
-    return ProcessSpec(name, role, env, int(obj["spec"].get("replicas", 1)), free,
+    count = int(obj["spec"].get("replicas", 1)) if replicas is None else replicas
+    return ProcessSpec(name, role, env, count, free,
                        readiness=readiness, liveness=liveness, grace=grace, user=user.uid,
                        group=user.gid, groups=user.groups, drop_caps=user.drop_caps)
 
@@ -456,7 +479,9 @@ def dev(target: str, port: int, web_port: int, nats_url: str | None,
     `kai dev versions/greeter-v1`).
 
     The processes get the command, environment, replicas and probes the
-    rendered Deployments give them, on this machine's paths and ports; their
+    rendered Deployments give them, on this machine's paths and ports (an
+    autoscaled process runs its minReplicas, at least one: a node that may
+    sleep in the cluster runs here, and nothing scales); their
     output is printed with their name in front. A node sees the rendered
     ConfigMap's files only, read-only (as root: run as the pod's runAsUser, or
     without capabilities), never the version directory itself. "ready" is printed once every

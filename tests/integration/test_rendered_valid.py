@@ -35,7 +35,7 @@ from tests.integration.gitops_helpers import validate_strict
 pytestmark = pytest.mark.integration
 
 # kubernetes-validate has no schema for these (checks.py checks them itself): they warn
-CUSTOM_RESOURCES = ("externalsecret-", "sealedsecret-", "podmonitor-")
+CUSTOM_RESOURCES = ("externalsecret-", "sealedsecret-", "podmonitor-", "scaledobject-")
 
 PROTO = """syntax = "proto3";
 message Req { string name = 1; }
@@ -334,3 +334,47 @@ def test_resources_and_scheduling_pass_the_real_tools(tmp_path: Path) -> None:
         assert built.returncode == 0, built.stderr
         kinds = {o["kind"] for o in yaml.safe_load_all(built.stdout) if o}
         assert "PodDisruptionBudget" in kinds
+
+
+@pytest.mark.parametrize("engine", ["keda", "hpa"])
+def test_autoscaling_passes_the_real_tools(tmp_path: Path, engine: str) -> None:
+    """Autoscaled nodes (a ScaledObject each with engine keda, an HPA with hpa) and an
+    autoscaled entrypoint (an HPA): the HPAs pass kubernetes-validate --strict, the
+    ScaledObjects the bundled KEDA CRD schema, and kubectl kustomize builds the tree; the
+    autoscaled Deployments name no replicas."""
+    from renderer.autoscaling import AutoscalingOverride, AutoscalingSettings
+
+    base = _version(tmp_path, "greeter-v1")
+    low = 0 if engine == "keda" else 1
+    nodes = (replace(base.nodes[0], autoscaling=AutoscalingOverride(low, 6, 4)), base.nodes[1])
+    versions = {"greeter-v1": replace(base, nodes=nodes)}
+    project = Project(
+        name="demo", namespace="demo", images=default_images(), root=tmp_path,
+        autoscaling=AutoscalingSettings(engine),
+        nats=Nats(monitoring="nats-headless.kai-system.svc:8222"),
+        versions={"greeter-v1": VersionState(
+            "published",
+            entrypoint=ProcessSettings(autoscaling=AutoscalingOverride(2, 5, cpu_utilization=70)),
+            nodes={"model": ProcessSettings(autoscaling=AutoscalingOverride(max_replicas=2))})},
+    )
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    names = {Path(f).name for f in files}
+    scalers = {"scaledobject-greeter-v1-etl.yaml", "scaledobject-greeter-v1-model.yaml"}
+    hpas = {"horizontalpodautoscaler-greeter-v1-etl.yaml",
+            "horizontalpodautoscaler-greeter-v1-model.yaml"}
+    assert "horizontalpodautoscaler-greeter-v1-entrypoint.yaml" in names
+    assert (scalers if engine == "keda" else hpas) <= names
+    assert not (hpas if engine == "keda" else scalers) & names
+    _validate_strict(project, files)
+    assert checks.check_files(read_tree(target), project.kubernetes_version) == []
+    for name in ("entrypoint", "etl", "model"):
+        dep = yaml.safe_load((target / f"greeter-v1/deployment-greeter-v1-{name}.yaml").read_text())
+        assert "replicas" not in dep["spec"]
+    if shutil.which("kubectl") is not None:
+        built = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                               text=True, check=False)
+        assert built.returncode == 0, built.stderr
+        kinds = [o["kind"] for o in yaml.safe_load_all(built.stdout) if o]
+        assert kinds.count("HorizontalPodAutoscaler") == (1 if engine == "keda" else 3)
+        assert kinds.count("ScaledObject") == (2 if engine == "keda" else 0)

@@ -383,7 +383,7 @@ def test_a_typo_is_still_an_error(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         'v/krt.yml:6:3: entrypoint.scr: unknown field "scr"; allowed: proto, image',
         'v/krt.yml:12:5: nodes[0].gpus: unknown field "gpus" (did you mean "gpu"?); allowed: '
-        "name, image, src, gpu, replicas, resources",
+        "name, image, src, gpu, replicas, resources, autoscaling",
     ]
 
 

@@ -381,9 +381,9 @@ def test_schema_errors(tmp_path: Path) -> None:
         + ": a DNS-1123 subdomain: lowercase letters, digits, '-' and '.' (e.g. greeter-tls)",
         "kai.yaml:11:29: versions.a-v1.nodes.etl.replicas: must be at least 1, got 0",
         'kai.yaml:11:32: versions.a-v1.nodes.etl.cpu: unknown field "cpu"; allowed: '
-        "resources, tmpSize, replicas",
+        "resources, tmpSize, replicas, autoscaling",
         'kai.yaml:12:18: versions.a-v1.entrypoint.replicas: unknown field "replicas"; '
-        "allowed: resources, tmpSize",
+        "allowed: resources, tmpSize, autoscaling",
     ]
 
 
