@@ -111,6 +111,13 @@ def test_not_ready_during_a_slow_init_nor_once_a_nodes_replicas_are_killed(
     try:
         ep = version.entrypoint()
         wait_ready(ep, version.node("first"))
+        waiting_for_slow = "not ready: no replica of node slow is taking work (yet)\n"
+        for _ in range(int(10 / POLL)):  # bounded: until the entrypoint has seen first pull
+            if _probes(ep)[1] == waiting_for_slow:
+                break
+            time.sleep(POLL)
+        else:
+            raise AssertionError("the entrypoint never saw node first take work")
         slow = [version.node("slow"), version.node("slow")]
         looks = 0
         for _ in range(int((INIT_SLEEP + 30) / POLL)):  # bounded: until a replica is up
@@ -120,7 +127,7 @@ def test_not_ready_during_a_slow_init_nor_once_a_nodes_replicas_are_killed(
             # No replica had started pulling when the probes answered (it logs its ready
             # line before its first pull request leaves).
             assert (code, status) == (503, NOT_SERVING), (code, body, status)
-            assert body == "not ready: no replica of node slow is taking work (yet)\n"
+            assert body == waiting_for_slow
             looks += 1
             time.sleep(POLL)
         else:
