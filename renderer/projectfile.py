@@ -31,14 +31,18 @@ from .project import (
     DataStream,
     EgressPort,
     EgressRule,
+    Gateway,
     ImageMapping,
     Ingress,
     Monitoring,
     Nats,
     Network,
+    ParentRef,
     Project,
     Runtime,
     VersionState,
+    canary_conflicts,
+    parent_ref_conflicts,
     published_conflict,
     published_conflicts,
 )
@@ -116,6 +120,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     states = {name: entry.get("state") for name, entry in versions.items()}
     for name, first in published_conflicts(states):
         out.append(doc.problem(("versions", name, "state"), published_conflict(first)))
+    out += _traffic_problems(doc)
     for name, entry in versions.items():
         sealed = entry.get("config", {}).get("sealedSecret")
         if sealed:
@@ -132,6 +137,33 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     out += _build_problems(doc)
     out += _network_problems(doc)
     out += schedulingfile.problems(doc)
+    return out
+
+
+# ingress-nginx's canary annotations: kai sets them on the canary's Ingress only
+CANARY_ANNOTATIONS = "nginx.ingress.kubernetes.io/canary"
+
+
+def _traffic_problems(doc: Document) -> list[Problem]:
+    """The canary rules (renderer.project.canary_conflicts), Gateway API's rule for
+    `gateway.parentRefs`, and `ingress.annotations` leaving the canary ones to kai."""
+    data = doc.data
+    out: list[Problem] = []
+    versions = data.get("versions", {})
+    states = {name: entry.get("state", STOPPED) for name, entry in versions.items()}
+    canaries = {name: entry.get("canary", {}).get("weight", 0)
+                for name, entry in versions.items()}
+    for name, message in canary_conflicts(states, canaries):
+        out.append(doc.problem(("versions", name, "canary"), f"{name} {message}", key=True))
+    refs = data.get("gateway", {}).get("parentRefs", [])
+    keys = [((ref.get("namespace", ""), ref["name"]), ref.get("sectionName", "")) for ref in refs]
+    for i, message in parent_ref_conflicts(keys):
+        out.append(doc.problem(("gateway", "parentRefs", i), message))
+    for key in data.get("ingress", {}).get("annotations", {}):
+        if key.startswith(CANARY_ANNOTATIONS):
+            out.append(doc.problem(("ingress", "annotations", key), (
+                "ingress-nginx's canary annotations are kai's: it sets them on the canary's "
+                "own Ingress (`kai canary VERSION --weight N`); remove this one"), key=True))
     return out
 
 
@@ -432,6 +464,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
                                BuildOverride(**_pick(entry.get("build", {}), {
                                    "flavor": "flavor", "base": "base"})),
                                egress=_egress(entry.get("network", {})),
+                               canary=entry.get("canary", {}).get("weight", 0),
                                **schedulingfile.version_fields(entry))
             for name, entry in data.get("versions", {}).items()
         },
@@ -441,8 +474,32 @@ def _project(data: dict[str, Any], root: Path) -> Project:
             pod_monitor=data.get("monitoring", {}).get("podMonitor") is True,
             labels=dict(data.get("monitoring", {}).get("labels", {})),
         ),
+        gateway=_gateway(data["gateway"]) if "gateway" in data else None,
         **schedulingfile.project_fields(data),
     )
+
+
+def _gateway(raw: dict[str, Any]) -> Gateway:
+    return Gateway(
+        parent_refs=tuple(ParentRef(ref["name"], ref.get("namespace", ""),
+                                    ref.get("sectionName", "")) for ref in raw["parentRefs"]),
+        hostnames=tuple(raw.get("hostnames", ())),
+    )
+
+
+def _gateway_data(gateway: Gateway) -> dict[str, Any]:
+    refs = []
+    for ref in gateway.parent_refs:
+        entry = {"name": ref.name}
+        if ref.namespace:
+            entry["namespace"] = ref.namespace
+        if ref.section_name:
+            entry["sectionName"] = ref.section_name
+        refs.append(entry)
+    data: dict[str, Any] = {"parentRefs": refs}
+    if gateway.hostnames:
+        data["hostnames"] = list(gateway.hostnames)
+    return data
 
 
 def _network(raw: dict[str, Any]) -> Network:
@@ -542,6 +599,8 @@ def project_data(project: Project) -> dict[str, Any]:
     for name in sorted(project.versions):
         vs = project.versions[name]
         entry: dict[str, Any] = {"state": vs.state}
+        if vs.canary:
+            entry["canary"] = {"weight": vs.canary}
         if vs.config is not None:
             entry["config"] = _config_data(vs.config)
         if vs.runtime != Runtime():
@@ -560,6 +619,7 @@ def project_data(project: Project) -> dict[str, Any]:
         "kubernetesVersion": project.kubernetes_version,
         "nats": nats,
         "ingress": ingress,
+        **({"gateway": _gateway_data(project.gateway)} if project.gateway else {}),
         "images": images,
         "resources": {
             "requests": dict(sorted(project.resources.requests.items())),
