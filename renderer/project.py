@@ -43,6 +43,11 @@ RUNNER_GPU = "runner-gpu"  # CUDA base, CUDA torch: for gpu nodes
 FLAVORS = (RUNNER, RUNNER_ML, RUNNER_GPU)  # the runner images, and what a version image builds on
 DEFAULT_FLAVOR = RUNNER_ML
 GRPC_BACKEND_ANNOTATION = {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
+# ingress-nginx's canary Ingress: a second Ingress of the same host and path, to the
+# canary's Service, that takes this share (of 100) of the requests. kai sets them (on the
+# canary's Ingress only); kai.yaml ingress.annotations may set no `canary*` annotation.
+CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
+CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
 CANARY_MIN_WEIGHT = 1  # a canary's share of the outside traffic, in percent: 1 to 99
 CANARY_MAX_WEIGHT = 99
 TRAFFIC = 100  # the whole: the published version keeps TRAFFIC less the canary's weight

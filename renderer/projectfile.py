@@ -23,6 +23,7 @@ from .atomic import write_file
 from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
 from .project import (
+    CANARY_ANNOTATION,
     PROJECT_FILE,
     STOPPED,
     Build,
@@ -140,10 +141,6 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     return out
 
 
-# ingress-nginx's canary annotations: kai sets them on the canary's Ingress only
-CANARY_ANNOTATIONS = "nginx.ingress.kubernetes.io/canary"
-
-
 def _traffic_problems(doc: Document) -> list[Problem]:
     """The canary rules (renderer.project.canary_conflicts), Gateway API's rule for
     `gateway.parentRefs`, and `ingress.annotations` leaving the canary ones to kai."""
@@ -160,7 +157,7 @@ def _traffic_problems(doc: Document) -> list[Problem]:
     for i, message in parent_ref_conflicts(keys):
         out.append(doc.problem(("gateway", "parentRefs", i), message))
     for key in data.get("ingress", {}).get("annotations", {}):
-        if key.startswith(CANARY_ANNOTATIONS):
+        if key.startswith(CANARY_ANNOTATION):
             out.append(doc.problem(("ingress", "annotations", key), (
                 "ingress-nginx's canary annotations are kai's: it sets them on the canary's "
                 "own Ingress (`kai canary VERSION --weight N`); remove this one"), key=True))

@@ -54,6 +54,8 @@ from .plan import (
 )
 from .problems import InputError, Problem
 from .project import (
+    CANARY_ANNOTATION,
+    CANARY_WEIGHT_ANNOTATION,
     DEPLOY_DIR,
     KUSTOMIZATION,
     PROJECT_FILE,
@@ -70,10 +72,6 @@ from .templateyaml import parse
 from .yamlsafe import load_yaml
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
-# ingress-nginx's canary Ingress: a second Ingress of the same host and path, to the
-# canary's Service, that takes this share (of 100) of the requests
-CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
-CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
 ARGOCD_NAMESPACE = "argocd"
 FLUX_NAMESPACE = "flux-system"
 OBJECT_LIMIT = 1024 * 1024  # etcd's limit for one object

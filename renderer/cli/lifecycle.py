@@ -19,16 +19,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _commit_options(func: F) -> F:
-    """--no-commit, --branch and --repo: how every state command commits."""
-    func = click.option(
-        "--no-commit", is_flag=True, help="Write kai.yaml and rendered/ but do not commit."
-    )(func)
+    """--no-commit, --branch and --repo (shown in that order): how every state command
+    commits."""
+    func = repo_option(func)
     func = click.option(
         "--branch", default=None, metavar="NAME",
         help="Commit on a new branch NAME (for a pull request), made from HEAD in a temporary "
         "worktree: your checkout, its branch and files stay as they are.",
     )(func)
-    return repo_option(func)
+    return click.option(
+        "--no-commit", is_flag=True, help="Write kai.yaml and rendered/ but do not commit."
+    )(func)
 
 
 def _command(action: str, doc: str) -> click.Command:
@@ -101,7 +102,9 @@ def canary(version: str | None, weight: int | None, clear: bool, no_commit: bool
     Writes kai.yaml (`versions.VERSION.canary: {weight: N}`), re-renders and commits.
     """
     with guarded():
-        if clear == (weight is not None):
+        if clear and weight is not None:
+            raise click.UsageError("give --weight N or --clear, not both")
+        if not clear and weight is None:
             raise click.UsageError("give --weight N (0 ends the canary) or --clear")
         if version is None and not clear and weight != 0:
             raise click.UsageError("name the VERSION that gets the share of the traffic")

@@ -164,7 +164,7 @@ def test_what_changes_nothing_exits_0_without_a_commit(repo: Path) -> None:
 
 @pytest.mark.parametrize(("args", "says"), [
     (("greeter-v2",), "give --weight N (0 ends the canary) or --clear"),
-    (("greeter-v2", "--weight", "5", "--clear"), "give --weight N (0 ends the canary) or --clear"),
+    (("greeter-v2", "--weight", "5", "--clear"), "give --weight N or --clear, not both"),
     (("--weight", "5"), "name the VERSION that gets the share of the traffic"),
     (("greeter-v2", "--weight", "100"), "100 is not in the range 0<=x<=99"),
     (("greeter-v2", "--weight", "-1"), "-1 is not in the range 0<=x<=99"),

@@ -22,8 +22,10 @@ from renderer.incremental import render_change
 from renderer.krt import Version
 from renderer.lifecycle import CANARY, PUBLISH, STOP, UNPUBLISH, transition
 from renderer.project import (
+    CANARY_ANNOTATION,
     CANARY_MAX_WEIGHT,
     CANARY_MIN_WEIGHT,
+    CANARY_WEIGHT_ANNOTATION,
     Gateway,
     Ingress,
     ParentRef,
@@ -38,8 +40,6 @@ from renderer.projectfile import (
     project_data,
 )
 from renderer.render import (
-    CANARY_ANNOTATION,
-    CANARY_WEIGHT_ANNOTATION,
     SYNC_WAVE,
     RenderError,
     render_project,
@@ -461,3 +461,14 @@ def test_rendered_routes_are_checked_on_every_render(tmp_path: Path) -> None:
     with pytest.raises(RenderError) as info:
         render_project(project, versions)
     assert any(p.path == "spec.hostnames[0]" and ROUTE in p.file for p in info.value.problems)
+
+
+def test_the_readme_reference_has_a_canary_and_a_gateway(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## kai.yaml reference"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```\n", 1)]
+    p = load_project(write(tmp_path, block))
+    assert p.traffic == [("greeter-v1", 90), ("greeter-v2", 10)]
+    assert p.gateway == Gateway((ParentRef("public", "gateway-system", "grpc"),),
+                                ("greeter.example.com",))
+    assert "### Canary releases" in readme
