@@ -9,9 +9,12 @@
 * kubeconform, strict and offline against the same schemas, when it is on PATH;
 * kinds with no bundled schema (Argo CD, Flux, External Secrets, Sealed Secrets)
   have their required fields checked in code;
-* the Prometheus Operator's PodMonitor is checked against its CRD's schema, bundled in
-  `renderer/schemas/` (where it came from is in its `$comment`), read strictly (no
-  unknown fields), and for what the CRD leaves optional but a scrape needs;
+* the Prometheus Operator's PodMonitor and Gateway API's GRPCRoute are checked against
+  their CRDs' schemas, bundled in `renderer/schemas/` (where each came from is in its
+  `$comment`), read strictly (no unknown fields), and for what the CRD leaves optional
+  but a scrape or a route needs. JSON Schema ignores a CRD's x-kubernetes-validations
+  (CEL rules the API server runs): the GRPCRoute's that a rendered route could break are
+  checked in code.
 * so is KEDA's ScaledObject, and for the CRD's own CEL rule (minReplicaCount at most
   maxReplicaCount) and what KEDA's nats-jetstream scaler needs of a trigger's metadata.
 
@@ -39,7 +42,7 @@ from referencing import Registry, Resource
 from .fastschema import Check, compile_schema
 from .giturl import flux_url, is_scp_like
 from .problems import Problem
-from .project import KUSTOMIZATION
+from .project import KUSTOMIZATION, parent_ref_conflicts
 
 SCHEMA_ROOT = "kubernetes-json-schema"
 DEFINITIONS = "_definitions.json"
@@ -330,7 +333,7 @@ def crd_validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def _crd_problems(file: str, obj: Obj, schema: str, kind: str) -> list[Problem]:
-    """The errors of `obj` against the bundled CRD schema `schema`, read strictly."""
+    """What the bundled CRD schema `schema` of `kind` says of `obj`, strictly."""
     return [
         Problem(file, path=_field_path(error.absolute_path) or "(object)",
                 message=f"{error.message} (the {kind} CRD schema, strict)")
@@ -403,6 +406,59 @@ def _check_scaledobject(file: str, obj: Obj) -> list[Problem]:
     return problems
 
 
+GRPCROUTE_SCHEMA = "grpcroute-gateway-v1.crd.json"
+GRPCROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+_GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def _check_grpcroute(file: str, obj: Obj) -> list[Problem]:
+    """The bundled CRD schema, strictly; its CEL rules a route of Services can break (a
+    Service backend needs a port; refs to one Gateway name distinct listeners); and what
+    the CRD leaves optional but a route that carries traffic needs: a parent, a rule, a
+    backend, and weights that do not add up to 0."""
+    problems = _crd_problems(file, obj, GRPCROUTE_SCHEMA, "GRPCRoute")
+    problems += _require(file, obj, {"metadata.name": str, "spec.parentRefs": list,
+                                     "spec.rules": list})
+    refs = _get(obj, "spec.parentRefs")
+    if refs == []:
+        problems.append(Problem(file, path="spec.parentRefs", message=(
+            "is required (a non-empty list): a route with no Gateway takes no traffic")))
+    keys = [((ref.get("group", _GATEWAY_GROUP), ref.get("kind", "Gateway"),
+              ref.get("namespace", ""), ref.get("name")), ref.get("sectionName", ""))
+            for ref in (refs if isinstance(refs, list) else []) if isinstance(ref, Mapping)]
+    problems += [Problem(file, path=f"spec.parentRefs[{i}]", message=message)
+                 for i, message in parent_ref_conflicts(keys)]
+    rules = _get(obj, "spec.rules")
+    if rules == []:
+        problems.append(Problem(file, path="spec.rules", message=(
+            "is required (a non-empty list): a route with no rule sends nothing anywhere")))
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        backends = rule.get("backendRefs") if isinstance(rule, Mapping) else None
+        at = f"spec.rules[{i}].backendRefs"
+        if not isinstance(backends, list) or not backends:
+            problems.append(Problem(file, path=at, message=(
+                "is required (a non-empty list): the route's Services")))
+            continue
+        weights = 0
+        for j, ref in enumerate(backends):
+            if not isinstance(ref, Mapping):
+                continue
+            weight = ref.get("weight", 1)
+            weights += weight if isinstance(weight, int) else 0
+            if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service" \
+                    and "port" not in ref:
+                problems.append(Problem(file, path=f"{at}[{j}].port", message=(
+                    "is required for a Service (Gateway API's CEL rule: Must have port for "
+                    "Service reference)")))
+        if weights == 0:
+            problems.append(Problem(file, path=at, message=(
+                "weights add up to 0: every request would fail UNAVAILABLE")))
+    if obj.get("apiVersion") != GRPCROUTE_API_VERSION:
+        problems.append(Problem(file, path="apiVersion", message=(
+            f"must be {GRPCROUTE_API_VERSION} (the version of the bundled CRD schema)")))
+    return problems
+
+
 CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
     ("argoproj.io", "Application"): _check_application,
     ("source.toolkit.fluxcd.io", "GitRepository"): _check_gitrepository,
@@ -411,6 +467,7 @@ CUSTOM_CHECKS: dict[tuple[str, str], Callable[[str, Obj], list[Problem]]] = {
     ("bitnami.com", "SealedSecret"): _check_sealedsecret,
     ("monitoring.coreos.com", "PodMonitor"): _check_podmonitor,
     ("keda.sh", "ScaledObject"): _check_scaledobject,
+    (_GATEWAY_GROUP, "GRPCRoute"): _check_grpcroute,
 }
 
 

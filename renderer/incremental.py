@@ -5,7 +5,7 @@ or two versions. It runs only when kai.yaml, `rendered/<project>/` and the runni
 versions' sources are committed (repo._prepare_git refuses otherwise), so the tree on
 disk is the committed one, which `kai render --check` in CI vouches for: for every
 version whose state and sources did not change, its folder on disk is exactly what a
-full render would write again.
+full render would write again. `kai canary` changes a version's canary weight alike.
 
 So the new tree is: the project-level files and the changed versions' folders, rendered
 and validated anew; every other version's files kept from disk unchanged (hard-linked
@@ -14,7 +14,7 @@ listing them all. The result is byte-identical to a full render.
 
 The tree on disk is checked for the shape the previous kai.yaml gives before it is
 trusted: one folder per running version and no other, the project-level files as they
-render now, and a `kustomization.yaml` that lists exactly the files there with the
+render for it, and a `kustomization.yaml` that lists exactly the files there with the
 current image map. Anything else (a kai.yaml edited by hand, a tree from another kai
 version) makes `render_change` return None, and the caller renders everything.
 """
@@ -77,15 +77,17 @@ def render_change(before: Project, after: Project, versions: Mapping[str, Versio
     """The tree for `after`, re-rendering only the `changed` versions (loaded in `versions`).
 
     `target` holds the tree rendered for `before`; `before` and `after` differ only in the
-    states of the changed versions. Returns None when the tree on disk cannot be trusted
-    (see the module docstring): then render everything. Raises RenderError as a full
-    render would for the changed versions.
+    states (and canary weights) of the changed versions. The project-level files (with
+    `gateway:`, the GRPCRoute follows the published version and the canary) are rendered
+    anew. Returns None when the tree on disk cannot be trusted (see the module
+    docstring): then render everything. Raises RenderError as a full render would for
+    the changed versions.
     """
     changed = set(changed)
     files = tree_files(target)
-    project_files = project_tree(after)  # project settings only: the same for `before`
-    if files is None or not _trusted(before, target, files, project_files):
+    if files is None or not _trusted(before, target, files, project_tree(before)):
         return None
+    project_files = project_tree(after)
     check_published(after)
     tree = dict(project_files)
     tree.update(versions_tree(after, versions, sorted(changed)))

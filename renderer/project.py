@@ -6,7 +6,7 @@ renderer.projectfile; this module only holds the typed model the plan reads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +45,14 @@ RUNNER_GPU = "runner-gpu"  # CUDA base, CUDA torch: for gpu nodes
 FLAVORS = (RUNNER, RUNNER_ML, RUNNER_GPU)  # the runner images, and what a version image builds on
 DEFAULT_FLAVOR = RUNNER_ML
 GRPC_BACKEND_ANNOTATION = {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
+# ingress-nginx's canary Ingress: a second Ingress of the same host and path, to the
+# canary's Service, that takes this share (of 100) of the requests. kai sets them (on the
+# canary's Ingress only); kai.yaml ingress.annotations may set no `canary*` annotation.
+CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
+CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
+CANARY_MIN_WEIGHT = 1  # a canary's share of the outside traffic, in percent: 1 to 99
+CANARY_MAX_WEIGHT = 99
+TRAFFIC = 100  # the whole: the published version keeps TRAFFIC less the canary's weight
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,26 @@ class Ingress:
     class_name: str = "nginx"
     tls_secret: str = ""
     annotations: dict[str, str] = field(default_factory=lambda: dict(GRPC_BACKEND_ANNOTATION))
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A Gateway (Gateway API) the project's GRPCRoute attaches to: kai.yaml
+    `gateway.parentRefs[]`. `namespace` "": the project's; `section_name` "": every
+    listener of the Gateway that accepts the route."""
+
+    name: str
+    namespace: str = ""
+    section_name: str = ""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """kai.yaml `gateway:`: outside traffic comes through Gateway API, as a GRPCRoute on
+    these Gateways, instead of the Ingress."""
+
+    parent_refs: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...] = ()  # empty: every host name the listeners accept
 
 
 @dataclass(frozen=True)
@@ -263,6 +291,7 @@ class VersionState:
     scheduling: Scheduling = field(default_factory=Scheduling)  # the same
     nodes: dict[str, ProcessSettings] = field(default_factory=dict)  # by krt.yml node name
     entrypoint: ProcessSettings = field(default_factory=ProcessSettings)
+    canary: int = 0  # kai.yaml `canary: {weight: N}`: N% of the outside traffic; 0: no canary
 
 
 @dataclass(frozen=True)
@@ -297,6 +326,7 @@ class Project:
     monitoring: Monitoring = field(default_factory=Monitoring)
     tracing: Tracing = field(default_factory=Tracing)
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    gateway: Gateway | None = None  # None: the Ingress (ingress-nginx) takes outside traffic
 
     def state_of(self, version: str) -> str:
         vs = self.versions.get(version)
@@ -340,6 +370,26 @@ class Project:
         return None
 
     @property
+    def canary(self) -> tuple[str, int] | None:
+        """The canary and its weight (the first by name, should kai.yaml name two)."""
+        for name in sorted(self.versions):
+            if self.versions[name].canary:
+                return name, self.versions[name].canary
+        return None
+
+    @property
+    def traffic(self) -> list[tuple[str, int]]:
+        """How outside traffic splits: (version, percent) of the published version, then
+        of the canary; empty when no version is published."""
+        published = self.published
+        if published is None:
+            return []
+        canary = self.canary
+        if canary is None:
+            return [(published, TRAFFIC)]
+        return [(published, TRAFFIC - canary[1]), canary]
+
+    @property
     def rendered_rel(self) -> str:
         """`rendered/<project>`, relative to the repo root: what Argo CD and Flux sync."""
         return f"{RENDERED_DIR}/{self.name}"
@@ -378,6 +428,61 @@ def too_many_published(states: Mapping[str, str]) -> str | None:
     names = sorted({conflicts[0][1], *(name for name, _ in conflicts)})
     return (f"{len(names)} versions are published ({', '.join(names)}); at most one may be, "
             "since there is one active-entrypoint Service per project")
+
+
+def canary_conflicts(states: Mapping[str, str],
+                     canaries: Mapping[str, int]) -> list[tuple[str, str]]:
+    """The canary rules: at most one canary; its weight from CANARY_MIN_WEIGHT to
+    CANARY_MAX_WEIGHT; it is started (never stopped, never the published version); and a
+    version is published, whose traffic it shares. (version, what is wrong) for each
+    version of `canaries` (version name -> weight; 0: not a canary) that breaks one, in
+    the order of `canaries`; `states` maps version names to states. Each message goes
+    after the version's name: `greeter-v2 is stopped, and ...`."""
+    out: list[tuple[str, str]] = []
+    named = [name for name, weight in canaries.items() if weight]
+    published = [name for name, state in states.items() if state == PUBLISHED]
+    for name in named:
+        weight, state = canaries[name], states.get(name, STOPPED)
+        if not CANARY_MIN_WEIGHT <= weight <= CANARY_MAX_WEIGHT:
+            out.append((name, f"has canary weight {weight}, but a canary's weight is from "
+                              f"{CANARY_MIN_WEIGHT} to {CANARY_MAX_WEIGHT} (percent of the "
+                              "traffic)"))
+        elif state == PUBLISHED:
+            out.append((name, "is published, so it cannot be the canary too: a canary is a "
+                              "started version that takes a share of the published one's "
+                              "traffic"))
+        elif state != STARTED:
+            out.append((name, f"is {state}, and a canary must run: set its state to started, "
+                              "or remove `canary:`"))
+        elif not published:
+            out.append((name, "is a canary, but no version is published, so there is no "
+                              "traffic to split; publish one, or remove `canary:`"))
+        elif name != named[0]:
+            out.append((name, f"is a canary too, but only one version can be the canary "
+                              f"and {named[0]} is; remove one `canary:`"))
+    return out
+
+
+def parent_ref_conflicts(refs: Sequence[tuple[Hashable, str]]) -> list[tuple[int, str]]:
+    """Gateway API's rule for a route's parentRefs (CEL rules of its CRD, which a JSON
+    schema cannot say): refs to one Gateway each name a listener (sectionName), and
+    different ones. `refs`: (the Gateway, as any key, its sectionName) of each parentRef;
+    returns (index, what is wrong) for each ref that breaks it."""
+    out: list[tuple[int, str]] = []
+    for i, (parent, section) in enumerate(refs):
+        same = [j for j, (other, _) in enumerate(refs) if other == parent]
+        if len(same) < 2:
+            continue
+        others = ", ".join(f"[{j}]" for j in same if j != i)
+        if not section:
+            out.append((i, f"refers to the same Gateway as parentRefs{others}, so each needs "
+                           "a sectionName (the listener)"))
+        else:
+            before = [j for j in same if j < i and refs[j][1] == section]
+            if before:
+                out.append((i, f'refers to the same Gateway and listener "{section}" as '
+                               f"parentRefs[{before[0]}]; name each listener once"))
+    return out
 
 
 def lacks_config_source(config: Config, source: ConfigSource | None) -> bool:

@@ -25,6 +25,7 @@ from .autoscaling import DEFAULT_ACCOUNT, AutoscalingSettings
 from .checks import bundled_kubernetes_versions
 from .problems import InputError, Problem
 from .project import (
+    CANARY_ANNOTATION,
     PROJECT_FILE,
     STOPPED,
     Build,
@@ -33,15 +34,19 @@ from .project import (
     DataStream,
     EgressPort,
     EgressRule,
+    Gateway,
     ImageMapping,
     Ingress,
     Monitoring,
     Nats,
     Network,
+    ParentRef,
     Project,
     Runtime,
     Tracing,
     VersionState,
+    canary_conflicts,
+    parent_ref_conflicts,
     published_conflict,
     published_conflicts,
 )
@@ -119,6 +124,7 @@ def _semantic_problems(doc: Document, root: Path) -> list[Problem]:
     states = {name: entry.get("state") for name, entry in versions.items()}
     for name, first in published_conflicts(states):
         out.append(doc.problem(("versions", name, "state"), published_conflict(first)))
+    out += _traffic_problems(doc)
     for name, entry in versions.items():
         sealed = entry.get("config", {}).get("sealedSecret")
         if sealed:
@@ -178,6 +184,29 @@ def endpoint_problem(url: str) -> str:
         return (f'"{url}" has a path: OTLP over gRPC takes HOST:PORT only (/v1/traces is OTLP '
                 "over HTTP, usually on port 4318; the gRPC port is usually 4317)")
     return ""
+
+
+def _traffic_problems(doc: Document) -> list[Problem]:
+    """The canary rules (renderer.project.canary_conflicts), Gateway API's rule for
+    `gateway.parentRefs`, and `ingress.annotations` leaving the canary ones to kai."""
+    data = doc.data
+    out: list[Problem] = []
+    versions = data.get("versions", {})
+    states = {name: entry.get("state", STOPPED) for name, entry in versions.items()}
+    canaries = {name: entry.get("canary", {}).get("weight", 0)
+                for name, entry in versions.items()}
+    for name, message in canary_conflicts(states, canaries):
+        out.append(doc.problem(("versions", name, "canary"), f"{name} {message}", key=True))
+    refs = data.get("gateway", {}).get("parentRefs", [])
+    keys = [((ref.get("namespace", ""), ref["name"]), ref.get("sectionName", "")) for ref in refs]
+    for i, message in parent_ref_conflicts(keys):
+        out.append(doc.problem(("gateway", "parentRefs", i), message))
+    for key in data.get("ingress", {}).get("annotations", {}):
+        if key.startswith(CANARY_ANNOTATION):
+            out.append(doc.problem(("ingress", "annotations", key), (
+                "ingress-nginx's canary annotations are kai's: it sets them on the canary's "
+                "own Ingress (`kai canary VERSION --weight N`); remove this one"), key=True))
+    return out
 
 
 def _build_problems(doc: Document) -> list[Problem]:
@@ -478,6 +507,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
                                BuildOverride(**_pick(entry.get("build", {}), {
                                    "flavor": "flavor", "base": "base"})),
                                egress=_egress(entry.get("network", {})),
+                               canary=entry.get("canary", {}).get("weight", 0),
                                **schedulingfile.version_fields(entry))
             for name, entry in data.get("versions", {}).items()
         },
@@ -491,6 +521,7 @@ def _project(data: dict[str, Any], root: Path) -> Project:
         tracing=_tracing(data.get("tracing", {})),
         autoscaling=AutoscalingSettings(**_pick(data.get("autoscaling", {}),
                                                 {"engine": "engine"})),
+        gateway=_gateway(data["gateway"]) if "gateway" in data else None,
         **schedulingfile.project_fields(data),
     )
 
@@ -500,6 +531,29 @@ def _tracing(raw: dict[str, Any]) -> Tracing:
     return Tracing(endpoint=raw.get("endpoint", ""), sampler=raw.get("sampler", ""),
                    sampler_arg=None if arg is None else float(arg),
                    namespace=raw.get("namespace", ""))
+
+
+def _gateway(raw: dict[str, Any]) -> Gateway:
+    return Gateway(
+        parent_refs=tuple(ParentRef(ref["name"], ref.get("namespace", ""),
+                                    ref.get("sectionName", "")) for ref in raw["parentRefs"]),
+        hostnames=tuple(raw.get("hostnames", ())),
+    )
+
+
+def _gateway_data(gateway: Gateway) -> dict[str, Any]:
+    refs = []
+    for ref in gateway.parent_refs:
+        entry = {"name": ref.name}
+        if ref.namespace:
+            entry["namespace"] = ref.namespace
+        if ref.section_name:
+            entry["sectionName"] = ref.section_name
+        refs.append(entry)
+    data: dict[str, Any] = {"parentRefs": refs}
+    if gateway.hostnames:
+        data["hostnames"] = list(gateway.hostnames)
+    return data
 
 
 def _network(raw: dict[str, Any]) -> Network:
@@ -603,6 +657,8 @@ def project_data(project: Project) -> dict[str, Any]:
     for name in sorted(project.versions):
         vs = project.versions[name]
         entry: dict[str, Any] = {"state": vs.state}
+        if vs.canary:
+            entry["canary"] = {"weight": vs.canary}
         if vs.config is not None:
             entry["config"] = _config_data(vs.config)
         if vs.runtime != Runtime():
@@ -621,6 +677,7 @@ def project_data(project: Project) -> dict[str, Any]:
         "kubernetesVersion": project.kubernetes_version,
         "nats": nats,
         "ingress": ingress,
+        **({"gateway": _gateway_data(project.gateway)} if project.gateway else {}),
         "images": images,
         "resources": {
             "requests": dict(sorted(project.resources.requests.items())),

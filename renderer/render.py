@@ -7,9 +7,11 @@ dumped canonically (renderer.output).
 
 The tree is built from independent parts, so one version can be re-rendered alone:
 
-* `project_tree(project)`: Namespace (optional) and NetworkPolicies (project settings only);
+* `project_tree(project)`: Namespace (optional) and NetworkPolicies (project settings
+  only), and with kai.yaml `gateway:` the GRPCRoute (which also follows the published
+  version and the canary, by name and weight);
 * `version_tree(project, version, state)`: one version's folder, a pure function of
-  the project settings, the version's files and its state;
+  the project settings, the version's files, its state and its canary weight;
 * `kustomization(project, paths)`: the `kustomization.yaml` listing every file.
 """
 
@@ -53,14 +55,18 @@ from .plan import (
 )
 from .problems import InputError, Problem
 from .project import (
+    CANARY_ANNOTATION,
+    CANARY_WEIGHT_ANNOTATION,
     DEPLOY_DIR,
     KUSTOMIZATION,
     PROJECT_FILE,
+    STARTED,
     VERSIONS_DIR,
     ConfigSource,
     EgressRule,
     Monitoring,
     Project,
+    canary_conflicts,
     too_many_published,
 )
 from .templateyaml import parse
@@ -216,19 +222,57 @@ def _service(plan: VersionPlan) -> dict[str, Any]:
     return render_template("service", plan=plan)
 
 
-def _ingress(project: Project, plan: VersionPlan) -> dict[str, Any]:
+def _ingress(project: Project, plan: VersionPlan, name: str = ACTIVE_SERVICE,
+             extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """An Ingress `name` to the version's Service (active-entrypoint when published), with
+    kai.yaml's ingress settings and `extra` annotations."""
     ing = project.ingress
     return render_template(
         "ingress",
-        name=ACTIVE_SERVICE,
+        name=name,
         namespace=plan.namespace,
-        labels=labels(plan.project, plan.version, "ingress", "ingress", ACTIVE_SERVICE),
+        labels=labels(plan.project, plan.version, "ingress", "ingress", name),
         # wave 1, with the Service: after the Deployments (wave 0) are healthy
-        annotations={**dict(ing.annotations), SYNC_WAVE: "1"},
+        annotations={**dict(ing.annotations), **dict(extra or {}), SYNC_WAVE: "1"},
         class_name=ing.class_name,
         tls_secret=ing.tls_secret,
         host=ing.host,
-        service=ACTIVE_SERVICE,
+        service=plan.service_name,
+    )
+
+
+def canary_ingress_name(version: str) -> str:
+    return f"{version}-canary"
+
+
+def _canary_ingress(project: Project, plan: VersionPlan, weight: int) -> dict[str, Any]:
+    """The canary's Ingress: the main Ingress's host, class, TLS and annotations, to the
+    canary's Service, marked as ingress-nginx's canary taking `weight`% of the requests."""
+    return _ingress(project, plan, canary_ingress_name(plan.version),
+                    {CANARY_ANNOTATION: "true", CANARY_WEIGHT_ANNOTATION: str(weight)})
+
+
+def _grpcroute(project: Project) -> dict[str, Any]:
+    """The GRPCRoute (kai.yaml `gateway:`) from the Gateways to the published version's
+    Service and the canary's, weighted as Project.traffic splits the traffic."""
+    assert project.gateway is not None
+    published = project.published
+    backends = [{"name": ACTIVE_SERVICE if version == published else version,
+                 "port": contract.GRPC_PORT, "weight": weight}
+                for version, weight in project.traffic]
+    return render_template(
+        "grpcroute",
+        api_version=checks.GRPCROUTE_API_VERSION,
+        name=ACTIVE_SERVICE,
+        namespace=project.namespace,
+        labels={"app.kubernetes.io/component": "route",
+                "app.kubernetes.io/instance": ACTIVE_SERVICE,
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                "app.kubernetes.io/name": "grpcroute",
+                "app.kubernetes.io/part-of": project.name},
+        parent_refs=project.gateway.parent_refs,
+        hostnames=list(project.gateway.hostnames),
+        backends=backends,
     )
 
 
@@ -299,8 +343,12 @@ def render_version(project: Project, plan: VersionPlan) -> list[dict[str, Any]]:
     objects += [_autoscaler(project, plan, process) for process in plan.processes
                 if process.autoscaling]
     objects.append(_service(plan))
-    if plan.published:
-        objects.append(_ingress(project, plan))
+    vs = project.versions.get(plan.version)
+    if project.gateway is None:  # else the project's GRPCRoute routes the traffic
+        if plan.published:
+            objects.append(_ingress(project, plan))
+        elif plan.state == STARTED and vs is not None and vs.canary:
+            objects.append(_canary_ingress(project, plan, vs.canary))
     if project.monitoring.pod_monitor:
         objects.append(_podmonitor(project, plan))
     if project.monitoring.dashboards:
@@ -336,7 +384,7 @@ def version_tree(project: Project, version: Version, state: str | None = None) -
 
 def render_project_objects(project: Project) -> list[dict[str, Any]]:
     """The project-level objects: its Namespace (unless kai.yaml says `createNamespace:
-    false`) and NetworkPolicies."""
+    false`), NetworkPolicies and, with `gateway:` and a published version, the GRPCRoute."""
     base = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": project.name}
     common = {"namespace": project.namespace, "labels": base}
     network = project.network
@@ -371,6 +419,8 @@ def render_project_objects(project: Project) -> list[dict[str, Any]]:
             ports=[contract.WEB_PORT, contract.NODE_WEB_PORT],
             from_namespace=network.metrics_namespace, **common,
         ))
+    if project.gateway is not None and project.traffic:
+        objects.append(_grpcroute(project))
     return objects
 
 
@@ -415,10 +465,17 @@ def render_project(project: Project, versions: Mapping[str, Version]) -> dict[st
 
 
 def check_published(project: Project) -> None:
-    """At most one version is published (renderer.project holds the rule)."""
-    message = too_many_published({n: vs.state for n, vs in sorted(project.versions.items())})
+    """At most one version is published, and the canary rules hold (renderer.project holds
+    the rules)."""
+    states = {n: vs.state for n, vs in sorted(project.versions.items())}
+    message = too_many_published(states)
     if message:
         raise RenderError([Problem("kai.yaml", path="versions", message=message)])
+    conflicts = canary_conflicts(states, {n: vs.canary for n, vs in
+                                          sorted(project.versions.items())})
+    if conflicts:
+        raise RenderError([Problem("kai.yaml", path=f"versions.{name}.canary",
+                                   message=f"{name} {message}") for name, message in conflicts])
 
 
 def versions_tree(project: Project, versions: Mapping[str, Version],

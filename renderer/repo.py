@@ -224,9 +224,13 @@ def _quiet(_: str) -> None:
     pass
 
 
-def apply_state_change(root: Path, version: str, action: str, commit: bool = True,
-                       branch: str | None = None, notify: Notify = _quiet) -> Result:
+def apply_state_change(root: Path, version: str | None, action: str, commit: bool = True,
+                       branch: str | None = None, notify: Notify = _quiet,
+                       weight: int | None = None) -> Result:
     """Run one lifecycle command: kai.yaml, re-render, one commit `kai: <summary>`.
+
+    `weight`: the canary's share for action `canary` (0 ends it; `version` None then ends
+    whichever version is the canary), see lifecycle.transition.
 
     Holds the repo lock from reading kai.yaml to the commit (renderer.lock); `notify` hears
     that it waits, and what it recovered from a killed command. Refuses when the files it
@@ -244,33 +248,35 @@ def apply_state_change(root: Path, version: str, action: str, commit: bool = Tru
     """
     if branch and not commit:
         raise RepoError("--branch makes a commit on the new branch; drop --no-commit")
-    command = f"kai {action} {version}"
+    command = " ".join(["kai", action, *([version] if version else []),
+                        *([] if weight is None else [f"--weight {weight}"])])
     with repo_lock(root, command, on_wait=notify):
         in_git = _recover(root, notify)
         if not branch:
-            return _state_change(root, version, action, commit, command, in_git)
+            return _state_change(root, version, action, commit, command, in_git, weight)
         if not in_git:
             raise RepoError(f"{root} is not a git repository; --branch needs one")
         _refuse_dirty(root, [PROJECT_FILE, VERSIONS_DIR, load_project_name(root)])
         with branch_worktree(root, branch) as work:
-            result = _state_change(work, version, action, True, command, True)
+            result = _state_change(work, version, action, True, command, True, weight)
         return replace(result, branch=branch)
 
 
-def _state_change(root: Path, version: str, action: str, commit: bool, command: str,
-                  in_git: bool) -> Result:
+def _state_change(root: Path, version: str | None, action: str, commit: bool, command: str,
+                  in_git: bool, weight: int | None = None) -> Result:
     from .incremental import render_change
     from .projectfile import edit_project, read_project_text
     from .rename import stale_paths
 
     project, text = read_project_text(root)
     # Fail fast on an illegal transition, before loading (and validating) any version.
-    changed = {c.version for c in transition(project, version, action).changes}
+    first = transition(project, version, action, weight=weight)
+    changed = {c.version for c in first.changes}
     partial = in_git
     repo = load(root, only=changed if partial else None, project=project)
-    version_obj = repo.versions.get(version)
-    t = transition(repo.project, version, action,
-                   config=version_obj.config if version_obj else None)
+    version_obj = repo.versions.get(first.version)
+    t = transition(repo.project, first.version, action,
+                   config=version_obj.config if version_obj else None, weight=weight)
     new_project = t.apply(repo.project)
     stale = stale_paths(root, new_project.name)  # `project:` renamed since the last render
     touched = [PROJECT_FILE, repo.rendered_rel, *stale]

@@ -35,6 +35,7 @@ def collect(root: Path) -> dict[str, Any]:
             "name": name,
             "state": vs.state,
             "published": vs.state == PUBLISHED,
+            "canary": vs.canary or None,  # its weight, when it is the canary
             "config": ({"kind": vs.config.kind, "secret": vs.config.secret}
                        if vs.config else None),
             "workflows": [],
@@ -64,11 +65,24 @@ def collect(root: Path) -> dict[str, Any]:
         "project": project.name,
         "namespace": project.namespace,
         "published": project.published,
+        "traffic": traffic(project),
         "versions": versions,
         "project_resources": _resources(rendered, recursive=False),
         "unregistered": unregistered,
         "rendered": rendered_status(project, loaded),
         "deploy_warnings": [str(p) for p in deploy_references(root, project)],
+    }
+
+
+def traffic(project: Project) -> dict[str, Any]:
+    """How outside traffic splits between the published version and the canary, and
+    through what: "ingress" (ingress-nginx) or "gateway" (a GRPCRoute)."""
+    canary = project.canary
+    return {
+        "through": "ingress" if project.gateway is None else "gateway",
+        "canary": {"version": canary[0], "weight": canary[1]} if canary else None,
+        "split": [{"version": version, "weight": weight}
+                  for version, weight in project.traffic],
     }
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "stop": "lifecycle:stop",
     "publish": "lifecycle:publish",
     "unpublish": "lifecycle:unpublish",
+    "canary": "lifecycle:canary",
     "status": "status:status",
     "render": "render:render",
     "diff": "render:diff",

@@ -21,6 +21,9 @@ from .repoopts import guarded, notify, repo_option, root_of
 def status(as_json: bool, repo: Path | None) -> None:
     """Show each version's desired state, its workflows (rpc → chain) and what is rendered.
 
+    The traffic line shows how outside traffic splits between the published version
+    and the canary (JSON: "traffic": {"through", "canary", "split"}).
+
     Resources are counted from rendered/PROJECT as it is on disk. The repo is
     rendered in memory too, and compared with rendered/PROJECT: `up to date`,
     or `out of date (N files differ)` when `kai render` would change it (JSON:
@@ -57,7 +60,8 @@ def table(data: dict[str, Any]) -> str:
         flows = [" → ".join([w["rpc"], *w["chain"]]) for w in v["workflows"]]
         if v["problems"]:
             flows = [f"invalid: run `kai validate {VERSIONS_DIR}/{v['name']}`"]
-        state = v["state"] + (" *" if v["published"] else "")
+        state = v["state"] + (" *" if v["published"] else "") + (
+            f" (canary {v['canary']}%)" if v["canary"] else "")
         flows = flows or ["-"]
         rows.append((v["name"], state, flows[0], _kinds_text(v["resources"])))
         rows.extend(("", "", extra, "") for extra in flows[1:])
@@ -69,8 +73,16 @@ def table(data: dict[str, Any]) -> str:
         lines.append("  ".join([*cells, r[3]]).rstrip())
     lines.append("")
     lines.append(f"project-level: {_kinds_text(data['project_resources'])}")
+    route = "the GRPCRoute" if data["traffic"]["through"] == "gateway" else "the Ingress"
     if data["published"]:
-        lines.append("* published: its Service is active-entrypoint, with the Ingress")
+        lines.append(f"* published: its Service is active-entrypoint, with {route}")
+    split = data["traffic"]["split"]
+    if split:
+        shares = ", ".join(f"{s['version']} {s['weight']}%" for s in split)
+        how = ("the GRPCRoute's backend weights" if data["traffic"]["through"] == "gateway"
+               else "a second Ingress with ingress-nginx's canary-weight")
+        lines.append(f"traffic: {shares}" + (f" (canary through {how})"
+                                             if len(split) > 1 else f" (through {route})"))
     lines.extend(_rendered_text(data["rendered"]))
     lines.extend(f"warning: {w}" for w in data["deploy_warnings"])
     if data["unregistered"]:

@@ -35,7 +35,8 @@ def kai_process(*args: str, env: dict[str, str] | None = None,
     `prelude` is Python run before the CLI (to inject a fault).
     """
     code = f"{prelude}\nfrom renderer.cli import main\nmain()"
-    full_env = {**os.environ, "PYTHONPATH": os.fspath(ROOT), **(env or {})}
+    path = os.pathsep.join(p for p in (os.fspath(ROOT), os.environ.get("PYTHONPATH")) if p)
+    full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], cwd=ROOT, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -526,7 +526,8 @@ def test_status_table_and_json(populated: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["init", "add", "start", "stop", "publish", "unpublish", "status", "render", "diff"]
+    "command", ["init", "add", "start", "stop", "publish", "unpublish", "canary", "status",
+                "render", "diff"]
 )
 def test_every_command_has_help(command: str) -> None:
     assert command in COMMANDS

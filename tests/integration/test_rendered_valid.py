@@ -19,11 +19,13 @@ from renderer.project import (
     ConfigSource,
     EgressPort,
     EgressRule,
+    Gateway,
     ImageMapping,
     Ingress,
     Monitoring,
     Nats,
     Network,
+    ParentRef,
     Project,
     Tracing,
     VersionState,
@@ -35,7 +37,8 @@ from tests.integration.gitops_helpers import validate_strict
 pytestmark = pytest.mark.integration
 
 # kubernetes-validate has no schema for these (checks.py checks them itself): they warn
-CUSTOM_RESOURCES = ("externalsecret-", "sealedsecret-", "podmonitor-", "scaledobject-")
+CUSTOM_RESOURCES = ("externalsecret-", "sealedsecret-", "podmonitor-", "scaledobject-",
+                    "grpcroute-")
 
 PROTO = """syntax = "proto3";
 message Req { string name = 1; }
@@ -378,3 +381,43 @@ def test_autoscaling_passes_the_real_tools(tmp_path: Path, engine: str) -> None:
         kinds = [o["kind"] for o in yaml.safe_load_all(built.stdout) if o]
         assert kinds.count("HorizontalPodAutoscaler") == (1 if engine == "keda" else 3)
         assert kinds.count("ScaledObject") == (2 if engine == "keda" else 0)
+
+
+@pytest.mark.parametrize("gateway", [
+    None, Gateway((ParentRef("public", "gateway-system", "grpc"), ParentRef("internal")),
+                  ("demo.example.com", "*.demo.example.com"))])
+def test_a_canary_passes_the_real_tools(repo: tuple[Project, dict[str, Version]],
+                                        gateway: Gateway | None) -> None:
+    """greeter-v2 as the canary at 20%: its second Ingress (ingress-nginx's canary), or the
+    GRPCRoute with both Services weighted, passes kubernetes-validate --strict (the CRD it
+    has no schema for only warns), kai's own checks and kubectl kustomize."""
+    project, versions = repo
+    states = dict(project.versions)
+    states["greeter-v2"] = replace(states["greeter-v2"], canary=20)
+    project = replace(project, versions=states, gateway=gateway)
+    target = _written(project, versions)
+    files = sorted(str(p) for p in target.rglob("*.yaml") if p.name != "kustomization.yaml")
+    names = {str(Path(f).relative_to(target)) for f in files}
+    if gateway is None:
+        assert "greeter-v2/ingress-greeter-v2-canary.yaml" in names
+        assert "grpcroute-active-entrypoint.yaml" not in names
+    else:
+        assert "grpcroute-active-entrypoint.yaml" in names
+        assert not [n for n in names if "/ingress-" in n]
+    _validate_strict(project, files)
+    assert checks.check_files(read_tree(target), project.kubernetes_version) == []
+    if shutil.which("kubectl") is not None:
+        built = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True,
+                               text=True, check=False)
+        assert built.returncode == 0, built.stderr
+        objs = [o for o in yaml.safe_load_all(built.stdout) if o]
+        assert {o["metadata"].get("namespace", "demo") for o in objs} == {"demo"}
+        kinds = [o["kind"] for o in objs]
+        if gateway is None:
+            assert kinds.count("Ingress") == 2
+        else:
+            assert kinds.count("Ingress") == 0 and kinds.count("GRPCRoute") == 1
+            (route,) = [o for o in objs if o["kind"] == "GRPCRoute"]
+            assert route["spec"]["rules"][0]["backendRefs"] == [
+                {"name": "active-entrypoint", "port": 9000, "weight": 80},
+                {"name": "greeter-v2", "port": 9000, "weight": 20}]
