@@ -143,9 +143,9 @@ def test_two_replicas_share_the_load(chain: tuple[Version, NatsServer, Client]) 
 def test_the_deadline_is_honoured(chain: tuple[Version, NatsServer, Client]) -> None:
     _, _, client = chain
     began = time.monotonic()
-    code, _ = client.failure("late", sleep=3.0, timeout=0.5)
+    code, _ = client.failure("late", sleep=5.0, timeout=0.5)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - began < 2.0
+    assert time.monotonic() - began < 4.0  # by the deadline, not the handler
     assert client.call("after").id == "after"
 
 
@@ -173,12 +173,12 @@ def test_no_backlog_and_a_slow_call_kept_alive(tmp_path: Path,
             assert client.failure("nobody", timeout=10) == (
                 grpc.StatusCode.UNAVAILABLE, "no replica of node first takes calls (workflow "
                 "run is at-most-once and keeps no backlog): not run; try again shortly")
-            assert time.monotonic() - began < 3.0  # not kept waiting for a replica
+            assert time.monotonic() - began < 5.0  # not kept until the deadline (10 s)
             first = version.node("first")
             wait_ready(first)
             began = time.monotonic()
             code, details = client.failure("half", timeout=10)
-            assert code == grpc.StatusCode.UNAVAILABLE and time.monotonic() - began < 3.0
+            assert code == grpc.StatusCode.UNAVAILABLE and time.monotonic() - began < 5.0
             assert details == ("no replica of node middle takes calls (workflow run is "
                                "at-most-once): the request may have partly run (through node "
                                "first)")

@@ -163,9 +163,9 @@ def test_the_statuses_are_the_same(tmp_path: Path, delivery: str) -> None:
                 await r.call_raw(b"\xff\xff\xff")
             assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             began = time.monotonic()
-            code, _ = await failure(r, deadline=0.3, text="slow", sleep=2.0)
+            code, _ = await failure(r, deadline=0.3, text="slow", sleep=5.0)
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - began < 1.5
+            assert time.monotonic() - began < 3  # ended by its deadline, not the handler
             assert (await r.call(text="after")).text.endswith(">last")
 
     run(scenario)
@@ -240,7 +240,7 @@ def test_no_replica_of_the_first_node_is_unavailable_at_once_and_not_run(
             await r.start_entrypoint()
             began = time.monotonic()
             code, details = await failure(r, deadline=10, text="nobody")
-            assert time.monotonic() - began < 2  # no backlog: not kept until a replica comes
+            assert time.monotonic() - began < 5  # no backlog: not kept until the deadline
             assert (code, details) == (
                 grpc.StatusCode.UNAVAILABLE, "no replica of node first takes calls (workflow "
                 "wf is at-most-once and keeps no backlog): not run; try again shortly")
@@ -294,7 +294,7 @@ def test_a_crashed_replica_is_redelivered_at_least_once_and_unavailable_at_most_
                 "no sign of life from the node handling this call for 0.4s (a replica crashed "
                 "or lost NATS); at-most-once calls are never delivered again, and this one may "
                 "have partly run")
-            assert time.monotonic() - began < 5  # about the ack wait, far before the deadline
+            assert time.monotonic() - began < 10  # about the ack wait, not the deadline (20)
             await asyncio.sleep(0.5)
             assert len(firsts()) == 1  # not delivered again
             assert (await r.call(text="next")).text == "next"  # the survivor takes calls
