@@ -383,6 +383,13 @@ class Workflow:
         return out
 
 
+def input_subject(project: str, version: str, workflow: Workflow, step: int) -> str:
+    """The subject step `step` of `workflow` takes its input from: its call subject at most
+    once, else the subject of its stream."""
+    subject = call_subject if workflow.at_most_once else step_subject
+    return subject(project, version, workflow.name, step)
+
+
 def encode_workflows(workflows: list[Workflow] | tuple[Workflow, ...]) -> str:
     return json.dumps([w.to_json() for w in workflows], separators=(",", ":"), sort_keys=True)
 

@@ -150,8 +150,7 @@ def bind(env: contract.RunnerEnv, compiled: CompiledProto) -> list[Binding]:
             rpc=wf.rpc,
             input_type=compiled.message_class(method.input_type),
             type_url=TYPE_URL_PREFIX + method.input_type.full_name,
-            subject=(contract.call_subject if wf.at_most_once else contract.step_subject)(
-                env.project, env.version, wf.name, 0),
+            subject=contract.input_subject(env.project, env.version, wf, 0),
             at_most_once=wf.at_most_once,
         ))
     return out

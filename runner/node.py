@@ -308,7 +308,7 @@ class Route:
     # at most once: the step's calls arrive on `subject`, in queue group `consumer`, and its
     # output goes on as a call to `next_subject` (runner.transport.core); stream is ""
     at_most_once: bool = False
-    subject: str = ""
+    subject: str = ""  # the subject of the step's input
 
 
 def routes_of(env: contract.RunnerEnv) -> list[Route]:
@@ -326,32 +326,20 @@ def routes_of(env: contract.RunnerEnv) -> list[Route]:
             if method is None:
                 raise StartupError(f"workflow {wf.name}: rpc {wf.rpc} is not in {env.proto}")
             last = step == len(wf.chain) - 1
-            if wf.at_most_once:
-                out.append(Route(
-                    workflow=wf.name,
-                    rpc=wf.rpc,
-                    step=step,
-                    stream="",
-                    consumer=contract.queue_group(env.project, env.version, wf.name, step,
-                                                  name),
-                    next_subject=None if last else contract.call_subject(
-                        env.project, env.version, wf.name, step + 1),
-                    next_step=step + 1,
-                    output_type=method.output_type.full_name,
-                    at_most_once=True,
-                    subject=contract.call_subject(env.project, env.version, wf.name, step),
-                ))
-                continue
+            amo = wf.at_most_once  # core NATS calls in a queue group, no stream
             out.append(Route(
                 workflow=wf.name,
                 rpc=wf.rpc,
                 step=step,
-                stream=contract.stream_name(env.project, env.version, wf.name),
-                consumer=contract.consumer_name(step, name),
-                next_subject=None if last else contract.step_subject(
-                    env.project, env.version, wf.name, step + 1),
+                stream="" if amo else contract.stream_name(env.project, env.version, wf.name),
+                consumer=contract.queue_group(env.project, env.version, wf.name, step, name)
+                if amo else contract.consumer_name(step, name),
+                next_subject=None if last else contract.input_subject(
+                    env.project, env.version, wf, step + 1),
                 next_step=step + 1,
                 output_type=method.output_type.full_name,
+                at_most_once=amo,
+                subject=contract.input_subject(env.project, env.version, wf, step),
             ))
     if not out:
         raise StartupError(f"node {env.node} is in no workflow's chain")

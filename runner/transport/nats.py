@@ -29,7 +29,10 @@ Wire protocol (see also runner.contract for the names):
   The entrypoint matches the answer to its call by the last token of the subject;
 * a payload too large for one message (the claim check): the message carries no payload
   and one more header, HDR_CLAIM, the name of the object in the object store bucket
-  ``contract.claims_bucket(p, v)`` that holds it (a claimed reply has that header only).
+  ``contract.claims_bucket(p, v)`` that holds it (a claimed reply has that header only);
+* at most once (runner.transport.core): a step's input is a core NATS message to
+  ``call_subject(p, v, wf, i)`` with the same headers, its NATS reply subject the sender's
+  no-responders inbox followed by HDR_REPLY; a reply with HDR_ALIVE only is a sign of life.
 
 Every header costs a Python encode on one side and a Python parse on the other (nats-py),
 on every hop, so the envelope carries no more than these.
