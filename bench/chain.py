@@ -24,7 +24,10 @@ What one run does, all on loopback:
 7. the large cells (--large, 1 MiB and 8 MiB; 1 MiB once in --quick): the 3-node chain on
    a second nats-server with NATS's default max payload (1 MiB), so each payload travels
    through the version's claim bucket (runner.transport), against the same floors with the
-   payload in one message (the first server takes messages up to 16 MiB).
+   payload in one message (the first server takes messages up to 16 MiB);
+8. the at-most-once cells (--at-most-once-nodes, 3 by default): the same chain with
+   `delivery: at-most-once` (core NATS request/reply with queue groups, no JetStream), against
+   the same floors, printed as `kai (at-most-once)` beside the at-least-once rows.
 
 The floor of an N-node chain is "composed": the grpc.aio echo (client → server) plus the
 N-hop NATS chain. Latency floors add; throughput floors combine as 1/(1/a + 1/b), since
@@ -96,6 +99,7 @@ TARGET_P99_MS = 10.0
 TARGET_RPS = 800.0
 TARGET_PER_NODE_MS = 0.6
 TARGET_RSS_MB = 80.0
+AT_MOST_ONCE_SYSTEM = "kai-at-most-once"  # the chain with `delivery: at-most-once`
 
 
 @dataclass
@@ -121,6 +125,8 @@ class Settings:
     large: list[int] = field(default_factory=lambda: [1024 * 1024, 8 * 1024 * 1024])
     large_nodes: int = 3
     large_concurrency: list[int] = field(default_factory=lambda: [1, 4])
+    # the chain lengths also measured with `delivery: at-most-once` (core NATS, no JetStream)
+    at_most_once_nodes: list[int] = field(default_factory=lambda: [3])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
 
     @property
@@ -391,9 +397,11 @@ def measure_nats_floor(
 # --- ours ----------------------------------------------------------------------------------
 
 
-def write_version(root: Path, n: int, style: str) -> tuple[str, Path, tuple[str, ...]]:
+def write_version(root: Path, n: int, style: str, delivery: str = "at-least-once",
+                  ) -> tuple[str, Path, tuple[str, ...]]:
     """Write a version with `n` pass-through nodes; return (name, directory, node names)."""
-    name = f"kaibench-n{n}"
+    at_most_once = delivery == "at-most-once"
+    name = f"kaibench-n{n}" + ("-amo" if at_most_once else "")
     vdir = root / name
     nodes = tuple(f"node-{i + 1}" for i in range(n))
     (vdir / "src").mkdir(parents=True, exist_ok=True)
@@ -420,13 +428,15 @@ def write_version(root: Path, n: int, style: str) -> tuple[str, Path, tuple[str,
         "  - name: echo",
         "    entrypoint: Echo",
         f"    sequential: [{', '.join(nodes)}]",
+        *([f"    delivery: {delivery}"] if at_most_once else []),
     ]
     (vdir / "krt.yml").write_text("\n".join(lines) + "\n")
     return name, vdir, nodes
 
 
 def runner_envs(
-    version: str, vdir: Path, nodes: tuple[str, ...], nats_url: str, s: Settings, grpc_port: int
+    version: str, vdir: Path, nodes: tuple[str, ...], nats_url: str, s: Settings, grpc_port: int,
+    delivery: str = "at-least-once",
 ) -> dict[str, tuple[str, dict[str, str]]]:
     """name -> (role, environment) of every runner process, from runner.contract."""
     from runner import contract
@@ -436,7 +446,7 @@ def runner_envs(
         version=version,
         version_dir=str(vdir),
         proto="kaibench.proto",
-        workflows=(contract.Workflow("echo", "Echo", nodes),),
+        workflows=(contract.Workflow("echo", "Echo", nodes, delivery),),
         nats_url=nats_url,
         config_dir=str(vdir / "config"),
         grpc_port=grpc_port,
@@ -494,12 +504,14 @@ def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout
 def measure_ours(
     group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int],
     cells: list[tuple[int, int]] | None = None, system: str = "kai",
+    delivery: str = "at-least-once",
 ) -> dict[str, Any]:
-    version, vdir, nodes = write_version(workdir / "versions", n, s.handler)
+    version, vdir, nodes = write_version(workdir / "versions", n, s.handler, delivery)
     grpc_port = free_port()
     children: list[Child] = []
     roles: dict[str, str] = {}
-    for name, (role, env) in runner_envs(version, vdir, nodes, nats_url, s, grpc_port).items():
+    envs = runner_envs(version, vdir, nodes, nats_url, s, grpc_port, delivery)
+    for name, (role, env) in envs.items():
         argv = [sys.executable, "-m", "runner", role]
         penv = child_env(env)
         if s.pythonpath:
@@ -525,6 +537,7 @@ def measure_ours(
         "nodes": n,
         "handler": s.handler,
         "storage": s.storage,
+        "delivery": delivery,
         "loop": loop_of(processes),
         "client_loop": load.get("loop"),
         "startup_seconds": round(startup, 2),
@@ -565,7 +578,10 @@ def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
     ours = {r["nodes"]: r for r in runs if r["system"] == "kai"}
     large = _rows(runs, [s.large_nodes], s.large_cells, "kai-claims", "floor-grpc-large",
                   "floor-nats-large")
-    return {"rows": rows, "large_rows": large, "targets": targets(ours, nats, s)}
+    at_most_once = _rows(runs, s.at_most_once_nodes, s.cells, AT_MOST_ONCE_SYSTEM,
+                         "floor-grpc", "floor-nats")
+    return {"rows": rows, "large_rows": large, "at_most_once_rows": at_most_once,
+            "targets": targets(ours, nats, s)}
 
 
 def _rows(runs: list[dict[str, Any]], node_counts: list[int], cells: list[tuple[int, int]],
@@ -730,6 +746,7 @@ def table(result: dict[str, Any]) -> str:
     analysis = result["analysis"]
     rows = [("kai", r) for r in analysis["rows"]]
     rows += [("kai (claims)", r) for r in analysis.get("large_rows", [])]
+    rows += [("kai (at-most-once)", r) for r in analysis.get("at_most_once_rows", [])]
     for label, row in rows:
         o, r = row["kai"], row.get("ratio") or {}
         if not o:
@@ -786,7 +803,8 @@ def table(result: dict[str, Any]) -> str:
             continue
         label = {"floor-grpc": "floor grpc", "floor-nats": "floor nats", "kai": "kai",
                  "floor-grpc-large": "floor grpc (large)",
-                 "floor-nats-large": "floor nats (large)", "kai-claims": "kai (claims)"}[
+                 "floor-nats-large": "floor nats (large)", "kai-claims": "kai (claims)",
+                 AT_MOST_ONCE_SYSTEM: "kai (at-most-once)"}[
             run["system"]
         ]
         parts = [f"servers {_fmt(cpu.get('servers_ms_per_request'), 3)}"]
@@ -923,6 +941,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         type=_ints,
         help="requests in flight in the large cells (default 1,4; --quick: 1)",
     )
+    p.add_argument(
+        "--at-most-once-nodes",
+        type=_ints,
+        help="chain lengths also measured with `delivery: at-most-once` (core NATS request/"
+        "reply, no JetStream) beside the default at-least-once (default 3; 0: none)",
+    )
     p.add_argument("--seconds", type=float, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
     p.add_argument("--requests", type=int, help="also stop a cell after N answers (default: no)")
@@ -975,10 +999,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
         s.large, s.large_concurrency = [1024 * 1024], [1]
     for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests", "large",
-                 "large_concurrency"):
+                 "large_concurrency", "at_most_once_nodes"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))
     s.large = [x for x in s.large if x > 0]
+    s.at_most_once_nodes = [x for x in s.at_most_once_nodes if x > 0]
     return s, a
 
 
@@ -1003,6 +1028,10 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
             for n in s.nodes:
                 print(f"kai: {n}-node chain", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others))
+            for n in s.at_most_once_nodes:
+                print(f"kai: {n}-node chain, at most once", file=log, flush=True)
+                runs.append(measure_ours(group, workdir, url, n, s, others,
+                                         system=AT_MOST_ONCE_SYSTEM, delivery="at-most-once"))
         if s.large:
             runs += measure_large(group, workdir, url, others, s, log)
     return {"runs": runs}

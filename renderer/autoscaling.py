@@ -164,10 +164,12 @@ def decide(engine: str, given: Sequence[AutoscalingOverride],
 def node_triggers(project: str, version: str, workflows: Sequence[contract.Workflow],
                   node: str) -> tuple[Trigger, ...]:
     """Every (stream, durable consumer) `node` pulls from, named as the runner names them
-    (runner.contract): one per step of a workflow's chain it runs, sorted."""
+    (runner.contract): one per step of a workflow's chain it runs, sorted. An at-most-once
+    workflow has neither: nothing waits for a node there."""
     found = {Trigger(contract.stream_name(project, version, wf.name),
                      contract.consumer_name(step, name))
-             for wf in workflows for step, name in enumerate(wf.chain) if name == node}
+             for wf in workflows if not wf.at_most_once
+             for step, name in enumerate(wf.chain) if name == node}
     return tuple(sorted(found, key=lambda t: (t.stream, t.consumer)))
 
 
@@ -256,9 +258,11 @@ def needs_max_message(node: str) -> str:
 
 
 def no_work_message(node: str) -> str:
-    """A node KEDA would scale that runs in no workflow: no consumer to watch."""
-    return (f"node {node} autoscales on the work waiting for it, but no workflow runs it, so "
-            "nothing waits: add it to a workflow's sequential or remove it")
+    """A node KEDA would scale that no at-least-once workflow runs: no consumer to watch."""
+    return (f"node {node} autoscales on the work waiting for it, but no workflow runs it "
+            "with at-least-once delivery (an at-most-once one keeps no backlog), so nothing "
+            "waits: add it to a workflow's sequential, or scale it on CPU "
+            "(autoscaling.engine: hpa), or give it fixed replicas")
 
 
 def cpu_request_message(what: str) -> str:

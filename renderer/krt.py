@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import contract
+
 from .autoscaling import AutoscalingOverride
 from .problems import InputWarning
 from .scheduling import ResourceOverride
@@ -35,6 +37,8 @@ class Workflow:
     name: str
     entrypoint: str  # the rpc this workflow serves
     sequential: tuple[str, ...]
+    # how its hops travel: contract.AT_LEAST_ONCE (JetStream) or AT_MOST_ONCE (core NATS)
+    delivery: str = contract.DEFAULT_DELIVERY
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Version:
                 name=str_or_empty(w.get("name")),
                 entrypoint=str_or_empty(w.get("entrypoint")),
                 sequential=tuple(str_or_empty(s) for s in list_or_empty(w.get("sequential"))),
+                delivery=str_or_empty(w.get("delivery")) or contract.DEFAULT_DELIVERY,
             )
             for w in map(dict_or_empty, list_or_empty(data.get("workflows")))
         )

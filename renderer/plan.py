@@ -510,7 +510,8 @@ def build_plan(project: Project, version: Version, state: str | None = None, *,
 def plan_workflows(version: Version) -> tuple[contract.Workflow, ...]:
     """The version's workflows as the runner reads them."""
     return tuple(
-        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential)) for w in version.workflows
+        contract.Workflow(w.name, w.entrypoint, tuple(w.sequential), w.delivery)
+        for w in version.workflows
     )
 
 

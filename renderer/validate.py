@@ -501,7 +501,8 @@ class Checked:
                 for n in v.nodes
             ],
             "workflows": [
-                {"name": w.name, "entrypoint": w.entrypoint, "sequential": list(w.sequential)}
+                {"name": w.name, "entrypoint": w.entrypoint, "sequential": list(w.sequential),
+                 "delivery": w.delivery}
                 for w in v.workflows
             ],
             "config": {"variables": list(v.config.variables), "files": list(v.config.files)},

@@ -29,7 +29,7 @@ ENV_NODE = "KAI_NODE"  # set for node processes only
 ENV_VERSION_DIR = "KAI_VERSION_DIR"  # where the version's files are (proto, src/...)
 ENV_HANDLER = "KAI_HANDLER"  # node: src path relative to the version dir
 ENV_PROTO = "KAI_PROTO"  # proto path relative to the version dir
-ENV_WORKFLOWS = "KAI_WORKFLOWS"  # JSON: [{"name", "rpc", "chain": [node, ...]}, ...]
+ENV_WORKFLOWS = "KAI_WORKFLOWS"  # JSON: [{"name", "rpc", "chain": [node, ...], "delivery"?}, ...]
 ENV_CONFIG_VARIABLES = "KAI_CONFIG_VARIABLES"  # comma-separated declared variable names
 ENV_CONFIG_FILES = "KAI_CONFIG_FILES"  # comma-separated declared file names
 ENV_CONFIG_DIR = "KAI_CONFIG_DIR"  # directory where config files are mounted
@@ -192,6 +192,9 @@ HDR_PUBLISHED = "Kai-Published"
 # The entrypoint reads the same keys from the client's gRPC metadata.
 HDR_TRACEPARENT = "traceparent"
 HDR_TRACESTATE = "tracestate"
+# At most once (runner.transport.core): a sign of life of a call still being worked on, sent
+# to its reply subject by the replica that holds it (no payload; the value is "1").
+HDR_ALIVE = "Kai-Alive"
 
 # --- request ids -------------------------------------------------------------
 
@@ -271,6 +274,40 @@ def claims_subjects(project: str, version: str) -> tuple[str, str]:
     """The subjects of the claim bucket's stream: its chunks and its objects' metadata."""
     bucket = claims_bucket(project, version)
     return f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"
+
+
+# --- at-most-once workflows: core NATS request/reply, no stream ------------------------
+
+# How a workflow's hops travel (krt.yml `delivery`). At least once: each step's input is
+# stored in the workflow's JetStream work queue and acked once passed on (a crashed
+# replica's work is delivered again). At most once: each hop is a core NATS message to the
+# step's subject, taken by one replica of its queue group; nothing is stored, acked or
+# delivered again (runner.transport.core).
+AT_LEAST_ONCE = "at-least-once"
+AT_MOST_ONCE = "at-most-once"
+DELIVERY_MODES = (AT_LEAST_ONCE, AT_MOST_ONCE)
+DEFAULT_DELIVERY = AT_LEAST_ONCE
+PROBE_SUFFIX = ".ready"
+
+
+def call_subject(project: str, version: str, workflow: str, step: int) -> str:
+    """The core NATS subject of the calls of step `step` of an at-most-once workflow.
+
+    Outside every stream's subjects (a work stream captures ``kai.<p>.<v>.<wf>.>``), so a
+    call is never stored, whatever streams exist."""
+    return f"kai-call.{_token(project)}.{_token(version)}.{_token(workflow)}.s{step}"
+
+
+def probe_subject(call: str) -> str:
+    """Where the replicas of the step whose calls arrive on `call` answer readiness probes."""
+    return call + PROBE_SUFFIX
+
+
+def queue_group(project: str, version: str, workflow: str, step: int, node: str) -> str:
+    """The queue group of one step of an at-most-once workflow, joined by every replica of
+    its node: each call goes to one of them."""
+    return _kai_name(_token(project), _token(version), _token(workflow),
+                     consumer_name(step, node))
 
 
 def reply_prefix(project: str, version: str) -> str:
@@ -367,14 +404,30 @@ def data_kept_forever(subject: str) -> bool:
 
 @dataclass(frozen=True)
 class Workflow:
-    """One workflow as the runner sees it: an rpc bound to a chain of nodes."""
+    """One workflow as the runner sees it: an rpc bound to a chain of nodes, and how its
+    hops travel (`delivery`, one of DELIVERY_MODES)."""
 
     name: str
     rpc: str
     chain: tuple[str, ...]
+    delivery: str = DEFAULT_DELIVERY
+
+    @property
+    def at_most_once(self) -> bool:
+        return self.delivery == AT_MOST_ONCE
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "rpc": self.rpc, "chain": list(self.chain)}
+        out: dict[str, object] = {"name": self.name, "rpc": self.rpc, "chain": list(self.chain)}
+        if self.delivery != DEFAULT_DELIVERY:  # the default is left out: an unchanged env
+            out["delivery"] = self.delivery
+        return out
+
+
+def input_subject(project: str, version: str, workflow: Workflow, step: int) -> str:
+    """The subject step `step` of `workflow` takes its input from: its call subject at most
+    once, else the subject of its stream."""
+    subject = call_subject if workflow.at_most_once else step_subject
+    return subject(project, version, workflow.name, step)
 
 
 def encode_workflows(workflows: list[Workflow] | tuple[Workflow, ...]) -> str:
@@ -383,7 +436,14 @@ def encode_workflows(workflows: list[Workflow] | tuple[Workflow, ...]) -> str:
 
 def decode_workflows(raw: str) -> tuple[Workflow, ...]:
     items = json.loads(raw)
-    return tuple(Workflow(i["name"], i["rpc"], tuple(i["chain"])) for i in items)
+    out = []
+    for i in items:
+        delivery = i.get("delivery", DEFAULT_DELIVERY)
+        if delivery not in DELIVERY_MODES:
+            raise ValueError(f"workflow {i['name']}: delivery {delivery!r} is not one of "
+                             f"{', '.join(DELIVERY_MODES)}")
+        out.append(Workflow(i["name"], i["rpc"], tuple(i["chain"]), delivery))
+    return tuple(out)
 
 
 def _split(raw: str) -> tuple[str, ...]:

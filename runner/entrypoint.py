@@ -31,6 +31,13 @@ Draining (SIGTERM): calls that arrive are not run. They are answered UNAVAILABLE
 the gRPC server has stopped taking calls (a call still queued inside gRPC when it stops
 would end CANCELLED, which clients do not retry); the calls already taken are finished.
 
+An at-most-once workflow (``delivery: at-most-once``) sends the request (in 2.) as a core
+NATS call to its first node's queue group instead (``Transport.call_step``,
+runner.transport.core): nothing is stored or published again. The answer comes to the same
+inbox; one that does not come is UNAVAILABLE at once when no replica of the first node
+subscribes (not run), or once the call has shown no sign of life for the ack wait (a replica
+crashed: it may have partly run), else DEADLINE_EXCEEDED by the deadline.
+
 When a node gives up on a message (the JetStream MAX_DELIVERIES advisory, e.g. a node that
 crashes on it each time), the entrypoint answers that call INTERNAL naming the node, and
 deletes the message. Health checking and server reflection are served on the same port.
@@ -69,6 +76,7 @@ from .proto import CompiledProto, ProtoError, compile_proto
 from .readiness import NodeWatch, steps_of
 from .transport import (
     STORE_TIMEOUT,
+    Alive,
     GaveUp,
     NoStream,
     NotStored,
@@ -121,7 +129,8 @@ class Binding:
     rpc: str
     input_type: type[Message]
     type_url: str
-    subject: str  # step 0
+    subject: str  # step 0 (at most once: its call subject)
+    at_most_once: bool = False  # core NATS calls, no stream (runner.transport.core)
 
 
 def bind(env: contract.RunnerEnv, compiled: CompiledProto) -> list[Binding]:
@@ -144,7 +153,8 @@ def bind(env: contract.RunnerEnv, compiled: CompiledProto) -> list[Binding]:
             rpc=wf.rpc,
             input_type=compiled.message_class(method.input_type),
             type_url=TYPE_URL_PREFIX + method.input_type.full_name,
-            subject=contract.step_subject(env.project, env.version, wf.name, 0),
+            subject=contract.input_subject(env.project, env.version, wf, 0),
+            at_most_once=wf.at_most_once,
         ))
     return out
 
@@ -258,6 +268,8 @@ class Entrypoint(RunnerProcess):
         self._reply_prefix = self.inbox + "."
         await self.transport.listen_replies(self._reply_prefix, self._on_reply)
         for wf in env.workflows:
+            if wf.at_most_once:
+                continue  # nothing is delivered again, so nothing is given up
             await self.transport.on_gave_up(
                 contract.stream_name(env.project, env.version, wf.name), self._on_gave_up)
         await self.transport.flush(STORE_TIMEOUT)
@@ -311,23 +323,24 @@ class Entrypoint(RunnerProcess):
     async def ensure_streams(self) -> None:
         await self.transport.ensure_data_stream()
         for wf in self.env.workflows:
-            await self.transport.ensure_work_stream(wf.name)
+            if not wf.at_most_once:  # an at-most-once workflow has no stream
+                await self.transport.ensure_work_stream(wf.name)
         # a node that may have no replica gets its consumers here, so the work waiting for
         # it is counted (what wakes it: KEDA reads the consumer) before it ever ran
         for wf in self.env.workflows:
             for step, node in enumerate(wf.chain):
-                if node in self.env.scale_to_zero:
+                if node in self.env.scale_to_zero and not wf.at_most_once:
                     await self.transport.ensure_consumer(wf.name, step, node)
 
     # --- answers -------------------------------------------------------------------------
 
-    def _on_reply(self, call_id: str, reply: bytes | StepError) -> None:
+    def _on_reply(self, call_id: str, reply: bytes | StepError | Alive) -> None:
         fut = self.pending.get(call_id)
         if fut is None or fut.done():
             return
         if isinstance(reply, StepError):
             fut.set_exception(reply)
-        else:
+        elif isinstance(reply, bytes):  # not a sign of life (the transport's watch keeps those)
             fut.set_result(reply)
 
     async def _on_gave_up(self, event: GaveUp) -> None:
@@ -441,19 +454,22 @@ class Entrypoint(RunnerProcess):
                                request_id)
         if self.tracing is not None:
             self.tracing.inject(headers)
-        size = t.oversize(envelope, headers)
+        size = t.oversize(envelope, headers, b.at_most_once)
         if size:
             raise StepError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the request is {len(request)} bytes ({size} with its envelope), "
-                            + t.over_max_message())
+                            + t.over_max_message(b.at_most_once))
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
         again: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    await t.publish(b.subject, envelope, headers,
-                                    min(STORE_TIMEOUT, max(timeout, 0.01)))
+                    if b.at_most_once:  # sent once, never again (runner.transport.core)
+                        await t.call_step(b.subject, envelope, headers)
+                    else:
+                        await t.publish(b.subject, envelope, headers,
+                                        min(STORE_TIMEOUT, max(timeout, 0.01)))
                 except NotStored:
                     # Sent, but not confirmed: it may be stored, and run. Publish it again
                     # (the same headers, so the same message id) while awaiting the answer.

@@ -26,6 +26,11 @@ before it (HDR_PUBLISHED to the handler's start). Tracing (runner.tracing, only 
 environment turns it on): each step runs in a CONSUMER span, a child of the context its
 message carries, and its output's message carries this span's.
 
+A step of an at-most-once workflow (``delivery: at-most-once``) comes as a call of its queue
+group instead (``Transport.serve``, runner.transport.core), and its output goes on as a call
+(``Transport.call_step``): no stream, consumer or ack, nothing delivered again; the handling
+in between is the same.
+
 A node process does not import grpc (about 9 MB of memory): the status codes of its errors
 are looked up when an error happens (``StepError.of``), and a handler that raises ``Abort``
 has imported grpc itself.
@@ -65,6 +70,7 @@ from .transport import (
     Delivery,
     StepError,
     Transport,
+    TransportError,
     open_transport,
     publish_until,
     step_headers,
@@ -307,6 +313,10 @@ class Route:
     next_subject: str | None  # None on the last step
     next_step: int
     output_type: str  # the rpc's output type (full name), checked on the last step
+    # at most once: the step's calls arrive on `subject`, in queue group `consumer`, and its
+    # output goes on as a call to `next_subject` (runner.transport.core); stream is ""
+    at_most_once: bool = False
+    subject: str = ""  # the subject of the step's input
 
 
 def routes_of(env: contract.RunnerEnv) -> list[Route]:
@@ -324,16 +334,20 @@ def routes_of(env: contract.RunnerEnv) -> list[Route]:
             if method is None:
                 raise StartupError(f"workflow {wf.name}: rpc {wf.rpc} is not in {env.proto}")
             last = step == len(wf.chain) - 1
+            amo = wf.at_most_once  # core NATS calls in a queue group, no stream
             out.append(Route(
                 workflow=wf.name,
                 rpc=wf.rpc,
                 step=step,
-                stream=contract.stream_name(env.project, env.version, wf.name),
-                consumer=contract.consumer_name(step, name),
-                next_subject=None if last else contract.step_subject(
-                    env.project, env.version, wf.name, step + 1),
+                stream="" if amo else contract.stream_name(env.project, env.version, wf.name),
+                consumer=contract.queue_group(env.project, env.version, wf.name, step, name)
+                if amo else contract.consumer_name(step, name),
+                next_subject=None if last else contract.input_subject(
+                    env.project, env.version, wf, step + 1),
                 next_step=step + 1,
                 output_type=method.output_type.full_name,
+                at_most_once=amo,
+                subject=contract.input_subject(env.project, env.version, wf, step),
             ))
     if not out:
         raise StartupError(f"node {env.node} is in no workflow's chain")
@@ -442,9 +456,13 @@ class NodeProcess(RunnerProcess):
                                           asyncio.get_running_loop()))
         await self._run_init()
         for route in self.routes:
-            consumer = self.transport.consume(route.stream, route.consumer,
-                                              self._handler_for(route), self.concurrency,
-                                              on_lost=self.ensure_soon)
+            if route.at_most_once:
+                consumer = self.transport.serve(route.subject, route.consumer,
+                                                self._handler_for(route), self.concurrency)
+            else:
+                consumer = self.transport.consume(route.stream, route.consumer,
+                                                  self._handler_for(route), self.concurrency,
+                                                  on_lost=self.ensure_soon)
             await consumer.start()
             self.consumers.append(consumer)
         self._ticker = asyncio.create_task(self._keep_alive())
@@ -455,6 +473,8 @@ class NodeProcess(RunnerProcess):
         t = self.transport
         await t.ensure_data_stream()
         for route in self.routes:
+            if route.at_most_once:
+                continue  # no stream, no consumer
             await t.ensure_work_stream(route.workflow)
             await t.ensure_consumer(route.workflow, route.step, self.name)
 
@@ -600,10 +620,10 @@ class NodeProcess(RunnerProcess):
             raise StepError.of("INTERNAL", f"node {self.name} returned {got}, but rpc "
                                f"{route.rpc} returns {route.output_type}")
         payload = out.SerializeToString()
-        if self.transport.oversize(payload, {}):
+        if self.transport.oversize(payload, {}, route.at_most_once):
             raise StepError.of("RESOURCE_EXHAUSTED",
                                f"node {self.name}: the reply is {len(payload)} bytes, "
-                               + self.transport.over_max_message())
+                               + self.transport.over_max_message(route.at_most_once))
         reply = d.reply
         if reply:
             await self.transport.reply_ok(reply, payload)
@@ -619,16 +639,39 @@ class NodeProcess(RunnerProcess):
                                d.reply, d.request_id)
         if self.tracing is not None:
             self.tracing.inject(headers)
-        size = self.transport.oversize(payload, headers)
+        size = self.transport.oversize(payload, headers, route.at_most_once)
         if size:
             raise StepError.of("RESOURCE_EXHAUSTED",
                                f"node {self.name}: its output is {size} bytes, "
-                               + self.transport.over_max_message())
+                               + self.transport.over_max_message(route.at_most_once))
+        if route.at_most_once:
+            return await self._call_next(d, route, payload, headers)
         until = deadline or time.time() + self.env.request_timeout
         stored = await publish_until(self.transport, route.next_subject, payload, headers,
                                      until, self._is_stopping)
         await d.ack()  # stored, or too late to matter (the client has its answer)
         self._count(route, metrics.OK if stored else metrics.EXPIRED)
+
+    async def _call_next(self, d: Delivery, route: Route, payload: bytes,
+                         headers: dict[str, str]) -> None:
+        """At most once: pass the output on as a call of the next step (sent once; the
+        entrypoint answers UNAVAILABLE if it gets lost)."""
+        assert route.next_subject is not None
+        try:
+            await self.transport.call_step(route.next_subject, payload, headers)
+        except TransportError as exc:
+            log.warning("request %s: not passed on to step %d (%s); its caller is answered "
+                        "UNAVAILABLE", d.request_id, route.next_step, exc or type(exc).__name__)
+            if d.reply:
+                try:
+                    await self.transport.reply_error(d.reply, StepError.of(
+                        "UNAVAILABLE", f"node {self.name}: could not pass the request on "
+                        f"({exc}); it may have partly run"))
+                except Exception:  # no connection: the entrypoint's watch answers it
+                    pass
+            self._count(route, metrics.ERROR)
+            return
+        self._count(route, metrics.OK)
 
     def _is_stopping(self) -> bool:
         return self.stopping

@@ -39,6 +39,15 @@ seconds once all are up, asking for every consumer's state at once, each for at 
 ASK_WITHIN seconds. A poll that gets no answer (the broker is unreachable, the consumer
 info is refused) sees nothing alive: DOWN_AFTER seconds of that, and the nodes are down.
 The cost is one JetStream API request per step and entrypoint replica per poll.
+
+A step of an at-most-once workflow has no consumer (runner.transport.core): its replicas
+join a queue group on the step's call subject, after their ``init``, and answer an empty
+request on the step's probe subject (``contract.probe_subject``, in the same group; a plain
+subject of the version, no ``$SYS`` account or system events needed) as soon as they have
+joined. A poll sends one such probe per step (``Transport.probe_step``): an answer is a
+replica there and its event loop running, "no responders" is none; no answer within
+ASK_WITHIN sees nothing alive. A replica answers probes even with every slot busy, so
+busy and dead are told apart there. The hysteresis (DOWN_AFTER) is the same.
 """
 
 from __future__ import annotations
@@ -62,7 +71,10 @@ ASK_WITHIN = 2.0  # seconds at most to get one consumer's state
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a workflow: its stream, its durable consumer and the node that runs it."""
+    """One step of a workflow: its stream, its durable consumer and the node that runs it.
+
+    At most once: `stream` is "", `consumer` the step's queue group and `probe` its probe
+    subject (asked instead of a consumer's state)."""
 
     stream: str
     consumer: str
@@ -70,6 +82,7 @@ class Step:
     # the node may have no replica at all (autoscaled to zero, KAI_SCALE_TO_ZERO): the step
     # is up while its consumer is there, so the work waiting in it can wake the node
     scales_to_zero: bool = False
+    probe: str = ""
 
 
 def steps_of(env: contract.RunnerEnv) -> list[Step]:
@@ -78,8 +91,14 @@ def steps_of(env: contract.RunnerEnv) -> list[Step]:
     for wf in env.workflows:
         stream = contract.stream_name(env.project, env.version, wf.name)
         for index, node in enumerate(wf.chain):
-            step = Step(stream, contract.consumer_name(index, node), node,
-                        node in env.scale_to_zero)
+            if wf.at_most_once:
+                step = Step("", contract.queue_group(env.project, env.version, wf.name, index,
+                                                     node), node,
+                            probe=contract.probe_subject(contract.call_subject(
+                                env.project, env.version, wf.name, index)))
+            else:
+                step = Step(stream, contract.consumer_name(index, node), node,
+                            node in env.scale_to_zero)
             found.setdefault((step.stream, step.consumer), step)
     return list(found.values())
 
@@ -99,6 +118,10 @@ class _Watched:
         alive = state is not None and (
             self.step.scales_to_zero or state.waiting > 0
             or (before is not None and state.moved_since(before)))
+        self.mark(alive, now, down_after)
+
+    def mark(self, alive: bool, now: float, down_after: float) -> None:
+        """One poll's verdict: alive (a consumer taking work, a probe answered) or not."""
         if alive:
             self.up, self.seen_at = True, now
         else:
@@ -156,6 +179,8 @@ class NodeWatch:
                 log.debug("consumer %s/%s: no state (%s)", watched.step.stream,
                           watched.step.consumer, answer or type(answer).__name__)
                 watched.unseen(now, self.down_after)
+            elif isinstance(answer, bool):  # a probe: answered, or no responders
+                watched.mark(answer, now, self.down_after)
             else:
                 watched.see(answer, now, self.down_after)
         self._log_changes(was_down, set(self.down()))
@@ -163,8 +188,10 @@ class NodeWatch:
             await self.on_change()
         return self.ready
 
-    async def _ask(self, step: Step) -> ConsumerState | None:
+    async def _ask(self, step: Step) -> ConsumerState | bool | None:
         async with asyncio.timeout(self.ask_within):
+            if step.probe:
+                return await self.transport.probe_step(step.probe, self.ask_within)
             return await self.transport.consumer_state(step.stream, step.consumer,
                                                        self.ask_within)
 

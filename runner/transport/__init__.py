@@ -2,16 +2,20 @@
 
 The entrypoint and the nodes speak only to :class:`Transport` (``base``); ``nats`` is the
 NATS JetStream implementation the processes run on, ``memory`` an in-process one with the
-same semantics for tests. Only ``runner.transport.nats`` imports nats-py.
+same semantics for tests. ``core`` is the at-most-once path (core NATS request/reply, for
+workflows with ``delivery: at-most-once``), which ``natscore`` runs on nats-py. Only
+``runner.transport.nats`` and the modules it uses import nats-py.
 """
 
 from __future__ import annotations
 
 from .. import contract
 from .base import (
+    ALIVE,
     CLAIM_MARGIN,
     RETRYABLE,
     STORE_TIMEOUT,
+    Alive,
     ClaimedDelivery,
     ConnectionEvents,
     Consumer,
@@ -48,9 +52,11 @@ def open_transport(env: contract.RunnerEnv) -> Transport:
 
 
 __all__ = [
+    "ALIVE",
     "CLAIM_MARGIN",
     "RETRYABLE",
     "STORE_TIMEOUT",
+    "Alive",
     "ClaimedDelivery",
     "ConnectionEvents",
     "Consumer",

@@ -44,6 +44,12 @@ TTL. An implementation provides :meth:`~Transport.publish_message`,
 :meth:`~Transport.reply_message`, :meth:`~Transport.put_object`,
 :meth:`~Transport.get_object` and :meth:`~Transport.delete_object`.
 
+At most once (a workflow with ``delivery: at-most-once``; runner.transport.core has how):
+:meth:`~Transport.call_step` sends a step's input over core NATS to one replica of the
+step's queue group, which :meth:`~Transport.serve` joins; nothing is stored, acked or
+delivered again. :meth:`~Transport.reply_alive` is a replica's sign of life for a call it
+still holds, and :meth:`~Transport.probe_step` asks whether any replica of a step is there.
+
 Errors of :meth:`~Transport.publish` are the :class:`TransportError` subclasses below, so
 callers need not know the broker. ``runner.transport.nats`` is the JetStream
 implementation (the wire protocol is described there); ``runner.transport.memory`` is an
@@ -356,8 +362,20 @@ class GaveUp:
     delete: Callable[[], Awaitable[None]]
 
 
+class Alive:
+    """What a reply listener gets for a sign of life (HDR_ALIVE) of a call still being worked
+    on (at most once); the one instance is :data:`ALIVE`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ALIVE"
+
+
+ALIVE = Alive()
+
 Handle = Callable[[Delivery], Awaitable[None]]
-OnReply = Callable[[str, "bytes | StepError"], None]
+OnReply = Callable[[str, "bytes | StepError | Alive"], None]
 OnGaveUp = Callable[[GaveUp], Coroutine[Any, Any, None]]
 
 
@@ -417,13 +435,21 @@ class Transport(abc.ABC):
 
     # steps
 
-    def oversize(self, payload: bytes, headers: Mapping[str, str]) -> int:
-        """The message's size when it is over :attr:`max_message`, else 0."""
+    def oversize(self, payload: bytes, headers: Mapping[str, str],
+                 at_most_once: bool = False) -> int:
+        """The message's size when it is over :attr:`max_message` (at most once: or when it
+        does not fit in one message, since those never go through the claim bucket), else 0."""
         size = len(payload) + headers_size(headers)
-        return size if size > self.max_message else 0
+        if size > self.max_message or (at_most_once and not self.fits(payload, headers)):
+            return size
+        return 0
 
-    def over_max_message(self) -> str:
+    def over_max_message(self, at_most_once: bool = False) -> str:
         """How a RESOURCE_EXHAUSTED message names the limit a payload is over."""
+        if at_most_once and self.max_payload - CLAIM_MARGIN < self.max_message:
+            return (f"over the NATS server's max payload of {self.max_payload} bytes, which "
+                    "the messages of an at-most-once workflow cannot exceed (they never go "
+                    "through the claim bucket)")
         return (f"over the runner's max message of {self.max_message} bytes "
                 "(kai.yaml runtime.maxMessage)")
 
@@ -600,6 +626,32 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def reply_error(self, reply: str, error: StepError) -> None:
         """Answer the entrypoint with a non-OK status."""
+
+    # at most once (runner.transport.core)
+
+    @abc.abstractmethod
+    def call_step(self, subject: str, payload: bytes,
+                  headers: dict[str, str]) -> Awaitable[None]:
+        """Send a step's input (it fits in one message; headers from :func:`step_headers`) to
+        one replica of the queue group on `subject`, not stored. :class:`Unreachable` or
+        :class:`TooLarge` when it cannot be sent. When no replica takes it, the reply subject
+        (HDR_REPLY) is answered UNAVAILABLE; a reply listener of this transport that sent a
+        call is answered UNAVAILABLE too when the call shows no sign of life for the ack wait
+        (runner.transport.core)."""
+
+    @abc.abstractmethod
+    def serve(self, subject: str, queue: str, handle: Handle, max_inflight: int) -> Consumer:
+        """Join queue group `queue` on `subject` (and its probe subject): `handle` runs as a
+        task per call, at most `max_inflight` at a time (start it with ``start()``)."""
+
+    @abc.abstractmethod
+    async def probe_step(self, subject: str, within: float) -> bool:
+        """Whether a replica answers on probe subject `subject` (False: none subscribes); a
+        :class:`TransportError` when no answer comes within `within` seconds."""
+
+    @abc.abstractmethod
+    def reply_alive(self, reply: str) -> Awaitable[None]:
+        """Tell the caller waiting on `reply` that its call is still being worked on."""
 
     # the data sink
 

@@ -22,7 +22,11 @@ event loop. What it keeps of JetStream:
 * replies: core subscriptions on ``prefix + "*"``;
 * the data sink: records in publish order per subject (the data stream must exist);
 * the claim bucket, created with the work streams: objects by name, each gone after the
-  bucket's TTL (``claim_ttl``, the work stream's max age by default).
+  bucket's TTL (``claim_ttl``, the work stream's max age by default);
+* at most once (runner.transport.core): queue groups by subject, each call to one member
+  (round robin among the connected ones of each group); a call to a subject without one is
+  answered UNAVAILABLE on its reply, as the sender's transport does with NATS's 503; the
+  signs of life; probes answered by any connected member.
 
 :meth:`MemoryTransport.disconnect` and :meth:`MemoryTransport.reconnect` simulate an outage
 of one process's connection, with its connection events; :meth:`MemoryTransport.crash` a
@@ -37,12 +41,15 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import contract
 from .base import (
+    ALIVE,
     WORK_MAX_AGE,
+    Alive,
     ConnectionEvents,
     Consumer,
     ConsumerState,
@@ -60,6 +67,7 @@ from .base import (
     header_safe,
     headers_size,
 )
+from .core import CallServer, CallWatch, CoreDelivery, answer_no_responders, watching
 
 log = logging.getLogger("runner.transport")
 
@@ -222,6 +230,24 @@ class MemoryBroker:
         self.subscriptions: list[tuple[str, OnReply, MemoryTransport]] = []
         self.records: list[tuple[str, bytes]] = []  # the data stream, in order
         self.tasks: set[asyncio.Task[None]] = set()
+        # at most once: call subject -> queue group -> its members
+        self.groups: dict[str, dict[str, list[MemoryCallServer]]] = {}
+        self._turn = itertools.count()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def members(self, subject: str) -> list[list[MemoryCallServer]]:
+        """The connected members of each queue group on `subject` (groups without one left
+        out)."""
+        out = []
+        for members in self.groups.get(subject, {}).values():
+            live = [m for m in members if m.transport.is_connected]
+            if live:
+                out.append(live)
+        return out
 
     def stream(self, name: str, prefix: str, work_queue: bool) -> _Stream:
         found = self.streams.get(name)
@@ -345,6 +371,8 @@ class MemoryTransport(Transport):
         self._connected = False
         self._events = ConnectionEvents()
         self._consumers: list[MemoryConsumer] = []
+        self._servers: list[MemoryCallServer] = []
+        self._watch: CallWatch | None = None
 
     # connection
 
@@ -370,14 +398,21 @@ class MemoryTransport(Transport):
         for c in self._consumers:
             if c in c._durable.subscribers:
                 c._durable.subscribers.remove(c)
+        for server in self._servers:
+            server.leave()
+        if self._watch is not None:
+            self._watch.close()
 
     async def crash(self) -> None:
-        """Simulate the process being killed: what it has in flight is never settled."""
+        """Simulate the process being killed: what it has in flight is never settled (nor
+        answered, for an at-most-once call)."""
         await self.close()
         tasks = [t for c in self._consumers for t in c.tasks]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.abandon()
 
     async def disconnect(self) -> None:
         """Simulate a lost connection: nothing is delivered to or sent by this transport."""
@@ -508,9 +543,10 @@ class MemoryTransport(Transport):
 
     async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
         self._check()
+        self._watch, on_reply = watching(self.env, prefix, on_reply)
         self.broker.subscriptions.append((prefix, on_reply, self))
 
-    def _send(self, reply: str, answer: bytes | StepError,
+    def _send(self, reply: str, answer: bytes | StepError | Alive,
               claim: str | None = None) -> None:
         self._check()
         for prefix, callback, owner in list(self.broker.subscriptions):
@@ -536,6 +572,36 @@ class MemoryTransport(Transport):
     async def reply_error(self, reply: str, error: StepError) -> None:
         self._send(reply, StepError(error.code, header_safe(error.message)))
 
+    # at most once
+
+    async def call_step(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        self._check()
+        if len(payload) + headers_size(headers) > self.broker.max_payload:
+            raise TooLarge(f"{len(payload)} bytes")
+        if self._watch is not None:
+            self._watch.sent(headers)
+        groups = self.broker.members(subject)
+        if not groups:  # NATS's 503, which the sender's transport turns into the answer
+            self.broker.spawn(answer_no_responders(self, subject,
+                                                   headers.get(contract.HDR_REPLY, "")))
+            return
+        for live in groups:
+            member = live[next(self.broker._turn) % len(live)]
+            member.offer(CoreDelivery(payload, dict(headers), member))
+
+    def serve(self, subject: str, queue: str, handle: Handle, max_inflight: int) -> Consumer:
+        server = MemoryCallServer(self, subject, queue, handle, max_inflight)
+        self._servers.append(server)
+        return server
+
+    async def probe_step(self, subject: str, within: float) -> bool:
+        self._check()
+        await asyncio.sleep(0)
+        return bool(self.broker.members(subject.removesuffix(contract.PROBE_SUFFIX)))
+
+    async def reply_alive(self, reply: str) -> None:
+        self._send(reply, ALIVE)
+
     # the data sink
 
     async def save_record(self, subject: str, record: bytes) -> None:
@@ -550,10 +616,36 @@ class MemoryTransport(Transport):
         return [r for s, r in self.broker.records if s == subject]
 
 
+class MemoryCallServer(CallServer):
+    """One transport's membership of an at-most-once step's queue group."""
+
+    transport: MemoryTransport
+
+    def __init__(self, transport: MemoryTransport, subject: str, queue: str, handle: Handle,
+                 max_inflight: int) -> None:
+        super().__init__(transport, subject, queue, handle, max_inflight)
+
+    async def subscribe(self) -> None:
+        self.transport._check()
+        group = self.transport.broker.groups.setdefault(self.subject, {}).setdefault(
+            self.queue, [])
+        if self not in group:
+            group.append(self)
+
+    def leave(self) -> None:
+        group = self.transport.broker.groups.get(self.subject, {}).get(self.queue, [])
+        if self in group:
+            group.remove(self)
+
+    async def unsubscribe(self) -> None:
+        self.leave()
+
+
 def records_of(broker: MemoryBroker, kind: str) -> list[Mapping[str, object]]:
     """The data-stream records of one kind ("prediction", "measurement", "db"), decoded."""
     marker = f".{kind}."
     return [json.loads(r) for s, r in broker.records if marker in s]
 
 
-__all__ = ["MemoryBroker", "MemoryConsumer", "MemoryDelivery", "MemoryTransport", "records_of"]
+__all__ = ["MemoryBroker", "MemoryCallServer", "MemoryConsumer", "MemoryDelivery",
+           "MemoryTransport", "records_of"]

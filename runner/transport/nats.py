@@ -12,7 +12,9 @@
   asking the server for more as work finishes (one subscription, batched pull requests);
 * :func:`scan`: read every message of one subject of a stream (for `ctx.db.find`);
 * :class:`Claims`: the version's claim bucket, a JetStream object store (runner.transport.base
-  has the claim check).
+  has the claim check);
+* at most once (runner.transport.core, on core NATS in runner.transport.natscore): calls,
+  queue groups, signs of life and probes.
 
 Wire protocol (see also runner.contract for the names):
 
@@ -29,7 +31,10 @@ Wire protocol (see also runner.contract for the names):
   The entrypoint matches the answer to its call by the last token of the subject;
 * a payload too large for one message (the claim check): the message carries no payload
   and one more header, HDR_CLAIM, the name of the object in the object store bucket
-  ``contract.claims_bucket(p, v)`` that holds it (a claimed reply has that header only).
+  ``contract.claims_bucket(p, v)`` that holds it (a claimed reply has that header only);
+* at most once (runner.transport.core): a step's input is a core NATS message to
+  ``call_subject(p, v, wf, i)`` with the same headers, its NATS reply subject the sender's
+  no-responders inbox followed by HDR_REPLY; a reply with HDR_ALIVE only is a sign of life.
 
 Every header costs a Python encode on one side and a Python parse on the other (nats-py),
 on every hop, so the envelope carries no more than these.
@@ -60,8 +65,9 @@ from nats.js.manager import JetStreamManager
 from nats.js.object_store import ObjectStore
 
 from .. import contract
-from . import natsauth
+from . import natsauth, natscore
 from .base import (
+    ALIVE,
     CLAIM_MARGIN,
     WORK_MAX_AGE,
     ConnectionEvents,
@@ -84,6 +90,7 @@ from .base import (
     request_id_of,
     status_code,
 )
+from .core import CallWatch, watching
 
 log = logging.getLogger("runner.transport")
 
@@ -742,6 +749,8 @@ class NatsTransport(Transport):
         self._jsm: JetStreamManager | None = None
         self._claims: Claims | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: CallWatch | None = None  # the at-most-once calls the listener awaits
+        self._no_responders = ""  # the inbox prefix of the 503s of this process's calls
 
     async def connect(self, name: str, events: ConnectionEvents | None = None) -> None:
         nc = await connect(self.env.nats_url, name, events, auth_dir=self.env.nats_auth_dir,
@@ -753,6 +762,8 @@ class NatsTransport(Transport):
                               max(nc.max_payload - CLAIM_MARGIN, nc.max_payload // 2))
         self._publisher = Publisher(nc)
         await self._publisher.start()
+        if any(wf.at_most_once for wf in self.env.workflows):
+            self._no_responders = await natscore.listen_no_responders(nc, self)
 
     def _client(self) -> Client:
         if self.nc is None:
@@ -783,6 +794,8 @@ class NatsTransport(Transport):
 
     async def close(self, flush_timeout: float = 0.0) -> None:
         nc = self.nc
+        if self._watch is not None:
+            self._watch.close()
         if nc is None or nc.is_closed:
             return
         if flush_timeout > 0:
@@ -854,6 +867,7 @@ class NatsTransport(Transport):
     async def listen_replies(self, prefix: str, on_reply: OnReply) -> None:
         n = len(prefix)
         ok = "OK"
+        self._watch, on_reply = watching(self.env, prefix, on_reply)
 
         async def on_msg(msg: Msg) -> None:
             hdrs = msg.headers
@@ -864,6 +878,9 @@ class NatsTransport(Transport):
                         self._read_claimed_reply(msg.subject[n:], claim, on_reply))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    return
+                if contract.HDR_ALIVE in hdrs:  # at most once: a call still worked on
+                    on_reply(msg.subject[n:], ALIVE)
                     return
                 code = hdrs.get(contract.HDR_STATUS, ok)
                 if code != ok:
@@ -884,6 +901,24 @@ class NatsTransport(Transport):
             reply, b"",
             headers={contract.HDR_STATUS: error.code.name,
                      contract.HDR_ERROR: header_safe(error.message)})
+
+    # at most once (runner.transport.core)
+
+    def call_step(self, subject: str, payload: bytes,
+                  headers: dict[str, str]) -> Awaitable[None]:
+        if self._watch is not None:
+            self._watch.sent(headers)
+        return natscore.call(self._client(), subject, payload, headers, self._no_responders)
+
+    def serve(self, subject: str, queue: str, handle: Handle, max_inflight: int) -> Consumer:
+        return natscore.NatsCallServer(self._client(), self, subject, queue, handle,
+                                       max_inflight)
+
+    async def probe_step(self, subject: str, within: float) -> bool:
+        return await natscore.probe(self._client(), subject, within)
+
+    def reply_alive(self, reply: str) -> Awaitable[None]:
+        return self._client().publish(reply, b"", headers=natscore.ALIVE_HEADERS)
 
     async def save_record(self, subject: str, record: bytes) -> None:
         js = self._client().jetstream(timeout=JS_TIMEOUT)

@@ -196,11 +196,11 @@ async def handler(ctx, data: Req):
 
 
 def trace_version(root: Path, nats_url: str, chain: tuple[str, ...], project: str,
-                  **env: object) -> Version:
+                  delivery: str = contract.DEFAULT_DELIVERY, **env: object) -> Version:
     """A version of one workflow `run` (rpc Run) through `chain`, of TRACE_NODE nodes that
-    log into `root`."""
+    log into `root`, whose hops travel as `delivery` says."""
     version = write_version(root, nats_url, TRACE_PROTO, {name: TRACE_NODE for name in chain},
-                            [contract.Workflow("run", "Run", chain)], project=project,
+                            [contract.Workflow("run", "Run", chain, delivery)], project=project,
                             **env)  # type: ignore[arg-type]
     version.extra_env = {"LOG_DIR": str(root)}
     return version

@@ -51,6 +51,10 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     )
     # the large cells: 1 MiB once, the 3-node chain through the claim bucket, and its floors
     assert {("floor-grpc-large", 0), ("floor-nats-large", 3), ("kai-claims", 3)} <= systems
+    # the 3-node chain at most once too (core NATS), beside the same floors
+    assert ("kai-at-most-once", 3) in systems
+    assert {r["delivery"] for r in result["runs"] if r["system"].startswith("kai")} == {
+        "at-least-once", "at-most-once"}
     for run in result["runs"]:
         large = run["system"].endswith(("-large", "-claims"))
         # 2 payloads × 2 concurrencies; a large run: 1 MiB, 1 in flight
@@ -67,8 +71,12 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     assert {p["role"] for p in kai_processes} == {"entrypoint", "node"}
     (large_row,) = result["analysis"]["large_rows"]
     assert large_row["kai"]["requests"] > 0 and large_row["kai"]["errors"] == 0, large_row
-    assert "kai (claims)" in proc.stdout
-    for row in result["analysis"]["rows"] + result["analysis"]["large_rows"]:
+    assert "kai (claims)" in proc.stdout and "kai (at-most-once)" in proc.stdout
+    (amo_run,) = [r for r in result["runs"] if r["system"] == "kai-at-most-once"]
+    assert all(c["errors"] == 0 for c in amo_run["cells"]), amo_run["cells"]
+    assert len(result["analysis"]["at_most_once_rows"]) == 4
+    for row in (result["analysis"]["rows"] + result["analysis"]["large_rows"]
+                + result["analysis"]["at_most_once_rows"]):
         assert row["kai"] is not None and row["floor"] is not None
         assert all(positive(v) for v in row["ratio"].values()), row
     assert {t["target"].split(":")[0] for t in result["analysis"]["targets"]}

@@ -7,6 +7,9 @@ One version serves every case here (module scope, so processes start once):
 * model: a typed sync handler (`data: Middle` arrives unpacked, runs in a thread);
 * out: the last node, async, typed with a string annotation; a request can ask it to
   raise, to be slow or to return the wrong type.
+
+Every case runs in both delivery modes (the fixture's parameter): the same handlers give the
+same replies and statuses at least once (JetStream) and at most once (core NATS).
 """
 
 from __future__ import annotations
@@ -97,13 +100,14 @@ async def handler(ctx, data: Middle):
 '''
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Version, NatsServer]]:
+@pytest.fixture(scope="module", params=contract.DELIVERY_MODES)
+def chain(tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[tuple[Version, NatsServer]]:
     root = tmp_path_factory.mktemp("chain")
     with NatsServer(store_dir=root / "nats") as server:
         version = write_version(
             root, server.url, PROTO, {"etl": ETL, "model": MODEL, "out": OUT},
-            [contract.Workflow("greet", "Greet", ("etl", "model", "out"))])
+            [contract.Workflow("greet", "Greet", ("etl", "model", "out"), request.param)])
         procs = [version.entrypoint(), version.node("etl"), version.node("model"),
                  version.node("out")]
         try:

@@ -97,8 +97,10 @@ async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None 
                      replicas: dict[str, int] | None = None, start: bool = True,
                      broker: MemoryBroker | None = None,
                      tracing_for: Callable[[contract.RunnerEnv], Any] | None = None,
+                     delivery: str = contract.DEFAULT_DELIVERY,
                      **env: Any) -> AsyncIterator[MemoryRun]:
-    """A version with `nodes` (name -> source) in one workflow `chain` (default: their order)."""
+    """A version with `nodes` (name -> source) in one workflow `chain` (default: their order),
+    whose hops travel as `delivery` says (contract.DELIVERY_MODES)."""
     vdir = root / "version"
     (vdir / "proto").mkdir(parents=True, exist_ok=True)
     (vdir / "proto" / "logic.proto").write_text(PROTO)
@@ -107,7 +109,7 @@ async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None 
         (vdir / "src" / f"{name}.py").write_text(textwrap.dedent(code))
     renv = contract.RunnerEnv(
         project="logic", version="v1", version_dir=str(vdir), proto="proto/logic.proto",
-        workflows=(contract.Workflow("wf", "Run", tuple(chain or nodes)),),
+        workflows=(contract.Workflow("wf", "Run", tuple(chain or nodes), delivery),),
         nats_url="memory://", storage="memory", grpc_port=0, web_port=0,
         bind_host="127.0.0.1", config_dir=str(root / "config"), **env)
     saved_path = list(sys.path)

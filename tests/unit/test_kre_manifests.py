@@ -393,7 +393,7 @@ def test_src_is_ignored_only_under_entrypoint(tmp_path: Path) -> None:
     write(tmp_path / "v", krt)
     assert problems(tmp_path / "v", tmp_path) == [
         'v/krt.yml:16:5: workflows[0].src: unknown field "src"; allowed: name, entrypoint, '
-        "sequential"]
+        "sequential, delivery"]
 
 
 def test_errors_and_warnings_print_together_sorted(tmp_path: Path) -> None:

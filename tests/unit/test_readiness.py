@@ -394,3 +394,134 @@ def test_stopping_ends_the_watch_and_is_not_ready(tmp_path: Path) -> None:
             assert ep.not_ready_reason() == "stopping"
 
     run(scenario)
+
+
+# --- at most once: probes of the queue group, no consumer ----------------------------------
+
+
+def at_most_once_env(tmp_path: Path, chain: tuple[str, ...] = ("n",)) -> contract.RunnerEnv:
+    return replace(version_env(tmp_path), workflows=(
+        contract.Workflow("wf", "Run", chain, contract.AT_MOST_ONCE),))
+
+
+async def member(broker: MemoryBroker, env: contract.RunnerEnv,
+                 handle: Callable[[Delivery], Awaitable[None]] | None = None,
+                 max_inflight: int = 4) -> tuple[MemoryTransport, Any]:
+    """A replica of node n in step 0's queue group."""
+    t = MemoryTransport(broker, env)
+    await t.connect("replica")
+
+    async def done(d: Delivery) -> None:
+        await d.ack()
+
+    server = t.serve(contract.call_subject("p", "v", "wf", 0),
+                     contract.queue_group("p", "v", "wf", 0, "n"), handle or done, max_inflight)
+    await server.start()
+    return t, server
+
+
+def test_at_most_once_steps_are_probed_in_their_queue_group(tmp_path: Path) -> None:
+    env = replace(version_env(tmp_path), workflows=(
+        contract.Workflow("a", "A", ("etl", "model"), contract.AT_MOST_ONCE),
+        contract.Workflow("b", "B", ("etl",))))
+    probe = [contract.probe_subject(contract.call_subject("p", "v", "a", i)) for i in (0, 1)]
+    assert steps_of(env) == [
+        Step("", contract.queue_group("p", "v", "a", 0, "etl"), "etl", probe=probe[0]),
+        Step("", contract.queue_group("p", "v", "a", 1, "model"), "model", probe=probe[1]),
+        Step(contract.stream_name("p", "v", "b"), contract.consumer_name(0, "etl"), "etl")]
+
+
+def test_an_at_most_once_step_is_up_once_a_replica_joins_and_down_after_down_after(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker, env, clock = MemoryBroker(), at_most_once_env(tmp_path), Clock()
+        changes: list[bool] = []
+        watch, _ = await watcher(broker, env, clock, changes)
+        assert not await watch.poll()
+        assert watch.reason() == "no replica of node n is taking work (yet)"
+        first, _ = await member(broker, env)
+        second, _ = await member(broker, env)
+        assert await watch.poll()
+        await first.crash()
+        clock.now += DOWN_AFTER * 2
+        assert await watch.poll()  # one replica left
+        await second.crash()
+        clock.now += DOWN_AFTER / 2
+        assert await watch.poll()  # within DOWN_AFTER of the last sight: still up
+        clock.now += DOWN_AFTER / 2
+        assert not await watch.poll()
+        await member(broker, env)
+        assert await watch.poll()
+        assert changes == [True, False, True]
+        assert all(not s.consumers for s in broker.streams.values())  # asked none
+
+    run(scenario)
+
+
+def test_an_at_most_once_replica_with_every_slot_busy_still_answers_probes(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker, env, clock = MemoryBroker(), at_most_once_env(tmp_path), Clock()
+        watch, t = await watcher(broker, env, clock)
+        gate = asyncio.Event()
+
+        async def hold(d: Delivery) -> None:
+            await gate.wait()
+
+        _, server = await member(broker, env, hold, max_inflight=1)
+        await t.call_step(contract.call_subject("p", "v", "wf", 0), b"",
+                          step_headers("c", 0, "", ""))
+        assert len(server.running) == 1
+        for _ in range(3):
+            clock.now += DOWN_AFTER * 2
+            assert await watch.poll()
+        gate.set()
+
+    run(scenario)
+
+
+def test_an_at_most_once_probe_that_gets_no_answer_is_unseen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        broker, env, clock = MemoryBroker(), at_most_once_env(tmp_path), Clock()
+        watch, t = await watcher(broker, env, clock, ask_within=0.05)
+        await member(broker, env)
+        assert await watch.poll()
+
+        async def hang(subject: str, within: float) -> bool:
+            await asyncio.Event().wait()
+            return True
+
+        monkeypatch.setattr(t, "probe_step", hang)
+        clock.now += DOWN_AFTER / 2
+        assert await asyncio.wait_for(watch.poll(), 5)
+        clock.now += DOWN_AFTER / 2
+        assert not await asyncio.wait_for(watch.poll(), 5)
+
+    run(scenario)
+
+
+def test_the_entrypoint_of_an_at_most_once_workflow_is_ready_after_the_nodes_init(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with memory_run(tmp_path, {"slow": GATED, "echo": ECHO}, start=False,
+                              delivery=contract.AT_MOST_ONCE) as r:
+            ep = await r.start_entrypoint()
+            await r.start_node("echo")
+            env = replace(r.env, node="slow", handler="src/slow.py")
+            proc = node.prepare(env, MemoryTransport(r.broker, env))
+            r.nodes.setdefault("slow", []).append(proc)
+            gate = asyncio.Event()
+            proc.mod.module.GATE = gate  # type: ignore[attr-defined]  # its global
+            starting = asyncio.create_task(proc.start())
+            await ep.nodes.poll()
+            assert not ep.ready()
+            assert await readyz(r) == (
+                503, "not ready: no replica of node slow is taking work (yet)\n")
+            gate.set()
+            await asyncio.wait_for(starting, 5)
+            await ep.nodes.poll()
+            assert ep.ready() and await readyz(r) == (200, "ready\n")
+            assert await health(r) == SERVING
+
+    run(scenario)

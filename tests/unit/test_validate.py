@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from renderer.cli import main
 from renderer.krt import Config, Node, Workflow
 from renderer.krtfile import build_krt
+from renderer.plan import plan_workflows
 from renderer.problems import InputError
 from renderer.validate import load_version, validate_path
+from runner import contract
 
 PROTO = """\
 syntax = "proto3";
@@ -108,6 +110,26 @@ def test_optional_fields(tmp_path: Path) -> None:
     assert v.nodes[0].gpu is True and v.nodes[0].replicas == 3
 
 
+def test_workflow_delivery_defaults_to_at_least_once_and_reaches_the_runner(
+        tmp_path: Path) -> None:
+    assert load_version(write_version(tmp_path / "a"), tmp_path).workflows[0].delivery == (
+        contract.AT_LEAST_ONCE)
+    v = load_version(write_version(tmp_path / "b", KRT + "    delivery: at-most-once\n"),
+                     tmp_path)
+    assert v.workflows == (Workflow("py-greeting", "PyGreet", ("etl", "output"),
+                                    contract.AT_MOST_ONCE),)
+    assert plan_workflows(v) == (contract.Workflow("py-greeting", "PyGreet", ("etl", "output"),
+                                                   contract.AT_MOST_ONCE),)
+
+
+def test_workflow_delivery_is_one_of_two(tmp_path: Path) -> None:
+    assert problems(tmp_path, KRT + "    delivery: at_most_once\n") == [
+        f"{F}:17:15: workflows[0].delivery: must be one of: at-least-once, at-most-once; "
+        'got "at_most_once" (did you mean "at-most-once"?)']
+    assert problems(tmp_path, KRT + "    delivery: 1\n") == [
+        f"{F}:17:15: workflows[0].delivery: must be one of: at-least-once, at-most-once; got 1"]
+
+
 # --- schema -------------------------------------------------------------------------------
 
 
@@ -147,7 +169,7 @@ def test_unknown_fields_suggest_the_right_one(tmp_path: Path) -> None:
         f"{F}:15:5: workflows[0].sequential: required field is missing "
         "(e.g. sequential: [etl, output])",
         f'{F}:17:5: workflows[0].sequencial: unknown field "sequencial" '
-        '(did you mean "sequential"?); allowed: name, entrypoint, sequential',
+        '(did you mean "sequential"?); allowed: name, entrypoint, sequential, delivery',
     ]
 
 
@@ -784,7 +806,8 @@ def test_cli_json(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["ok"] is True and doc["problems"] == []
     assert doc["versions"][0]["workflows"] == [
-        {"name": "py-greeting", "entrypoint": "PyGreet", "sequential": ["etl", "output"]}
+        {"name": "py-greeting", "entrypoint": "PyGreet", "sequential": ["etl", "output"],
+         "delivery": "at-least-once"}
     ]
 
 
