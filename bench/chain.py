@@ -47,6 +47,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -131,6 +132,7 @@ class Settings:
     large_concurrency: list[int] = field(default_factory=lambda: [1, 4])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
     peers: bool = True  # Ray Serve beside ours (bench.peers), when installed
+    rounds: int = 1  # the floors and ours, interleaved this many times (medians reported)
     dev_starts: int = 3  # times `kai dev` is started cold to its first answer (0: never)
 
     @property
@@ -1174,6 +1176,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         "--uvloop-floors", action="store_true", help="run the floors on uvloop (the default)"
     )
     p.add_argument("--no-floors", action="store_true", help="measure only ours")
+    p.add_argument("--rounds", type=int,
+                   help="measure the floors and ours this many times, interleaved (every other"
+                   " round ours first), and report each cell's medians (default 1)")
     p.add_argument("--no-peers", action="store_true",
                    help="do not measure the peers (Ray Serve, when installed)")
     p.add_argument("--dev-starts", type=int,
@@ -1201,10 +1206,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         s.large, s.large_concurrency = [1024 * 1024], [1]
         s.dev_starts = 1
     for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests", "large",
-                 "large_concurrency", "dev_starts"):
+                 "large_concurrency", "dev_starts", "rounds"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))
     s.large = [x for x in s.large if x > 0]
+    s.rounds = max(1, s.rounds)
     return s, a
 
 
@@ -1219,7 +1225,8 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
     ):
         url = nats_server.url
         others = {"nats_server": nats_server.proc.pid} if nats_server.proc else {}
-        if s.floors:
+
+        def floors() -> None:
             print("floor: grpc.aio echo", file=log, flush=True)
             runs.append(measure_grpc_floor(group, s))
             for n in s.nodes:
@@ -1229,10 +1236,19 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
                 print(f"floor: JetStream, gRPC front + {n} pull-consumer hops", file=log,
                       flush=True)
                 runs.append(measure_js_floor(group, url, n, s, others))
-        if s.ours:
+
+        def ours() -> None:
             for n in s.nodes:
                 print(f"kai: {n}-node chain", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others))
+
+        parts = [part for part, on in ((floors, s.floors), (ours, s.ours)) if on]
+        for r in range(s.rounds):  # interleaved: every other round, ours first
+            if s.rounds > 1:
+                print(f"round {r + 1} of {s.rounds}", file=log, flush=True)
+            for part in parts if r % 2 == 0 else parts[::-1]:
+                part()
+        runs[:] = merge_rounds(runs)
         if s.large:
             runs += measure_large(group, workdir, url, others, s, log)
         out: dict[str, Any] = {"runs": runs}
@@ -1247,6 +1263,52 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
             print(f"kai dev: cold start to the first answer, {s.dev_starts}×", file=log,
                   flush=True)
             out["kai_dev"] = devstart.measure(group, workdir, s)
+    return out
+
+
+MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "throughput_rps")
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per system and chain length: each cell's figures the median of its rounds
+    (which it keeps under "rounds"), CPU per request the median, peak RSS the highest."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["system"], run["nodes"]), []).append(run)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        merged = {**group[0], "rounds": len(group)}
+        cells = []
+        for i, cell in enumerate(group[0]["cells"]):
+            same = [g["cells"][i] for g in group]
+            c = {**cell, **{k: round(statistics.median(x[k] for x in same), 4)
+                            for k in MEDIAN_KEYS}}
+            for k in ("requests", "errors", "warmup_requests"):
+                c[k] = sum(x.get(k, 0) for x in same)
+            c["rounds"] = [{"p50_ms": x["p50_ms"], "throughput_rps": x["throughput_rps"]}
+                           for x in same]
+            cells.append(c)
+        merged["cells"] = cells
+        peak: dict[str, float] = {}
+        for g in group:
+            for proc in g["processes"]:
+                peak[proc["name"]] = max(peak.get(proc["name"], 0.0), proc["peak_rss_mb"])
+        merged["processes"] = [{**proc, "peak_rss_mb": peak[proc["name"]]}
+                               for proc in group[0]["processes"]]
+        cpu = dict(group[0]["cpu"])
+        for k, v in cpu.items():
+            figures = [g["cpu"].get(k) for g in group]
+            if k.endswith("_ms_per_request") and isinstance(v, float | int) and all(
+                    isinstance(x, float | int) for x in figures):
+                cpu[k] = round(statistics.median(figures), 4)
+        merged["cpu"] = cpu
+        if "startup_seconds" in merged:
+            merged["startup_seconds"] = round(statistics.median(
+                g["startup_seconds"] for g in group), 2)
+        out.append(merged)
     return out
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -149,11 +150,12 @@ async def js_front(port: int, method: str, url: str, stream: str, subjects: str,
                        pending_msgs_limit=1_000_000)
     await nc.flush()
     seq = 0
+    run_id = os.urandom(4).hex()  # call ids of this process: no duplicate of an earlier one's
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         nonlocal seq
         seq += 1
-        call = str(seq)
+        call = f"{run_id}{seq}"
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[bytes] = loop.create_future()
         answered: asyncio.Future[bytes] = loop.create_future()

@@ -124,6 +124,30 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     assert all(t["value"] is not None for t in result["analysis"]["targets"])
 
 
+def test_chain_bench_rounds_are_interleaved_and_merged(tmp_path: Path) -> None:
+    out = tmp_path / "chain.json"
+    proc = run_bench(
+        "bench.chain", "--quick", "--rounds", "2", "--nodes", "2", "--payloads", "100",
+        "--concurrency", "1", "--large", "0", "--no-peers", "--dev-starts", "0",
+        "--json", str(out), "--no-plot",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.count("round ") == 2
+    result = json.loads(out.read_text())
+    keys = [(r["system"], r["nodes"]) for r in result["runs"]]
+    assert sorted(keys) == sorted(set(keys))  # one run per system and chain length
+    assert {"floor-js", "kai"} <= {system for system, _ in keys}
+    for run in result["runs"]:
+        assert run["rounds"] == 2, run["system"]
+        (cell,) = run["cells"]
+        # the second round's JetStream floor reuses the first's stream: no call is lost to
+        # de-duplication, every call of both rounds is answered
+        assert len(cell["rounds"]) == 2 and cell["errors"] == 0, (run["system"], cell)
+        assert all(positive(r["p50_ms"]) for r in cell["rounds"]), cell
+        assert min(r["p50_ms"] for r in cell["rounds"]) <= cell["p50_ms"]
+        assert cell["p50_ms"] <= max(r["p50_ms"] for r in cell["rounds"])
+
+
 def test_render_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "render.json"
     proc = run_bench("bench.render", "--quick", "--json", str(out))
