@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -132,6 +133,7 @@ class Settings:
     large_concurrency: list[int] = field(default_factory=lambda: [1, 4])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
     peers: bool = True  # Ray Serve beside ours (bench.peers), when installed
+    peer_python: str = ""  # the Python that runs the peers ("": this one)
     rounds: int = 1  # the floors and ours, interleaved this many times (medians reported)
     dev_starts: int = 3  # times `kai dev` is started cold to its first answer (0: never)
 
@@ -981,6 +983,10 @@ def _more_tables(result: dict[str, Any]) -> list[str]:
     from bench import targets as issue13
 
     analysis, out = result["analysis"], []
+    if result.get("aiohttp_installed"):
+        out += ["", "note: aiohttp is installed in this Python, so nats-py imports it in every"
+                " process of ours and the floors (about 11 MB more RSS and 80 ms more start-up"
+                " each); the peers' venv belongs apart (--peer-python)"]
     hop = analysis.get("per_hop") or {}
     if hop and hop.get("to", 0) > hop.get("from", 0):
         out += ["", f"each added node ({hop['from']}→{hop['to']} nodes, {_size(hop['payload'])},"
@@ -1179,6 +1185,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     p.add_argument("--rounds", type=int,
                    help="measure the floors and ours this many times, interleaved (every other"
                    " round ours first), and report each cell's medians (default 1)")
+    p.add_argument("--peer-python", default="",
+                   help="the Python that runs the peers: a venv with the [bench-peers] extra"
+                   " (default: this one; Ray brings aiohttp, which nats-py then imports in"
+                   " every process of ours and the floors, so keep them apart)")
     p.add_argument("--no-peers", action="store_true",
                    help="do not measure the peers (Ray Serve, when installed)")
     p.add_argument("--dev-starts", type=int,
@@ -1200,6 +1210,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         ours=not a.floors_only,
         pythonpath=a.pythonpath,
         peers=not a.no_peers,
+        peer_python=a.peer_python,
     )
     if a.quick:
         s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
@@ -1363,6 +1374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     result["wall_seconds"] = round(time.time() - started, 1)
     result["loops"] = loops_summary(result["runs"])
+    result["python"] = sys.executable
+    result["aiohttp_installed"] = importlib.util.find_spec("aiohttp") is not None
     result["analysis"] = analyse(result["runs"], s)
     from bench import targets as issue13
 

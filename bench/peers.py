@@ -1,7 +1,10 @@
 """Peers measured beside KAI in the same run, with the same client and cells: Ray Serve.
 
 Ray Serve comes with the `[bench-peers]` extra (`pip install -e '.[bench,bench-peers]'`,
-ray[serve] pinned there); without it the peer is skipped with one line. It serves the same
+ray[serve] pinned there), best in a venv of its own given with `--peer-python`: Ray brings
+aiohttp, which nats-py imports whenever it is installed, in every process of ours and of the
+floors (about 11 MB more RSS and 80 ms more start-up each). Without it the peer is skipped
+with one line. It serves the same
 pass-through chain as ours: N deployments composed with handles (step 1 is the ingress
 and awaits step 2 through its handle, and so on; the last returns the request), behind
 Ray's gRPC proxy, which hands each step the `kaibench.Payload` message. Settings that make
@@ -67,9 +70,11 @@ def settings_text(nodes: list[int]) -> str:
 
 
 def unavailable(python: str = sys.executable) -> tuple[str | None, dict[str, str]]:
-    """Why the Ray peer cannot run here (None: it can), and the versions it would run."""
-    if importlib.util.find_spec("ray") is None:
-        return f"ray[serve] is not installed ({INSTALL})", {}
+    """Why the Ray peer cannot run with `python` (None: it can), and the versions it would
+    run."""
+    where = "" if python == sys.executable else f" in {python}"
+    if python == sys.executable and importlib.util.find_spec("ray") is None:
+        return f"ray[serve] is not installed ({INSTALL}, or --peer-python)", {}
     try:
         out = subprocess.run(
             [python, "-c", "import json, grpc, ray, ray.serve; print(json.dumps("
@@ -78,9 +83,13 @@ def unavailable(python: str = sys.executable) -> tuple[str | None, dict[str, str
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return "importing ray.serve took more than 180 s", {}
+    except OSError as exc:
+        return f"cannot run {python} ({exc.strerror or exc}): give --peer-python a Python", {}
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"ray.serve does not import ({last}; {INSTALL})", {}
+        if "No module named 'ray'" in last:
+            return f"ray[serve] is not installed{where} ({INSTALL})", {}
+        return f"ray.serve does not import{where} ({last}; {INSTALL})", {}
     versions: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
     for tool in ("unshare", "nsenter"):
         if shutil.which(tool) is None:
@@ -105,8 +114,9 @@ def measure(group: Any, workdir: Path, s: Any, log: Any) -> tuple[list[dict[str,
                                                                    dict[str, Any]]:
     """Measure Ray Serve for every chain length of `s` (a bench.chain.Settings); returns its
     runs and its summary (versions and settings, or why it was skipped)."""
-    reason, versions = unavailable()
-    summary: dict[str, Any] = {"system": SYSTEM}
+    python = s.peer_python or sys.executable
+    reason, versions = unavailable(python)
+    summary: dict[str, Any] = {"system": SYSTEM, "python": python}
     if reason is not None:
         print(f"peer {PEER}: skipped: {reason}", file=log, flush=True)
         return [], {PEER: {**summary, "skipped": reason, "versions": versions}}
@@ -119,7 +129,7 @@ def measure(group: Any, workdir: Path, s: Any, log: Any) -> tuple[list[dict[str,
     for n in s.nodes:
         print(f"peer: ray serve, {n} deployments through its gRPC proxy", file=log, flush=True)
         try:
-            runs.append(measure_ray(group, workdir, gen, n, s))
+            runs.append(measure_ray(group, workdir, gen, n, s, python))
         except RuntimeError as exc:  # the peer failing does not fail our benchmark
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no reason given"
             print(f"peer {PEER}: could not run: {first} (logs: {workdir / 'logs'})",
@@ -142,7 +152,8 @@ def compile_proto(gen: Path) -> None:
     )  # fmt: skip
 
 
-def measure_ray(group: Any, workdir: Path, gen: Path, n: int, s: Any) -> dict[str, Any]:
+def measure_ray(group: Any, workdir: Path, gen: Path, n: int, s: Any,
+                python: str) -> dict[str, Any]:
     from bench.chain import (
         METHOD,
         ROOT,
@@ -159,7 +170,7 @@ def measure_ray(group: Any, workdir: Path, gen: Path, n: int, s: Any) -> dict[st
     port, http_port = free_port(), free_port()
     env = child_env(RAY_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(gen), env["PYTHONPATH"]])
-    argv = ["unshare", "--net", "--", sys.executable, "-m", "bench.peers", "ray-serve",
+    argv = ["unshare", "--net", "--", python, "-m", "bench.peers", "ray-serve",
             "--port", str(port), "--http-port", str(http_port), "--nodes", str(n),
             "--gen", str(gen), "--temp-dir", str(workdir / "ray")]  # fmt: skip
     start = time.monotonic()

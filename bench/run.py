@@ -1,6 +1,6 @@
 """Run the whole benchmark suite: the chain benchmark, then the renderer benchmark.
 
-    python -m bench [--quick] [--only chain|render] [--results DIR]
+    python -m bench [--quick] [--only chain|render] [--results DIR] [--peer-python PY]
 
 Each part prints its table and writes its JSON (and the chain's PNG) into
 `--results` (default bench/results/); at the end, the issue-13 targets of every
@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a small smoke run of each benchmark")
     p.add_argument("--only", choices=("chain", "render"), help="run one benchmark")
     p.add_argument("--results", type=Path, default=RESULTS, help="where JSON and PNG go")
+    p.add_argument("--peer-python", default="",
+                   help="the Python of a venv with the [bench-peers] extra, to run the peers"
+                   " apart from ours (see bench/peers.py)")
     a = p.parse_args(argv)
     quick = ["--quick"] if a.quick else []
     status = 0
@@ -35,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("== chain benchmark ==", flush=True)
         status |= chain.main([
             *quick,
+            *(["--peer-python", a.peer_python] if a.peer_python else []),
             "--json", str(a.results / "chain.json"),
             "--plot", str(a.results / "chain.png"),
         ])  # fmt: skip

@@ -205,3 +205,17 @@ def test_targets_are_judged_in_their_direction() -> None:
     p50, rps = peer_targets(measured)
     assert (p50["value"], p50["met"]) == (4.0, False) and "32 in flight" in p50["detail"]
     assert (rps["value"], rps["met"]) == (4.0, False)
+
+
+def test_peer_python_without_ray_is_skipped_with_one_line(tmp_path: Path) -> None:
+    from bench.peers import unavailable
+
+    reason, versions = unavailable(str(tmp_path / "no-python"))
+    assert reason is not None and "cannot run" in reason and "--peer-python" in reason
+    base = Path(sys.base_prefix) / "bin" / "python3"  # the interpreter under this venv
+    if base.is_file() and subprocess.run([str(base), "-c", "import ray"],
+                                         capture_output=True, timeout=120).returncode != 0:
+        reason, versions = unavailable(str(base))
+        assert reason == (f"ray[serve] is not installed in {base} "
+                          "(pip install -e '.[bench,bench-peers]')"), reason
+        assert versions == {}
