@@ -77,7 +77,7 @@ def unavailable(python: str = sys.executable) -> tuple[str | None, dict[str, str
         return f"ray[serve] is not installed ({INSTALL}, or --peer-python)", {}
     try:
         out = subprocess.run(
-            [python, "-c", "import json, grpc, ray, ray.serve; print(json.dumps("
+            [python, "-c", "import json, ray, ray.serve, grpc; print(json.dumps("
              "{'ray': ray.__version__, 'grpcio': grpc.__version__}))"],
             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
         )  # fmt: skip
