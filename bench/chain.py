@@ -12,6 +12,9 @@ What one run does, all on loopback:
    by core NATS request/reply; the floors run on the same event loop as the runner
    processes (uvloop when importable; --asyncio-floors for asyncio's default loop), and
    the loop each side actually ran on is read from its processes and recorded;
+   and the JetStream floor of each N: our message pattern without our code (bench.floors
+   js-front + N js-hop: a gRPC front, a work-queue stream, N durable pull consumers that
+   publish, wait for the PubAck and ack), driven through gRPC like ours;
 3. ours: for each N, writes a generated version (kaibench.proto with rpc Echo(Payload)
    returns (Payload), N pass-through nodes in the KRE 1.23 style) to a temporary
    directory and starts `python -m runner entrypoint` plus one `python -m runner node`
@@ -24,10 +27,14 @@ What one run does, all on loopback:
 7. the large cells (--large, 1 MiB and 8 MiB; 1 MiB once in --quick): the 3-node chain on
    a second nats-server with NATS's default max payload (1 MiB), so each payload travels
    through the version's claim bucket (runner.transport), against the same floors with the
-   payload in one message (the first server takes messages up to 16 MiB);
+   payload in one message (the first server takes messages up to 16 MiB), and against the
+   same chain with the smallest payload, measured in the same run of it;
 8. the at-most-once cells (--at-most-once-nodes, 3 by default): the same chain with
    `delivery: at-most-once` (core NATS request/reply with queue groups, no JetStream), against
-   the same floors, printed as `kai (at-most-once)` beside the at-least-once rows.
+   the same floors, printed as `kai (at-most-once)` beside the at-least-once rows;
+9. the peers (bench.peers, the `[bench-peers]` extra): Ray Serve, the same pass-through
+   chain as deployments composed with handles behind its gRPC proxy, skipped with one line
+   when not installed; and `kai dev`'s cold start to its first answer (bench.devstart).
 
 The floor of an N-node chain is "composed": the grpc.aio echo (client → server) plus the
 N-hop NATS chain. Latency floors add; throughput floors combine as 1/(1/a + 1/b), since
@@ -38,11 +45,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -53,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import Child, ProcessGroup, proc_status_kb, sigterm_as_interrupt, wait_for_line
+from bench.targets import target as _target
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -93,7 +103,7 @@ async def handler(ctx, data: Payload) -> Payload:
     return data
 '''
 
-# Issue 4's targets (milliseconds, requests per second, megabytes).
+# The overhead targets (milliseconds, requests per second, megabytes).
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 10.0
 TARGET_RPS = 800.0
@@ -128,6 +138,10 @@ class Settings:
     # the chain lengths also measured with `delivery: at-most-once` (core NATS, no JetStream)
     at_most_once_nodes: list[int] = field(default_factory=lambda: [3])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
+    peers: bool = True  # Ray Serve beside ours (bench.peers), when installed
+    peer_python: str = ""  # the Python that runs the peers ("": this one)
+    rounds: int = 1  # the floors and ours, interleaved this many times (medians reported)
+    dev_starts: int = 3  # times `kai dev` is started cold to its first answer (0: never)
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -136,6 +150,11 @@ class Settings:
     @property
     def large_cells(self) -> list[tuple[int, int]]:
         return [(p, c) for p in self.large for c in self.large_concurrency]
+
+    @property
+    def claims_small_cells(self) -> list[tuple[int, int]]:
+        """The claims chain's own small-payload cells: the same chain, payloads inline."""
+        return [(min(self.payloads), c) for c in self.large_concurrency]
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -159,11 +178,13 @@ def free_port() -> int:
 
 def run_loadgen(
     group: ProcessGroup, name: str, kind: str, target: list[str], s: Settings,
-    cells: list[tuple[int, int]] | None = None,
+    cells: list[tuple[int, int]] | None = None, prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run bench.loadgen against one target for every cell (`s.cells` unless given)."""
+    """Run bench.loadgen against one target for every cell (`s.cells` unless given);
+    `prefix` goes before its command (to enter a peer's network namespace)."""
     cells = s.cells if cells is None else cells
     argv = [
+        *prefix,
         sys.executable,
         "-m",
         "bench.loadgen",
@@ -394,6 +415,64 @@ def measure_nats_floor(
     }
 
 
+def measure_js_floor(
+    group: ProcessGroup, nats_url: str, n: int, s: Settings, others: dict[str, int],
+    cells: list[tuple[int, int]] | None = None, system: str = "floor-js",
+) -> dict[str, Any]:
+    """The JetStream floor of an N-node chain: a gRPC front and N pull-consumer hops, with the
+    stream and consumer settings of runner.contract and runner.transport (bench.floors)."""
+    from runner import contract
+    from runner.transport.base import WORK_MAX_AGE
+
+    prefix = f"{system}.n{n}"
+    port = free_port()
+    front = group.spawn(
+        f"{system}{n}-front",
+        floor_argv(s, "js-front", "--port", str(port), "--method", METHOD, "--url", nats_url,
+                   "--stream", f"{system}-n{n}".upper(), "--subjects", f"{prefix}.>",
+                   "--first", f"{prefix}.s0", "--storage", s.storage,
+                   "--duplicate-window", str(contract.DUPLICATE_WINDOW),
+                   "--max-age", str(WORK_MAX_AGE)),
+        role="floor", env=child_env(), cwd=ROOT, stdout_pipe=True,
+    )  # fmt: skip
+    wait_for_line(front, b"READY", s.startup_timeout)  # the stream exists
+    hops: list[Child] = []
+    for i in range(n):
+        end = ["--last"] if i == n - 1 else ["--next", f"{prefix}.s{i + 1}"]
+        hops.append(group.spawn(
+            f"{system}{n}-hop{i}",
+            floor_argv(s, "js-hop", "--url", nats_url, "--stream", f"{system}-n{n}".upper(),
+                       "--consumer", f"s{i}", "--subject", f"{prefix}.s{i}", "--step", str(i),
+                       "--ack-wait", str(contract.DEFAULT_ACK_WAIT),
+                       "--max-deliver", str(contract.DEFAULT_MAX_DELIVER),
+                       "--max-inflight", str(contract.DEFAULT_CONCURRENCY), *end),
+            role="floor", env=child_env(), cwd=ROOT, stdout_pipe=True,
+        ))  # fmt: skip
+    for hop in hops:
+        wait_for_line(hop, b"READY", s.startup_timeout)
+    children = [front, *hops]
+    address = f"127.0.0.1:{port}"
+    startup = wait_ready(group, children, address, s.startup_timeout)
+    with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
+        load = run_loadgen(group, f"client-{system}{n}", "grpc",
+                           ["--address", address, "--method", METHOD], s, cells)
+    processes = rss.report({c.name: "floor" for c in children})
+    cpu = cpu_summary(load, processes, rss.others_cpu())
+    for c in children:
+        group.stop(c)
+    return {
+        "system": system,
+        "nodes": n,
+        "storage": s.storage,
+        "loop": loop_of(processes),
+        "client_loop": load.get("loop"),
+        "startup_seconds": round(startup, 2),
+        "cells": load["cells"],
+        "processes": processes,
+        "cpu": cpu,
+    }
+
+
 # --- ours ----------------------------------------------------------------------------------
 
 
@@ -469,14 +548,15 @@ def runner_envs(
     return out
 
 
-def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout: float) -> float:
+def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout: float,
+               prefix: Sequence[str] = ()) -> float:
     """Wait until an Echo call through the whole chain succeeds; return the seconds it took.
 
     The calls come from a probe process (bench.loadgen probe): this process never starts
     gRPC threads of its own, since it forks the other processes.
     """
     start = time.monotonic()
-    argv = [sys.executable, "-m", "bench.loadgen", "probe", "--address", address,
+    argv = [*prefix, sys.executable, "-m", "bench.loadgen", "probe", "--address", address,
             "--method", METHOD, "--seconds", str(timeout)]  # fmt: skip
     probe = group.spawn("probe", argv, role="client", env=child_env(), cwd=ROOT, stdout_pipe=True)
     try:
@@ -573,28 +653,94 @@ def composed_floor(grpc_cell: dict[str, Any], nats_cell: dict[str, Any]) -> dict
 
 
 def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
-    rows = _rows(runs, s.nodes, s.cells, "kai", "floor-grpc", "floor-nats")
+    rows = _rows(runs, s.nodes, s.cells, "kai", "floor-grpc", "floor-nats", "floor-js")
     nats = {r["nodes"]: r for r in runs if r["system"] == "floor-nats"}
     ours = {r["nodes"]: r for r in runs if r["system"] == "kai"}
     large = _rows(runs, [s.large_nodes], s.large_cells, "kai-claims", "floor-grpc-large",
-                  "floor-nats-large")
+                  "floor-nats-large", "floor-js-large")
+    peer_rows = []
+    for run in runs:
+        if run["system"].startswith("peer-"):
+            peer_rows += _rows(runs, [run["nodes"]], s.cells, run["system"], "floor-grpc",
+                               "floor-nats", "floor-js")
     at_most_once = _rows(runs, s.at_most_once_nodes, s.cells, AT_MOST_ONCE_SYSTEM,
-                         "floor-grpc", "floor-nats")
-    return {"rows": rows, "large_rows": large, "at_most_once_rows": at_most_once,
+                         "floor-grpc", "floor-nats", "floor-js")
+    return {"rows": rows, "large_rows": large, "peer_rows": peer_rows,
+            "at_most_once_rows": at_most_once,
+            "claims": claims_vs_small(runs, s), "per_hop": per_hop(runs, s),
             "targets": targets(ours, nats, s)}
 
 
+def _server_cpu(run: dict[str, Any] | None) -> float | None:
+    """CPU ms per answered request of a run's processes and its nats-server."""
+    cpu = (run or {}).get("cpu") or {}
+    if cpu.get("servers_ms_per_request") is None:
+        return None
+    return float(cpu["servers_ms_per_request"] + (cpu.get("nats_server_ms_per_request") or 0))
+
+
+def per_hop(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
+    """What each added node (or hop) costs, from the shortest to the longest chain: p50 of the
+    smallest payload at the lowest concurrency, and CPU per request (all cells mixed); and
+    our CPU per request over the JetStream floor's, chain by chain."""
+    small, conc = min(s.payloads), min(s.concurrency)
+    lo, hi = min(s.nodes), max(s.nodes)
+    out: dict[str, Any] = {"from": lo, "to": hi, "payload": small, "concurrency": conc}
+    by = {(r["system"], r["nodes"]): r for r in runs}
+    for system in ("kai", "floor-js", "floor-nats"):
+        a, b = _cell(by.get((system, lo)), small, conc), _cell(by.get((system, hi)), small, conc)
+        ca, cb = _server_cpu(by.get((system, lo))), _server_cpu(by.get((system, hi)))
+        out[system] = {
+            "p50_ms": round((b["p50_ms"] - a["p50_ms"]) / (hi - lo), 4)
+            if a and b and hi > lo else None,
+            "cpu_ms": round((cb - ca) / (hi - lo), 4)
+            if ca is not None and cb is not None and hi > lo else None,
+        }
+    out["cpu_ratio_to_js"] = {
+        str(n): _ratio(_server_cpu(by.get(("kai", n))), _server_cpu(by.get(("floor-js", n))))
+        for n in s.nodes
+    }
+    return out
+
+
+def claims_vs_small(runs: list[dict[str, Any]], s: Settings) -> list[dict[str, Any]]:
+    """Each large cell (through the claim bucket) beside the same chain's small-payload cell
+    at the same concurrency, both from the one run of that chain."""
+    run = next((r for r in runs if r["system"] == "kai-claims"), None)
+    out = []
+    for payload, conc in s.large_cells:
+        big, small = _cell(run, payload, conc), _cell(run, min(s.payloads), conc)
+        if not (big and small):
+            continue
+        extra = big["p50_ms"] - small["p50_ms"]
+        out.append({
+            "nodes": s.large_nodes, "payload": payload, "concurrency": conc,
+            "small_payload": small["payload"],
+            "p50_ms": big["p50_ms"], "small_p50_ms": small["p50_ms"],
+            "p50_ratio": _ratio(big["p50_ms"], small["p50_ms"]),
+            "throughput_rps": big["throughput_rps"],
+            "small_throughput_rps": small["throughput_rps"],
+            "throughput_ratio": _ratio(big["throughput_rps"], small["throughput_rps"]),
+            "extra_p50_ms_per_mib": round(extra / (payload / 2**20), 3),
+        })  # fmt: skip
+    return out
+
+
 def _rows(runs: list[dict[str, Any]], node_counts: list[int], cells: list[tuple[int, int]],
-          kai: str, grpc_system: str, nats_system: str) -> list[dict[str, Any]]:
-    """Our figures of each cell beside its composed floor, and their ratios."""
+          kai: str, grpc_system: str, nats_system: str,
+          js_system: str) -> list[dict[str, Any]]:
+    """The figures of `kai` (ours, or a peer) in each cell beside its composed floor and its
+    JetStream floor, and their ratios; a peer's row also has ours of the same cell."""
     grpc_floor = next((r for r in runs if r["system"] == grpc_system), None)
     nats = {r["nodes"]: r for r in runs if r["system"] == nats_system}
     ours = {r["nodes"]: r for r in runs if r["system"] == kai}
+    js = {r["nodes"]: r for r in runs if r["system"] == js_system}
     rows = []
     for n in node_counts:
         for payload, conc in cells:
             g, f, o = _cell(grpc_floor, payload, conc), _cell(nats.get(n), payload, conc), None
             o = _cell(ours.get(n), payload, conc)
+            j = _cell(js.get(n), payload, conc)
             floor = composed_floor(g, f) if g and f else None
             row: dict[str, Any] = {
                 "nodes": n,
@@ -602,7 +748,18 @@ def _rows(runs: list[dict[str, Any]], node_counts: list[int], cells: list[tuple[
                 "concurrency": conc,
                 "kai": o,
                 "floor": floor,
+                "js_floor": j,
             }
+            if kai != "kai":
+                row["system"] = kai
+                row["ours"] = _cell(next((r for r in runs if r["system"] == "kai"
+                                          and r["nodes"] == n), None), payload, conc)
+            if o and j:
+                row["ratio_to_js"] = {
+                    "p50": _ratio(o["p50_ms"], j["p50_ms"]),
+                    "p99": _ratio(o["p99_ms"], j["p99_ms"]),
+                    "throughput": _ratio(o["throughput_rps"], j["throughput_rps"]),
+                }
             if o and floor:
                 row["ratio"] = {
                     "p50": _ratio(o["p50_ms"], floor["p50_ms"]),
@@ -632,21 +789,8 @@ def loops_summary(runs: list[dict[str, Any]]) -> dict[str, str | None]:
 
     return {
         "kai": side(("kai",)),
-        "floors": side(("floor-grpc", "floor-nats")),
-        "client": side(("kai", "floor-grpc", "floor-nats"), "client_loop"),
-    }
-
-
-def _target(name: str, value: float | None, limit: float, better: str, unit: str) -> dict[str, Any]:
-    met = None
-    if value is not None and not math.isnan(value):
-        met = value <= limit if better == "max" else value >= limit
-    return {
-        "target": name,
-        "value": None if value is None else round(value, 3),
-        "limit": limit,
-        "unit": unit,
-        "met": met,
+        "floors": side(("floor-grpc", "floor-nats", "floor-js")),
+        "client": side(("kai", "floor-grpc", "floor-nats", "floor-js"), "client_loop"),
     }
 
 
@@ -729,12 +873,14 @@ def table(result: dict[str, Any]) -> str:
         "p50 ×floor",
         "p99 ×floor",
         "req/s ×floor",
+        "p50 ×js",
+        "req/s ×js",
     )
-    lines = [head]
+    lines: list[tuple[str, ...]] = [head]
     def floor_row(label: str, nodes: str, c: dict[str, Any]) -> tuple[str, ...]:
         return (label, nodes, _size(c["payload"]), str(c["concurrency"]), _fmt(c["p50_ms"]),
                 _fmt(c["p90_ms"]), _fmt(c["p99_ms"]), _fmt(c["max_ms"]),
-                _fmt(c["throughput_rps"], 0), "", "", "")
+                _fmt(c["throughput_rps"], 0), "", "", "", "", "")
 
     for run in result["runs"]:
         if run["system"] in ("floor-grpc", "floor-grpc-large"):
@@ -743,12 +889,18 @@ def table(result: dict[str, Any]) -> str:
         if run["system"] in ("floor-nats", "floor-nats-large"):
             lines.extend(floor_row("floor nats-py hops", str(run["nodes"]), c)
                          for c in run["cells"])
+    for run in result["runs"]:
+        if run["system"] in ("floor-js", "floor-js-large"):
+            lines.extend(floor_row("floor JetStream", str(run["nodes"]), c)
+                         for c in run["cells"])
     analysis = result["analysis"]
     rows = [("kai", r) for r in analysis["rows"]]
     rows += [("kai (claims)", r) for r in analysis.get("large_rows", [])]
     rows += [("kai (at-most-once)", r) for r in analysis.get("at_most_once_rows", [])]
+    rows += [(PEER_LABELS.get(r["system"], r["system"]), r)
+             for r in analysis.get("peer_rows", [])]
     for label, row in rows:
-        o, r = row["kai"], row.get("ratio") or {}
+        o, r, js = row["kai"], row.get("ratio") or {}, row.get("ratio_to_js") or {}
         if not o:
             continue
         lines.append(
@@ -765,6 +917,8 @@ def table(result: dict[str, Any]) -> str:
                 _fmt(r.get("p50"), 1),
                 _fmt(r.get("p99"), 1),
                 _fmt(r.get("throughput"), 2),
+                _fmt(js.get("p50"), 2),
+                _fmt(js.get("throughput"), 2),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -804,9 +958,9 @@ def table(result: dict[str, Any]) -> str:
         label = {"floor-grpc": "floor grpc", "floor-nats": "floor nats", "kai": "kai",
                  "floor-grpc-large": "floor grpc (large)",
                  "floor-nats-large": "floor nats (large)", "kai-claims": "kai (claims)",
-                 AT_MOST_ONCE_SYSTEM: "kai (at-most-once)"}[
-            run["system"]
-        ]
+                 "floor-js": "floor JetStream", "floor-js-large": "floor JetStream (large)",
+                 AT_MOST_ONCE_SYSTEM: "kai (at-most-once)",
+                 **PEER_LABELS}.get(run["system"], run["system"])
         parts = [f"servers {_fmt(cpu.get('servers_ms_per_request'), 3)}"]
         if cpu.get("nats_server_ms_per_request") is not None:
             parts.append(f"nats-server {_fmt(cpu['nats_server_ms_per_request'], 3)}")
@@ -826,8 +980,9 @@ def table(result: dict[str, Any]) -> str:
         )
         if loops.get("kai") and loops.get("floors") and loops["kai"] != loops["floors"]:
             out.append("  (not like for like: the ×floor ratios compare different loops)")
+    out.extend(_more_tables(result))
     out.append("")
-    out.append("targets (issue 4):")
+    out.append("targets (overhead):")
     for t in result["analysis"]["targets"]:
         mark = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         extra = f" (floor {t['floor']} {t['unit']})" if "floor" in t else ""
@@ -835,6 +990,78 @@ def table(result: dict[str, Any]) -> str:
             f"  {t['target']}: {_fmt(t['value'])} {t['unit']} (limit {t['limit']}){extra}: {mark}"
         )
     return "\n".join(out)
+
+
+PEER_LABELS = {"peer-ray": "ray serve"}
+
+
+def _more_tables(result: dict[str, Any]) -> list[str]:
+    """The JetStream floor's per-hop cost, the claim check against small payloads, the
+    peers, `kai dev`'s cold start and the goals (floor, peer, footprint)."""
+    from bench import targets as goals
+
+    analysis, out = result["analysis"], []
+    if result.get("aiohttp_installed"):
+        out += ["", "note: aiohttp is installed in this Python, so nats-py imports it in every"
+                " process of ours and the floors (about 11 MB more RSS and 80 ms more start-up"
+                " each); the peers' venv belongs apart (--peer-python)"]
+    hop = analysis.get("per_hop") or {}
+    if hop and hop.get("to", 0) > hop.get("from", 0):
+        out += ["", f"each added node ({hop['from']}→{hop['to']} nodes, {_size(hop['payload'])},"
+                f" {hop['concurrency']} in flight): p50 ms / CPU ms per request (servers +"
+                " nats-server, all cells mixed)"]
+        for system, label in (("kai", "kai node"), ("floor-js", "JetStream floor hop"),
+                              ("floor-nats", "core NATS floor hop")):
+            h = hop.get(system) or {}
+            out.append(f"  {label}: {_fmt(h.get('p50_ms'), 3)} / {_fmt(h.get('cpu_ms'), 3)}")
+        ratios = ", ".join(f"{n} nodes {_fmt(v)}" for n, v in hop["cpu_ratio_to_js"].items())
+        out.append(f"  kai CPU per request ÷ JetStream floor's: {ratios}")
+    claims = analysis.get("claims") or []
+    if claims:
+        out += ["", "claim check (kai, same chain and run): a payload over the NATS max payload"
+                " against the smallest payload"]
+        for c in claims:
+            out.append(
+                f"  {c['nodes']} nodes, {_size(c['payload'])} vs {_size(c['small_payload'])},"
+                f" {c['concurrency']} in flight: p50 {_fmt(c['p50_ms'])} vs"
+                f" {_fmt(c['small_p50_ms'])} ms (×{_fmt(c['p50_ratio'], 1)}), req/s"
+                f" {_fmt(c['throughput_rps'], 1)} vs {_fmt(c['small_throughput_rps'], 0)}"
+                f" (×{_fmt(c['throughput_ratio'], 3)}); +{_fmt(c['extra_p50_ms_per_mib'], 1)}"
+                " ms p50 per MiB"
+            )
+    for name, peer in sorted((result.get("peers") or {}).items()):
+        if peer.get("skipped"):
+            out += ["", f"peer {name}: skipped: {peer['skipped']}"]
+            continue
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(peer.get("versions", {}).items()))
+        out += ["", f"peer {name} ({versions}; {peer.get('settings', '')}):"]
+        for row in analysis.get("peer_rows", []):
+            if row["system"] != peer.get("system"):
+                continue
+            o, p = row.get("ours"), row["kai"]
+            if not (o and p):
+                continue
+            out.append(
+                f"  {row['nodes']} nodes, {_size(row['payload'])}, {row['concurrency']} in"
+                f" flight: p50 {_fmt(p['p50_ms'])} ms (kai {_fmt(o['p50_ms'])}: ×"
+                f"{_fmt(_ratio(p['p50_ms'], o['p50_ms']), 1)} lower), req/s"
+                f" {_fmt(p['throughput_rps'], 0)} (kai {_fmt(o['throughput_rps'], 0)}: ×"
+                f"{_fmt(_ratio(o['throughput_rps'], p['throughput_rps']), 1)})"
+            )
+        for run in result["runs"]:
+            if run["system"] == peer.get("system"):
+                total = sum(p["peak_rss_mb"] for p in run["processes"])
+                out.append(f"  {run['nodes']} nodes: cold start {run['startup_seconds']:.1f} s,"
+                           f" {len(run['processes'])} processes, {total:.0f} MB peak RSS in"
+                           " all")
+    dev = result.get("kai_dev")
+    if dev:
+        samples = ", ".join(_fmt(x) for x in dev["seconds"])
+        out += ["", f"kai dev cold start to the first answer ({dev['nodes']} nodes): median"
+                f" {_fmt(dev['median_s'])} s ({samples})"]
+    if analysis.get("goals"):
+        out += ["", goals.format_targets("goals", analysis["goals"])]
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
@@ -979,6 +1206,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         "--uvloop-floors", action="store_true", help="run the floors on uvloop (the default)"
     )
     p.add_argument("--no-floors", action="store_true", help="measure only ours")
+    p.add_argument("--rounds", type=int,
+                   help="measure the floors and ours this many times, interleaved (every other"
+                   " round ours first), and report each cell's medians (default 1)")
+    p.add_argument("--peer-python", default="",
+                   help="the Python that runs the peers: a venv with the [bench-peers] extra"
+                   " (default: this one; Ray brings aiohttp, which nats-py then imports in"
+                   " every process of ours and the floors, so keep them apart)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="do not measure the peers (Ray Serve, when installed)")
+    p.add_argument("--dev-starts", type=int,
+                   help="times `kai dev` is started cold to its first answer (default 3;"
+                   " --quick: 1; 0: never)")
     p.add_argument("--floors-only", action="store_true", help="measure only the floors")
     p.add_argument("--json", type=Path, default=RESULTS / "chain.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "chain.png")
@@ -994,16 +1233,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         floors=not a.no_floors,
         ours=not a.floors_only,
         pythonpath=a.pythonpath,
+        peers=not a.no_peers,
+        peer_python=a.peer_python,
     )
     if a.quick:
         s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
         s.large, s.large_concurrency = [1024 * 1024], [1]
+        s.dev_starts = 1
     for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests", "large",
-                 "large_concurrency", "at_most_once_nodes"):
+                 "large_concurrency", "at_most_once_nodes", "dev_starts", "rounds"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))
     s.large = [x for x in s.large if x > 0]
     s.at_most_once_nodes = [x for x in s.at_most_once_nodes if x > 0]
+    s.rounds = max(1, s.rounds)
     return s, a
 
 
@@ -1018,13 +1261,19 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
     ):
         url = nats_server.url
         others = {"nats_server": nats_server.proc.pid} if nats_server.proc else {}
-        if s.floors:
+
+        def floors() -> None:
             print("floor: grpc.aio echo", file=log, flush=True)
             runs.append(measure_grpc_floor(group, s))
             for n in s.nodes:
                 print(f"floor: {n} nats-py hops", file=log, flush=True)
                 runs.append(measure_nats_floor(group, url, n, s, others))
-        if s.ours:
+            for n in s.nodes:
+                print(f"floor: JetStream, gRPC front + {n} pull-consumer hops", file=log,
+                      flush=True)
+                runs.append(measure_js_floor(group, url, n, s, others))
+
+        def ours() -> None:
             for n in s.nodes:
                 print(f"kai: {n}-node chain", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others))
@@ -1032,9 +1281,75 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
                 print(f"kai: {n}-node chain, at most once", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others,
                                          system=AT_MOST_ONCE_SYSTEM, delivery="at-most-once"))
+
+        parts = [part for part, on in ((floors, s.floors), (ours, s.ours)) if on]
+        for r in range(s.rounds):  # interleaved: every other round, ours first
+            if s.rounds > 1:
+                print(f"round {r + 1} of {s.rounds}", file=log, flush=True)
+            for part in parts if r % 2 == 0 else parts[::-1]:
+                part()
+        runs[:] = merge_rounds(runs)
         if s.large:
             runs += measure_large(group, workdir, url, others, s, log)
-    return {"runs": runs}
+        out: dict[str, Any] = {"runs": runs}
+        if s.peers:
+            from bench import peers
+
+            peer_runs, out["peers"] = peers.measure(group, workdir, s, log)
+            runs += peer_runs
+        if s.ours and s.dev_starts > 0:
+            from bench import devstart
+
+            print(f"kai dev: cold start to the first answer, {s.dev_starts}×", file=log,
+                  flush=True)
+            out["kai_dev"] = devstart.measure(group, workdir, s)
+    return out
+
+
+MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "throughput_rps")
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per system and chain length: each cell's figures the median of its rounds
+    (which it keeps under "rounds"), CPU per request the median, peak RSS the highest."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["system"], run["nodes"]), []).append(run)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        merged = {**group[0], "rounds": len(group)}
+        cells = []
+        for i, cell in enumerate(group[0]["cells"]):
+            same = [g["cells"][i] for g in group]
+            c = {**cell, **{k: round(statistics.median(x[k] for x in same), 4)
+                            for k in MEDIAN_KEYS}}
+            for k in ("requests", "errors", "warmup_requests"):
+                c[k] = sum(x.get(k, 0) for x in same)
+            c["rounds"] = [{"p50_ms": x["p50_ms"], "throughput_rps": x["throughput_rps"]}
+                           for x in same]
+            cells.append(c)
+        merged["cells"] = cells
+        peak: dict[str, float] = {}
+        for g in group:
+            for proc in g["processes"]:
+                peak[proc["name"]] = max(peak.get(proc["name"], 0.0), proc["peak_rss_mb"])
+        merged["processes"] = [{**proc, "peak_rss_mb": peak[proc["name"]]}
+                               for proc in group[0]["processes"]]
+        cpu = dict(group[0]["cpu"])
+        for k, v in cpu.items():
+            figures = [g["cpu"].get(k) for g in group]
+            if k.endswith("_ms_per_request") and isinstance(v, float | int) and all(
+                    isinstance(x, float | int) for x in figures):
+                cpu[k] = round(statistics.median(figures), 4)
+        merged["cpu"] = cpu
+        if "startup_seconds" in merged:
+            merged["startup_seconds"] = round(statistics.median(
+                g["startup_seconds"] for g in group), 2)
+        out.append(merged)
+    return out
 
 
 def measure_large(group: ProcessGroup, workdir: Path, floor_url: str,
@@ -1051,12 +1366,16 @@ def measure_large(group: ProcessGroup, workdir: Path, floor_url: str,
         print(f"floor: {n} nats-py hops, large payloads", file=log, flush=True)
         runs.append(measure_nats_floor(group, floor_url, n, s, floor_others, cells,
                                        "floor-nats-large"))
+        print(f"floor: JetStream, {n} hops, large payloads", file=log, flush=True)
+        runs.append(measure_js_floor(group, floor_url, n, s, floor_others, cells,
+                                     "floor-js-large"))
     if s.ours:
         with NatsServer(store_dir=workdir / "nats-claims") as claims_server:
             others = {"nats_server": claims_server.proc.pid} if claims_server.proc else {}
-            print(f"kai: {n}-node chain, large payloads through claims", file=log, flush=True)
+            print(f"kai: {n}-node chain, large payloads through claims (and the smallest "
+                  "payload, inline, for comparison)", file=log, flush=True)
             runs.append(measure_ours(group, workdir / "claims", claims_server.url, n, s,
-                                     others, cells, "kai-claims"))
+                                     others, [*cells, *s.claims_small_cells], "kai-claims"))
     return runs
 
 
@@ -1084,7 +1403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     result["wall_seconds"] = round(time.time() - started, 1)
     result["loops"] = loops_summary(result["runs"])
+    result["python"] = sys.executable
+    result["aiohttp_installed"] = importlib.util.find_spec("aiohttp") is not None
     result["analysis"] = analyse(result["runs"], s)
+    from bench import targets as goals
+
+    result["analysis"]["goals"] = goals.chain_targets(result)
     print(table(result))
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -457,7 +457,7 @@ def table(result: dict[str, Any]) -> str:
             f" ms × versions (R² {pfit['r2']:.3f})"
         )
     out.append("")
-    out.append("targets (issue 4):")
+    out.append("targets (overhead):")
     for t in result["targets"]:
         mark = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
