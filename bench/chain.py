@@ -32,6 +32,9 @@ What one run does, all on loopback:
 8. the at-most-once cells (--at-most-once-nodes, 3 by default): the same chain with
    `delivery: at-most-once` (core NATS request/reply with queue groups, no JetStream), against
    the same floors, printed as `kai (at-most-once)` beside the at-least-once rows;
+   the traced cells (--traced-nodes, 3 by default): the same chain with OpenTelemetry
+   tracing on (every span made and written, to /dev/null: KAI_TRACES_FILE), printed as
+   `kai (traced)`, and "tracing" under the table compares each cell with the untraced one;
 9. the peers (bench.peers, the `[bench-peers]` extra): Ray Serve, the same pass-through
    chain as deployments composed with handles behind its gRPC proxy, skipped with one line
    when not installed; and `kai dev`'s cold start to its first answer (bench.devstart).
@@ -110,6 +113,7 @@ TARGET_RPS = 800.0
 TARGET_PER_NODE_MS = 0.6
 TARGET_RSS_MB = 80.0
 AT_MOST_ONCE_SYSTEM = "kai-at-most-once"  # the chain with `delivery: at-most-once`
+TRACED_SYSTEM = "kai-traced"  # the chain with tracing on (spans made, written to /dev/null)
 
 
 @dataclass
@@ -137,6 +141,8 @@ class Settings:
     large_concurrency: list[int] = field(default_factory=lambda: [1, 4])
     # the chain lengths also measured with `delivery: at-most-once` (core NATS, no JetStream)
     at_most_once_nodes: list[int] = field(default_factory=lambda: [3])
+    # the chain lengths also measured with tracing on (runner.tracing, spans to /dev/null)
+    traced_nodes: list[int] = field(default_factory=lambda: [3])
     pythonpath: str = ""  # prepended for the runner processes only (to try a patched runner)
     peers: bool = True  # Ray Serve beside ours (bench.peers), when installed
     peer_python: str = ""  # the Python that runs the peers ("": this one)
@@ -584,7 +590,7 @@ def wait_ready(group: ProcessGroup, children: list[Child], address: str, timeout
 def measure_ours(
     group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int],
     cells: list[tuple[int, int]] | None = None, system: str = "kai",
-    delivery: str = "at-least-once",
+    delivery: str = "at-least-once", extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     version, vdir, nodes = write_version(workdir / "versions", n, s.handler, delivery)
     grpc_port = free_port()
@@ -593,7 +599,7 @@ def measure_ours(
     envs = runner_envs(version, vdir, nodes, nats_url, s, grpc_port, delivery)
     for name, (role, env) in envs.items():
         argv = [sys.executable, "-m", "runner", role]
-        penv = child_env(env)
+        penv = {**child_env(env), **(extra_env or {})}
         if s.pythonpath:
             penv["PYTHONPATH"] = os.pathsep.join([s.pythonpath, penv["PYTHONPATH"]])
         children.append(group.spawn(name, argv, role=role, env=penv, cwd=workdir))
@@ -665,8 +671,11 @@ def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
                                "floor-nats", "floor-js")
     at_most_once = _rows(runs, s.at_most_once_nodes, s.cells, AT_MOST_ONCE_SYSTEM,
                          "floor-grpc", "floor-nats", "floor-js")
+    traced = _rows(runs, s.traced_nodes, s.cells, TRACED_SYSTEM, "floor-grpc", "floor-nats",
+                   "floor-js")
     return {"rows": rows, "large_rows": large, "peer_rows": peer_rows,
-            "at_most_once_rows": at_most_once,
+            "at_most_once_rows": at_most_once, "traced_rows": traced,
+            "tracing": tracing_cost(runs, s),
             "claims": claims_vs_small(runs, s), "per_hop": per_hop(runs, s),
             "targets": targets(ours, nats, s)}
 
@@ -700,6 +709,26 @@ def per_hop(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
         str(n): _ratio(_server_cpu(by.get(("kai", n))), _server_cpu(by.get(("floor-js", n))))
         for n in s.nodes
     }
+    return out
+
+
+def tracing_cost(runs: list[dict[str, Any]], s: Settings) -> list[dict[str, Any]]:
+    """Each cell of a traced chain beside the same cell untraced (the same chain length):
+    the p50 it adds and the throughput it keeps."""
+    by = {(r["system"], r["nodes"]): r for r in runs}
+    out = []
+    for n in s.traced_nodes:
+        for payload, conc in s.cells:
+            on = _cell(by.get((TRACED_SYSTEM, n)), payload, conc)
+            off = _cell(by.get(("kai", n)), payload, conc)
+            if not (on and off):
+                continue
+            out.append({
+                "nodes": n, "payload": payload, "concurrency": conc,
+                "p50_ms": on["p50_ms"], "untraced_p50_ms": off["p50_ms"],
+                "extra_p50_ms": round(on["p50_ms"] - off["p50_ms"], 4),
+                "throughput_ratio": _ratio(on["throughput_rps"], off["throughput_rps"]),
+            })  # fmt: skip
     return out
 
 
@@ -897,6 +926,7 @@ def table(result: dict[str, Any]) -> str:
     rows = [("kai", r) for r in analysis["rows"]]
     rows += [("kai (claims)", r) for r in analysis.get("large_rows", [])]
     rows += [("kai (at-most-once)", r) for r in analysis.get("at_most_once_rows", [])]
+    rows += [("kai (traced)", r) for r in analysis.get("traced_rows", [])]
     rows += [(PEER_LABELS.get(r["system"], r["system"]), r)
              for r in analysis.get("peer_rows", [])]
     for label, row in rows:
@@ -959,7 +989,7 @@ def table(result: dict[str, Any]) -> str:
                  "floor-grpc-large": "floor grpc (large)",
                  "floor-nats-large": "floor nats (large)", "kai-claims": "kai (claims)",
                  "floor-js": "floor JetStream", "floor-js-large": "floor JetStream (large)",
-                 AT_MOST_ONCE_SYSTEM: "kai (at-most-once)",
+                 AT_MOST_ONCE_SYSTEM: "kai (at-most-once)", TRACED_SYSTEM: "kai (traced)",
                  **PEER_LABELS}.get(run["system"], run["system"])
         parts = [f"servers {_fmt(cpu.get('servers_ms_per_request'), 3)}"]
         if cpu.get("nats_server_ms_per_request") is not None:
@@ -1016,6 +1046,16 @@ def _more_tables(result: dict[str, Any]) -> list[str]:
             out.append(f"  {label}: {_fmt(h.get('p50_ms'), 3)} / {_fmt(h.get('cpu_ms'), 3)}")
         ratios = ", ".join(f"{n} nodes {_fmt(v)}" for n, v in hop["cpu_ratio_to_js"].items())
         out.append(f"  kai CPU per request ÷ JetStream floor's: {ratios}")
+    traced = analysis.get("tracing") or []
+    if traced:
+        out += ["", "tracing (kai, on: every span made and written to /dev/null; off: the same"
+                " chain untraced, same run)"]
+        for t in traced:
+            out.append(
+                f"  {t['nodes']} nodes, {_size(t['payload'])}, {t['concurrency']} in flight:"
+                f" p50 {_fmt(t['p50_ms'])} vs {_fmt(t['untraced_p50_ms'])} ms"
+                f" ({t['extra_p50_ms']:+.3f} ms), req/s ×{_fmt(t['throughput_ratio'], 3)}"
+            )
     claims = analysis.get("claims") or []
     if claims:
         out += ["", "claim check (kai, same chain and run): a payload over the NATS max payload"
@@ -1174,6 +1214,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         help="chain lengths also measured with `delivery: at-most-once` (core NATS request/"
         "reply, no JetStream) beside the default at-least-once (default 3; 0: none)",
     )
+    p.add_argument(
+        "--traced-nodes",
+        type=_ints,
+        help="chain lengths also measured with OpenTelemetry tracing on, every span made and "
+        "written to /dev/null (default 3; 0: none)",
+    )
     p.add_argument("--seconds", type=float, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
     p.add_argument("--requests", type=int, help="also stop a cell after N answers (default: no)")
@@ -1241,11 +1287,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         s.large, s.large_concurrency = [1024 * 1024], [1]
         s.dev_starts = 1
     for attr in ("nodes", "payloads", "concurrency", "seconds", "warmup", "requests", "large",
-                 "large_concurrency", "at_most_once_nodes", "dev_starts", "rounds"):
+                 "large_concurrency", "at_most_once_nodes", "traced_nodes", "dev_starts",
+                 "rounds"):
         if getattr(a, attr) is not None:
             setattr(s, attr, getattr(a, attr))
     s.large = [x for x in s.large if x > 0]
     s.at_most_once_nodes = [x for x in s.at_most_once_nodes if x > 0]
+    s.traced_nodes = [x for x in s.traced_nodes if x > 0]
     s.rounds = max(1, s.rounds)
     return s, a
 
@@ -1281,6 +1329,12 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
                 print(f"kai: {n}-node chain, at most once", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others,
                                          system=AT_MOST_ONCE_SYSTEM, delivery="at-most-once"))
+            for n in s.traced_nodes:
+                from runner.contract import ENV_TRACES_FILE
+
+                print(f"kai: {n}-node chain, traced", file=log, flush=True)
+                runs.append(measure_ours(group, workdir, url, n, s, others, system=TRACED_SYSTEM,
+                                         extra_env={ENV_TRACES_FILE: os.devnull}))
 
         parts = [part for part, on in ((floors, s.floors), (ours, s.ours)) if on]
         for r in range(s.rounds):  # interleaved: every other round, ours first

@@ -57,6 +57,14 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
             ("kai-claims", 3)} <= systems
     # the 3-node chain at most once too (core NATS), beside the same floors
     assert ("kai-at-most-once", 3) in systems
+    # and traced (every span made, written to /dev/null), beside the untraced one
+    assert ("kai-traced", 3) in systems
+    assert len(result["analysis"]["traced_rows"]) == 4
+    traced = result["analysis"]["tracing"]
+    assert len(traced) == 4 and all(t["nodes"] == 3 for t in traced), traced
+    assert all(isinstance(t["extra_p50_ms"], float) and positive(t["throughput_ratio"])
+               for t in traced), traced
+    assert "kai (traced)" in proc.stdout and "tracing (kai, on:" in proc.stdout
     assert {r["delivery"] for r in result["runs"] if r["system"].startswith("kai")} == {
         "at-least-once", "at-most-once"}
     for run in result["runs"]:
