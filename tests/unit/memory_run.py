@@ -8,15 +8,17 @@ port; only the broker is `runner.transport.memory.MemoryBroker`. Every proto is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from runner import contract, node
 from runner.entrypoint import Entrypoint
@@ -126,3 +128,25 @@ async def memory_run(root: Path, nodes: dict[str, str], chain: list[str] | None 
     finally:
         await run.close()
         sys.path[:] = saved_path
+
+
+# --- for the tests that use it -----------------------------------------------------------
+
+
+def run(scenario: Callable[[], Awaitable[None]], limit: float = 30) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), limit))
+
+
+async def failure(r: MemoryRun, deadline: float = 5.0, **fields: object
+                  ) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await r.call(deadline=deadline, **fields)
+    return failed.value.code(), failed.value.details() or ""
+
+
+async def until(check: Callable[[], bool], limit: float = 5.0) -> None:
+    for _ in range(int(limit / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")

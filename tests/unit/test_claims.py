@@ -5,13 +5,12 @@ message; the objects are gone once the request is done, whichever way it ended."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from memory_run import MemoryRun, memory_run
+from memory_run import MemoryRun, failure, memory_run, run
 
 from runner import contract
 from runner.client import call, find_rpc
@@ -43,10 +42,6 @@ async def handler(ctx, data: Req):
 NODES = {"first": FIRST, "second": SECOND}
 
 
-def run(scenario: Callable[[], Awaitable[None]], limit: float = 30) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), limit))
-
-
 def pattern(size: int) -> str:
     """Text of `size` characters that is not one repeated byte (a misplaced chunk shows)."""
     unit = "".join(chr(ord("a") + i % 26) for i in range(1000)) + "0123456789"
@@ -61,13 +56,6 @@ async def no_objects(r: MemoryRun, limit: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"objects left in {BUCKET}: {r.broker.objects(BUCKET)}")
-
-
-async def failure(r: MemoryRun, deadline: float = 5.0, **fields: object
-                  ) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await r.call(deadline=deadline, **fields)
-    return failed.value.code(), failed.value.details() or ""
 
 
 def test_a_3_mib_request_crosses_a_2_node_chain_and_its_objects_are_gone(

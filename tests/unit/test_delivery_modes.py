@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
-from memory_run import MemoryRun, memory_run
+from memory_run import failure, memory_run, run, until
 
 from runner import contract
 from runner.transport import Alive, Delivery, StepError, step_headers
@@ -80,25 +79,6 @@ async def handler(ctx, data: Req):
         await asyncio.sleep(data.sleep)
     return Resp(text=data.text) if ctx.node == "last" else data
 """
-
-
-def run(scenario: Callable[[], Awaitable[None]], limit: float = 30) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), limit))
-
-
-async def failure(r: MemoryRun, deadline: float = 5.0, **fields: object
-                  ) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await r.call(deadline=deadline, **fields)
-    return failed.value.code(), failed.value.details() or ""
-
-
-async def until(check: Callable[[], bool], limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 # --- the contract ------------------------------------------------------------------------

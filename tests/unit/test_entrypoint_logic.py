@@ -9,12 +9,11 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from memory_run import MemoryRun, memory_run
+from memory_run import failure, memory_run, run
 
 from runner import contract
 from runner.transport import Delivery, NoStream, NotStored, TransportError
@@ -27,17 +26,6 @@ from logic_pb2 import Req, Resp
 async def handler(ctx, data: Req):
     return Resp(text=data.text, blob=b"x" * data.grow)
 """
-
-
-def run(scenario: Callable[[], Awaitable[None]], limit: float = 30) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), limit))
-
-
-async def failure(r: MemoryRun, deadline: float = 5.0, **fields: object
-                  ) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await r.call(deadline=deadline, **fields)
-    return failed.value.code(), failed.value.details() or ""
 
 
 def test_a_request_that_does_not_decode_is_invalid_argument(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from memory_run import until
 
 from runner import contract
 from runner.transport import (
@@ -46,14 +47,6 @@ async def transport(broker: MemoryBroker, e: contract.RunnerEnv) -> tuple[Memory
     stream = await t.ensure_work_stream("wf")
     consumer = await t.ensure_consumer("wf", 0, "n")
     return t, stream, consumer
-
-
-async def until(check: Callable[[], bool], limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def test_replicas_share_a_work_queue_and_each_message_goes_to_one(tmp_path: Path) -> None:
