@@ -12,6 +12,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 
+def _where(file: str, line: int, col: int) -> str:
+    """`file`, or `file:line:col` when the position is known."""
+    return f"{file}:{line}:{col}" if line else file
+
+
 @dataclass(frozen=True, order=True)
 class Problem:
     """A mistake at a place in a file: `file:line:col: path: message`.
@@ -27,9 +32,7 @@ class Problem:
     message: str = ""
 
     def __str__(self) -> str:
-        where = self.file
-        if self.line:
-            where += f":{self.line}:{self.col}"
+        where = _where(self.file, self.line, self.col)
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
     def to_json(self) -> dict[str, object]:
@@ -57,9 +60,7 @@ class InputWarning:
     message: str = ""
 
     def __str__(self) -> str:
-        where = self.file
-        if self.line:
-            where += f":{self.line}:{self.col}"
+        where = _where(self.file, self.line, self.col)
         return f"{where}: warning: {self.path} {self.message}" if self.path \
             else f"{where}: warning: {self.message}"
 
