@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import nats
+
 from runner import contract
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +218,13 @@ def traced(root: Path, node: str) -> list[tuple[int, str, str]]:
         pid, rid, request_id = line.split()
         out.append((int(pid), rid, request_id))
     return out
+
+
+async def consumer_waiting(url: str, stream: str, consumer: str) -> int:
+    """How many pull requests wait on a durable consumer: a replica of its node pulling."""
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        info = await nc.jsm(timeout=5).consumer_info(stream, consumer)
+        return info.num_waiting or 0
+    finally:
+        await nc.close()

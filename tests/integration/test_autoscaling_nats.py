@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 import pytest
-from runner_procs import Proc, Version, wait_ready, wait_taking_work
+from runner_procs import Proc, Version, consumer_waiting, wait_ready, wait_taking_work
 
 from renderer.plan import VersionPlan, build_plan
 from renderer.project import Nats, Project, VersionState
@@ -153,13 +152,6 @@ def until(what: str, check: Callable[[], bool]) -> None:
     raise AssertionError(f"not within {LIMIT}s: {what}")
 
 
-async def _consumer_waiting(url: str, stream: str, consumer: str) -> int:
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        info = await nc.jsm(timeout=5).consumer_info(stream, consumer)
-        return info.num_waiting or 0
-    finally:
-        await nc.close()
 
 
 def test_the_scaledobject_names_the_consumers_the_node_pulls_from_and_their_backlog(
@@ -211,7 +203,7 @@ def test_the_scaledobject_names_the_consumers_the_node_pulls_from_and_their_back
         for trigger in triggers.values():
             meta = trigger["metadata"]
             waiting = asyncio.run(asyncio.wait_for(
-                _consumer_waiting(server.url, meta["stream"], meta["consumer"]), LIMIT))
+                consumer_waiting(server.url, meta["stream"], meta["consumer"]), LIMIT))
             assert waiting > 0  # consumer_info of that very name has the node's pull
 
         # and stopped again, the backlog grows once more: nobody else drains it

@@ -29,6 +29,7 @@ from runner import contract
 from runner.natsserver import NatsServer, find_binary, free_port
 from runner.transport.nats import NatsTransport
 from tests.integration.gitops_helpers import kai, kai_process, make_version
+from tests.integration.runner_procs import consumer_waiting
 
 pytestmark = pytest.mark.integration
 
@@ -210,13 +211,6 @@ async def _hold_pull(url: str, stream: str, consumer: str, release: asyncio.Even
         await nc.close()
 
 
-async def _waiting(url: str, stream: str, consumer: str) -> int:
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        info = await nc.jsm(timeout=5).consumer_info(stream, consumer)
-        return info.num_waiting or 0
-    finally:
-        await nc.close()
 
 
 def test_a_stopped_version_still_consumed_is_kept(repo: Path, server: str) -> None:
@@ -227,7 +221,7 @@ def test_a_stopped_version_still_consumed_is_kept(repo: Path, server: str) -> No
         holder = asyncio.create_task(_hold_pull(server, stream, "s1-inference", release))
         try:
             end = time.monotonic() + LIMIT
-            while await _waiting(server, stream, "s1-inference") == 0:
+            while await consumer_waiting(server, stream, "s1-inference") == 0:
                 assert time.monotonic() < end, "the pull request never showed"
                 assert not holder.done(), holder
                 await asyncio.sleep(0.05)
@@ -237,7 +231,7 @@ def test_a_stopped_version_still_consumed_is_kept(repo: Path, server: str) -> No
             release.set()
             await holder
         end = time.monotonic() + LIMIT
-        while await _waiting(server, stream, "s1-inference") != 0:
+        while await consumer_waiting(server, stream, "s1-inference") != 0:
             assert time.monotonic() < end, "the closed connection's pull request stayed"
             await asyncio.sleep(0.05)
         idle = await asyncio.to_thread(gc, repo, "--nats", server, "--yes")
