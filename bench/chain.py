@@ -64,8 +64,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import variants
 from bench.procs import Child, ProcessGroup, proc_status_kb, sigterm_as_interrupt, wait_for_line
 from bench.targets import target as _target
+from bench.variants import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -148,6 +150,7 @@ class Settings:
     peer_python: str = ""  # the Python that runs the peers ("": this one)
     rounds: int = 1  # the floors and ours, interleaved this many times (medians reported)
     dev_starts: int = 3  # times `kai dev` is started cold to its first answer (0: never)
+    variants: list[Variant] = field(default_factory=list)  # A/B beside ours (bench.variants)
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -591,17 +594,24 @@ def measure_ours(
     group: ProcessGroup, workdir: Path, nats_url: str, n: int, s: Settings, others: dict[str, int],
     cells: list[tuple[int, int]] | None = None, system: str = "kai",
     delivery: str = "at-least-once", extra_env: dict[str, str] | None = None,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
+    """Start the version's runner processes, drive every cell and stop them; `variant`
+    changes their interpreter, path or environment (an A/B lever, bench.variants)."""
+    if variant is not None:
+        system = variant.system
+        extra_env = {**(extra_env or {}), **dict(variant.env)}
     version, vdir, nodes = write_version(workdir / "versions", n, s.handler, delivery)
     grpc_port = free_port()
     children: list[Child] = []
     roles: dict[str, str] = {}
     envs = runner_envs(version, vdir, nodes, nats_url, s, grpc_port, delivery)
     for name, (role, env) in envs.items():
-        argv = [sys.executable, "-m", "runner", role]
+        argv = [(variant and variant.python) or sys.executable, "-m", "runner", role]
         penv = {**child_env(env), **(extra_env or {})}
-        if s.pythonpath:
-            penv["PYTHONPATH"] = os.pathsep.join([s.pythonpath, penv["PYTHONPATH"]])
+        for first in (s.pythonpath, variant.pythonpath if variant else ""):
+            if first:
+                penv["PYTHONPATH"] = os.pathsep.join([first, penv["PYTHONPATH"]])
         children.append(group.spawn(name, argv, role=role, env=penv, cwd=workdir))
         roles[name] = role
     address = f"127.0.0.1:{grpc_port}"
@@ -677,6 +687,7 @@ def analyse(runs: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
             "at_most_once_rows": at_most_once, "traced_rows": traced,
             "tracing": tracing_cost(runs, s),
             "claims": claims_vs_small(runs, s), "per_hop": per_hop(runs, s),
+            "ab": variants.compare(runs, s.variants, s.cells),
             "targets": targets(ours, nats, s)}
 
 
@@ -1094,6 +1105,7 @@ def _more_tables(result: dict[str, Any]) -> list[str]:
                 out.append(f"  {run['nodes']} nodes: cold start {run['startup_seconds']:.1f} s,"
                            f" {len(run['processes'])} processes, {total:.0f} MB peak RSS in"
                            " all")
+    out += variants.format_rows(analysis.get("ab") or [], _size)
     dev = result.get("kai_dev")
     if dev:
         samples = ", ".join(_fmt(x) for x in dev["seconds"])
@@ -1265,6 +1277,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
                    help="times `kai dev` is started cold to its first answer (default 3;"
                    " --quick: 1; 0: never)")
     p.add_argument("--floors-only", action="store_true", help="measure only the floors")
+    p.add_argument("--variant", action="append", type=variants.parse, default=[],
+                   metavar="LABEL:KEY=VALUE,...",
+                   help="also measure ours with one thing changed, beside ours in every round"
+                   " (A/B): KEY python (the runner processes' interpreter), pythonpath (put"
+                   " first on their path) or env.NAME; `LABEL:` alone is an A/A run. Repeatable")
     p.add_argument("--json", type=Path, default=RESULTS / "chain.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "chain.png")
     p.add_argument("--no-plot", action="store_true")
@@ -1281,6 +1298,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         pythonpath=a.pythonpath,
         peers=not a.no_peers,
         peer_python=a.peer_python,
+        variants=a.variant,
     )
     if a.quick:
         s.nodes, s.concurrency, s.seconds, s.warmup, s.requests = [2, 3], [1, 4], 0.25, 0.05, 25
@@ -1310,7 +1328,7 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
         url = nats_server.url
         others = {"nats_server": nats_server.proc.pid} if nats_server.proc else {}
 
-        def floors() -> None:
+        def floors(round_index: int) -> None:
             print("floor: grpc.aio echo", file=log, flush=True)
             runs.append(measure_grpc_floor(group, s))
             for n in s.nodes:
@@ -1321,10 +1339,13 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
                       flush=True)
                 runs.append(measure_js_floor(group, url, n, s, others))
 
-        def ours() -> None:
+        def ours(round_index: int) -> None:
             for n in s.nodes:
-                print(f"kai: {n}-node chain", file=log, flush=True)
-                runs.append(measure_ours(group, workdir, url, n, s, others))
+                for variant in variants.order(s.variants, round_index):
+                    label = f" [{variant.label}]" if variant else ""
+                    print(f"kai{label}: {n}-node chain", file=log, flush=True)
+                    runs.append(measure_ours(group, workdir, url, n, s, others,
+                                             variant=variant))
             for n in s.at_most_once_nodes:
                 print(f"kai: {n}-node chain, at most once", file=log, flush=True)
                 runs.append(measure_ours(group, workdir, url, n, s, others,
@@ -1341,7 +1362,7 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
             if s.rounds > 1:
                 print(f"round {r + 1} of {s.rounds}", file=log, flush=True)
             for part in parts if r % 2 == 0 else parts[::-1]:
-                part()
+                part(r)
         runs[:] = merge_rounds(runs)
         if s.large:
             runs += measure_large(group, workdir, url, others, s, log)
@@ -1399,6 +1420,7 @@ def merge_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     isinstance(x, float | int) for x in figures):
                 cpu[k] = round(statistics.median(figures), 4)
         merged["cpu"] = cpu
+        merged["cpu_rounds"] = [g["cpu"].get("servers_ms_per_request") for g in group]
         if "startup_seconds" in merged:
             merged["startup_seconds"] = round(statistics.median(
                 g["startup_seconds"] for g in group), 2)

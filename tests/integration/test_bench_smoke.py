@@ -142,9 +142,20 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
 
 def test_chain_bench_rounds_are_interleaved_and_merged(tmp_path: Path) -> None:
     out = tmp_path / "chain.json"
+    # an A/B variant: a directory first on the runner processes' path, whose sitecustomize
+    # leaves a mark per process in the directory its environment variable names
+    patched, marks = tmp_path / "patched", tmp_path / "marks"
+    patched.mkdir()
+    marks.mkdir()
+    (patched / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('KAI_BENCH_MARKS'):\n"
+        "    open(os.path.join(os.environ['KAI_BENCH_MARKS'], str(os.getpid())), 'w').close()\n"
+    )
     proc = run_bench(
         "bench.chain", "--quick", "--rounds", "2", "--nodes", "2", "--payloads", "100",
         "--concurrency", "1", "--large", "0", "--no-peers", "--dev-starts", "0",
+        "--variant", f"marked:pythonpath={patched},env.KAI_BENCH_MARKS={marks}",
         "--json", str(out), "--no-plot",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -152,7 +163,17 @@ def test_chain_bench_rounds_are_interleaved_and_merged(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     keys = [(r["system"], r["nodes"]) for r in result["runs"]]
     assert sorted(keys) == sorted(set(keys))  # one run per system and chain length
-    assert {"floor-js", "kai"} <= {system for system, _ in keys}
+    assert {"floor-js", "kai", "kai [marked]"} <= {system for system, _ in keys}
+    # the variant's path and environment reached its processes, and only its: an entrypoint
+    # and two nodes in each of the two rounds
+    assert len(list(marks.iterdir())) == 2 * 3
+    (ab,) = result["analysis"]["ab"]
+    assert (ab["variant"], ab["nodes"]) == ("marked", 2)
+    (cell,) = ab["cells"]
+    assert cell["rounds"] == 2 and len(cell["p50_ratio_per_round"]) == 2, cell
+    assert positive(cell["p50_ratio"]) and positive(cell["throughput_ratio"]), cell
+    assert 0 <= cell["p50_better_rounds"] <= 2 and ab["cpu"]["rounds"] == 2, ab
+    assert "A/B (each variant against ours" in proc.stdout and "[marked]" in proc.stdout
     for run in result["runs"]:
         assert run["rounds"] == 2, run["system"]
         (cell,) = run["cells"]

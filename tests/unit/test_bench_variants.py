@@ -1,0 +1,62 @@
+"""The A/B variants of the chain benchmark: their spec, and the comparison with ours."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench import variants
+from bench.variants import Variant
+
+
+def test_a_spec_names_the_interpreter_path_and_environment() -> None:
+    v = variants.parse("py312:python=/v/bin/python,pythonpath=/w,env.B=2,env.A=x=y")
+    assert v == Variant("py312", python="/v/bin/python", pythonpath="/w",
+                        env=(("A", "x=y"), ("B", "2")))
+    assert v.system == "kai [py312]"
+    assert v.describe() == "python=/v/bin/python, pythonpath=/w, A=x=y, B=2"
+    assert variants.parse("same:").describe() == "nothing changed (A/A)"
+
+
+@pytest.mark.parametrize("spec", ["", "nolabel", ":python=x", "a b:", "x:color=red",
+                                  "x:python", "x:env.=1"])
+def test_a_bad_spec_says_what_is_allowed(spec: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY"):
+        variants.parse(spec)
+
+
+def test_the_order_alternates_between_rounds() -> None:
+    a, b = Variant("a"), Variant("b")
+    assert variants.order([a, b], 0) == [None, a, b]
+    assert variants.order([a, b], 1) == [b, a, None]
+
+
+def _run(system: str, p50s: list[float], rps: list[float], cpu: list[float]) -> dict:
+    return {
+        "system": system, "nodes": 3,
+        "cells": [{"payload": 100, "concurrency": 1, "p50_ms": sorted(p50s)[1],
+                   "throughput_rps": sorted(rps)[1],
+                   "rounds": [{"p50_ms": p, "throughput_rps": r}
+                              for p, r in zip(p50s, rps, strict=True)]}],
+        "cpu": {"servers_ms_per_request": sorted(cpu)[1], "nats_server_ms_per_request": 0.5},
+        "cpu_rounds": cpu,
+        "processes": [{"role": "entrypoint", "peak_rss_mb": 60.0},
+                      {"role": "node", "peak_rss_mb": 40.0}, {"role": "node", "peak_rss_mb": 45.0}],
+    }  # fmt: skip
+
+
+def test_a_variant_is_compared_round_by_round() -> None:
+    runs = [_run("kai", [2.0, 2.2, 1.8], [400, 380, 420], [1.0, 1.1, 0.9]),
+            _run("kai [fast]", [1.5, 2.3, 1.7], [500, 390, 430], [0.8, 0.9, 1.0])]
+    (row,) = variants.compare(runs, [Variant("fast")], [(100, 1)])
+    (cell,) = row["cells"]
+    assert cell["p50_ratio"] == round(1.7 / 2.0, 4)
+    assert cell["p50_better_rounds"] == 2  # 1.5 < 2.0 and 1.7 < 1.8, not 2.3 < 2.2
+    assert cell["throughput_better_rounds"] == 3
+    assert cell["p50_ratio_per_round"] == [0.75, round(2.3 / 2.2, 4), round(1.7 / 1.8, 4)]
+    assert row["cpu"]["better_rounds"] == 2 and row["cpu"]["runner_ratio"] == 0.9
+    assert row["peak_rss_mb"] == {"entrypoint": {"variant": 60.0, "ours": 60.0},
+                                  "node": {"variant": 45.0, "ours": 45.0}}
+    lines = variants.format_rows([row], lambda n: f"{n} B")
+    assert any("better in 2/3" in x for x in lines), lines
