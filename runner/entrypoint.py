@@ -569,7 +569,9 @@ def prepare(env: contract.RunnerEnv, transport: Transport | None = None,
     `tracing`: the process's (runner.tracing); None takes it from the environment (none
     when it does not turn tracing on)."""
     try:
-        compiled = compile_proto(Path(env.version_dir), env.proto)
+        # in a child process: the compiler's memory would stay resident all the process's
+        # life for one use (docs/performance.md, "Memory")
+        compiled = compile_proto(Path(env.version_dir), env.proto, in_child=True)
     except ProtoError as exc:
         raise EntrypointError(f"the proto {env.proto} does not compile: {exc}") from None
     bindings = bind(env, compiled)

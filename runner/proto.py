@@ -1,4 +1,4 @@
-"""Compile a version's .proto in process with grpcio-tools.
+"""Compile a version's .proto with grpcio-tools, in process or in a child process.
 
 Both sides use this: the renderer to validate a version (the rpc exists and is
 unary), the runner to serve the rpcs through generic handlers and to build the
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -52,8 +54,24 @@ def _wkt_include() -> str:
     return str(resources.files("grpc_tools") / "_proto")
 
 
-def _run_protoc(args: list[str]) -> tuple[int, str]:
-    """Run protoc in process and capture what it writes to stderr (fd 2)."""
+# protoc in a child process: the same grpcio-tools, run by this interpreter
+_CHILD_PROTOC = "import sys; from grpc_tools import protoc; sys.exit(protoc.main(sys.argv))"
+CHILD_TIMEOUT = 60.0
+
+
+def _run_protoc(args: list[str], in_child: bool = False) -> tuple[int, str]:
+    """Run protoc and capture what it writes to stderr: in process, or with `in_child` in a
+    child process of the same interpreter. The child keeps grpcio-tools' compiler (about
+    9 MB of resident memory once it has run) out of a long-lived process that needs it once.
+    """
+    if in_child:
+        try:
+            done = subprocess.run([sys.executable, "-c", _CHILD_PROTOC, *args],
+                                  capture_output=True, timeout=CHILD_TIMEOUT,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            return 1, f"protoc did not finish within {CHILD_TIMEOUT:.0f}s"
+        return done.returncode, done.stderr.decode("utf-8", "replace")
     from grpc_tools import protoc
 
     with _LOCK, tempfile.TemporaryFile(mode="w+b") as err:
@@ -127,8 +145,9 @@ class CompiledProto:
         return sorted(f.name for f in self.file_set.file if not f.name.startswith("google/"))
 
 
-def compile_proto(root: Path, proto: str) -> CompiledProto:
-    """Compile `root/proto` (and its imports) and load it into a fresh descriptor pool.
+def compile_proto(root: Path, proto: str, in_child: bool = False) -> CompiledProto:
+    """Compile `root/proto` (and its imports) and load it into a fresh descriptor pool;
+    `in_child`: run protoc in a child process (see :func:`_run_protoc`).
 
     Raises ProtoError with protoc's diagnostics when it does not compile.
     """
@@ -144,7 +163,8 @@ def compile_proto(root: Path, proto: str) -> CompiledProto:
                 "--include_imports",
                 f"--descriptor_set_out={out}",
                 proto,
-            ]
+            ],
+            in_child,
         )
         if code != 0 or not out.exists():
             raise _failure(stderr, proto, root)
