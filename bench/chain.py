@@ -899,7 +899,9 @@ def _size(n: int) -> str:
     return f"{n // 1024} KB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
 
 
-def table(result: dict[str, Any]) -> str:
+def cell_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The chain table's rows, its head first: every floor's cells, then ours and the peers'
+    with their ratios to the floors."""
     head = (
         "system",
         "nodes",
@@ -962,6 +964,22 @@ def table(result: dict[str, Any]) -> str:
                 _fmt(js.get("throughput"), 2),
             )
         )
+    return lines
+
+
+def markdown(rows: list[tuple[str, ...]], bold: tuple[str, ...] = ("kai",)) -> str:
+    """Rows (head first) as a Markdown table; the rows whose first cell is in `bold` in bold."""
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
+    for row in rows[1:]:
+        cells = [f"**{v}**" if row[0] in bold and v and i in (0, 4, 8) else v
+                 for i, v in enumerate(row)]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = cell_rows(result)
+    head = lines[0]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
     for i, line in enumerate(lines):
@@ -1281,7 +1299,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
                    metavar="LABEL:KEY=VALUE,...",
                    help="also measure ours with one thing changed, beside ours in every round"
                    " (A/B): KEY python (the runner processes' interpreter), pythonpath (put"
-                   " first on their path) or env.NAME; `LABEL:` alone is an A/A run. Repeatable")
+                   " first on their path), patch (a patch of runner/, e.g. bench/levers/*.patch,"
+                   " applied to a copy) or env.NAME; `LABEL:` alone is an A/A run. Repeatable")
     p.add_argument("--json", type=Path, default=RESULTS / "chain.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "chain.png")
     p.add_argument("--no-plot", action="store_true")
@@ -1339,9 +1358,11 @@ def run(s: Settings, workdir: Path, log: Any = sys.stderr) -> dict[str, Any]:
                       flush=True)
                 runs.append(measure_js_floor(group, url, n, s, others))
 
+        prepared = variants.prepare(s.variants, workdir)  # patches applied to copies
+
         def ours(round_index: int) -> None:
             for n in s.nodes:
-                for variant in variants.order(s.variants, round_index):
+                for variant in variants.order(prepared, round_index):
                     label = f" [{variant.label}]" if variant else ""
                     print(f"kai{label}: {n}-node chain", file=log, flush=True)
                     runs.append(measure_ours(group, workdir, url, n, s, others,

@@ -9,6 +9,7 @@ spread it shows is the noise a lever has to beat.
 
     --variant 'py312:python=/path/to/venv312/bin/python'
     --variant 'patched:pythonpath=/path/to/worktree'
+    --variant 'headers3:patch=bench/levers/headers3.patch'
     --variant 'arena2:env.MALLOC_ARENA_MAX=2'
     --variant 'same:'
 
@@ -21,11 +22,16 @@ the CPU per request of the runner processes and of nats-server, and the peak RSS
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 OURS = "kai"
-KEYS = ("python", "pythonpath")
+KEYS = ("python", "pythonpath", "patch")
+ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "env."
 
 
@@ -36,6 +42,7 @@ class Variant:
     label: str
     python: str = ""  # the runner processes' interpreter ("": the bench's own)
     pythonpath: str = ""  # put first on the runner processes' path
+    patch: str = ""  # a patch of runner/, applied to a copy of it (see `prepare`)
     env: tuple[tuple[str, str], ...] = ()  # set in the runner processes' environment
 
     @property
@@ -45,18 +52,19 @@ class Variant:
     def describe(self) -> str:
         parts = [f"python={self.python}"] if self.python else []
         parts += [f"pythonpath={self.pythonpath}"] if self.pythonpath else []
+        parts += [f"patch={self.patch}"] if self.patch else []
         parts += [f"{k}={v}" for k, v in self.env]
         return ", ".join(parts) or "nothing changed (A/A)"
 
 
 def parse(spec: str) -> Variant:
-    """`LABEL:KEY=VALUE[,KEY=VALUE...]`, KEY one of python, pythonpath or env.NAME."""
+    """`LABEL:KEY=VALUE[,KEY=VALUE...]`, KEY one of python, pythonpath, patch or env.NAME."""
     label, sep, rest = spec.partition(":")
     label = label.strip()
     if not sep or not label or any(c in label for c in "[], "):
         raise argparse.ArgumentTypeError(
             f"{spec!r}: expected LABEL:KEY=VALUE[,KEY=VALUE...] (a label without spaces,"
-            " brackets or commas; KEY python, pythonpath or env.NAME; `LABEL:` alone changes"
+            " brackets or commas; KEY python, pythonpath, patch or env.NAME; `LABEL:` alone changes"
             " nothing, an A/A run)"
         )
     values: dict[str, str] = {}
@@ -66,13 +74,37 @@ def parse(spec: str) -> Variant:
         key = key.strip()
         if not eq or not (key in KEYS or (key.startswith(ENV_PREFIX) and len(key) > 4)):
             raise argparse.ArgumentTypeError(
-                f"{spec!r}: {item!r} is not KEY=VALUE with KEY python, pythonpath or env.NAME"
+                f"{spec!r}: {item!r} is not KEY=VALUE with KEY python, pythonpath, patch or"
+                " env.NAME"
             )
         if key.startswith(ENV_PREFIX):
             env.append((key[len(ENV_PREFIX):], value))
         else:
             values[key] = value
     return Variant(label, env=tuple(sorted(env)), **values)
+
+
+def prepare(variants: list[Variant], workdir: Path) -> list[Variant]:
+    """Each variant with a `patch` gets a copy of this tree's runner/ with the patch applied
+    (`git apply`, in `workdir`), first on its processes' path. Raises RuntimeError when a
+    patch does not apply."""
+    out = []
+    for v in variants:
+        if not v.patch:
+            out.append(v)
+            continue
+        patch = Path(v.patch) if Path(v.patch).is_absolute() else ROOT / v.patch
+        tree = workdir / f"variant-{v.label}"
+        shutil.copytree(ROOT / "runner", tree / "runner",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        done = subprocess.run(["git", "apply", "--verbose", str(patch)], cwd=tree,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"variant {v.label}: {patch} does not apply to runner/:"
+                               f" {done.stderr.strip()}")
+        out.append(replace(v, pythonpath=os.pathsep.join(
+            x for x in (str(tree), v.pythonpath) if x)))
+    return out
 
 
 def order(variants: list[Variant], round_index: int) -> list[Variant | None]:

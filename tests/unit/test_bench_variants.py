@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,29 @@ def test_a_variant_is_compared_round_by_round() -> None:
                                   "node": {"variant": 45.0, "ours": 45.0}}
     lines = variants.format_rows([row], lambda n: f"{n} B")
     assert any("better in 2/3" in x for x in lines), lines
+
+
+def test_a_patch_variant_runs_a_patched_copy_of_the_runner(tmp_path: Path) -> None:
+    import difflib
+
+    source = (variants.ROOT / "runner" / "__init__.py").read_text().splitlines(keepends=True)
+    patched = [*source, "PATCHED = True\n"]
+    patch = tmp_path / "mark.patch"
+    patch.write_text("".join(difflib.unified_diff(
+        source, patched, "a/runner/__init__.py", "b/runner/__init__.py")))
+    (v,) = variants.prepare([variants.parse(f"mark:patch={patch},pythonpath=/extra")],
+                            tmp_path / "work")
+    first, rest = v.pythonpath.split(":", 1)
+    assert rest == "/extra"
+    assert (tmp_path / "work" / "variant-mark" / "runner" / "__init__.py").read_text().endswith(
+        "PATCHED = True\n")
+    assert first == str(tmp_path / "work" / "variant-mark")
+    assert not list((tmp_path / "work").rglob("__pycache__"))
+    assert variants.prepare([Variant("plain")], tmp_path / "work") == [Variant("plain")]
+
+
+def test_a_patch_that_does_not_apply_says_which(tmp_path: Path) -> None:
+    patch = tmp_path / "bad.patch"
+    patch.write_text("--- a/runner/nothere.py\n+++ b/runner/nothere.py\n@@ -1 +1 @@\n-x\n+y\n")
+    with pytest.raises(RuntimeError, match=r"variant bad: .*bad\.patch does not apply"):
+        variants.prepare([variants.parse(f"bad:patch={patch}")], tmp_path / "work")
