@@ -87,3 +87,15 @@ def test_a_patch_that_does_not_apply_says_which(tmp_path: Path) -> None:
     patch.write_text("--- a/runner/nothere.py\n+++ b/runner/nothere.py\n@@ -1 +1 @@\n-x\n+y\n")
     with pytest.raises(RuntimeError, match=r"variant bad: .*bad\.patch does not apply"):
         variants.prepare([variants.parse(f"bad:patch={patch}")], tmp_path / "work")
+
+
+def test_the_ab_rows_come_out_as_markdown() -> None:
+    from bench import markdown
+
+    runs = [_run("kai", [2.0, 2.2, 1.8], [400, 380, 420], [1.0, 1.1, 0.9]),
+            _run("kai [fast]", [1.5, 2.3, 1.7], [500, 390, 430], [0.8, 0.9, 1.0])]
+    ab = variants.compare(runs, [Variant("fast")], [(100, 1)])
+    text = markdown.ab_table({"analysis": {"ab": ab}})
+    head, rule, row = text.splitlines()
+    assert head.startswith("| variant | nodes | cell |") and rule.startswith("| --- |")
+    assert row.startswith("| fast | 3 | 100 B, 1 in flight | 1.70 (2.00) | 0.850 | 2/3 |"), row
