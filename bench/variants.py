@@ -3,7 +3,7 @@
 A lever is tried by running the same chain twice in one run: ours as the tree has it, and a
 variant with one thing changed — another interpreter, a patched copy of `runner/` first on
 the path, or an environment variable. With `--rounds N` the two are interleaved (each round
-measures ours and every variant, in an order that alternates), so both sides see the same
+measures ours and every variant, in an order that rotates), so both sides see the same
 minutes of this shared machine. A variant with nothing changed (`same:`) is an A/A run: the
 spread it shows is the noise a lever has to beat.
 
@@ -108,10 +108,13 @@ def prepare(variants: list[Variant], workdir: Path) -> list[Variant]:
 
 
 def order(variants: list[Variant], round_index: int) -> list[Variant | None]:
-    """Ours (None) and every variant, in the order of this round: reversed every other round,
-    so neither side always runs first."""
+    """Ours (None) and every variant, in the order of this round: rotated by one each round,
+    so over as many rounds as there are systems each one runs in every position once. (Only
+    reversing every other round left ours at the two ends, and a run at an end was seen to
+    be slower than an A/A copy in the middle: `same:` beside ours shows such a bias.)"""
     seq: list[Variant | None] = [None, *variants]
-    return seq if round_index % 2 == 0 else seq[::-1]
+    k = round_index % len(seq)
+    return seq[k:] + seq[:k]
 
 
 def _cell(run: dict[str, Any], payload: int, conc: int) -> dict[str, Any] | None:

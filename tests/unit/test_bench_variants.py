@@ -27,10 +27,13 @@ def test_a_bad_spec_says_what_is_allowed(spec: str) -> None:
         variants.parse(spec)
 
 
-def test_the_order_alternates_between_rounds() -> None:
+def test_the_order_rotates_so_every_system_takes_every_position() -> None:
     a, b = Variant("a"), Variant("b")
     assert variants.order([a, b], 0) == [None, a, b]
-    assert variants.order([a, b], 1) == [b, a, None]
+    assert variants.order([a, b], 1) == [a, b, None]
+    assert variants.order([a, b], 2) == [b, None, a]
+    assert variants.order([a, b], 3) == [None, a, b]
+    assert variants.order([], 1) == [None]
 
 
 def _run(system: str, p50s: list[float], rps: list[float], cpu: list[float]) -> dict:
