@@ -173,9 +173,9 @@ ROLE_ENTRYPOINT = "entrypoint"
 
 # --- message headers ---------------------------------------------------------
 
-# A step message carries four: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY, HDR_PUBLISHED
-# (runner.transport.nats), HDR_REQUEST_ID when the client chose the request id, and the trace
-# context (HDR_TRACEPARENT, HDR_TRACESTATE) while tracing is on.
+# A step message carries three: HDR_MSG_ID, HDR_DEADLINE, HDR_REPLY (runner.transport.nats);
+# HDR_REQUEST_ID when the client chose the request id, HDR_PUBLISHED on a call over core NATS
+# (at most once), and the trace context (HDR_TRACEPARENT, HDR_TRACESTATE) while tracing is on.
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication id: "<call id>:<step>"
 HDR_DEADLINE = "Kai-Deadline"  # absolute unix time in seconds, as a decimal string
 HDR_REPLY = "Kai-Reply"  # subject of the final answer: "<entrypoint inbox>.<call id>"
@@ -184,8 +184,9 @@ HDR_ERROR = "Kai-Error"  # on error replies: the message for the client
 HDR_REQUEST_ID = "Kai-Request-Id"  # the client's x-request-id, when it sent one
 HDR_WORKFLOW = "Kai-Workflow"  # no longer sent: the subject names the workflow
 HDR_CLAIM = "Kai-Claim"  # a payload too large for one message: its object in claims_bucket
-# When the step's message was published (unix seconds, a decimal string): the node's queue
-# wait is from this to its handler's start. Every step message carries it.
+# When a call over core NATS (at most once) was sent (unix seconds, a decimal string): the
+# node's queue wait is from this to its handler's start. A JetStream message goes without it:
+# its ack subject has the time the stream stored it (runner.transport.nats).
 HDR_PUBLISHED = "Kai-Published"
 # W3C trace context (https://www.w3.org/TR/trace-context/), only while tracing is on: the
 # span of the process that published the step (the entrypoint's, or the previous node's).

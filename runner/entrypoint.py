@@ -451,7 +451,7 @@ class Entrypoint(RunnerProcess):
         deadline = time.time() + timeout
         envelope = any_pb2.Any(type_url=b.type_url, value=request).SerializeToString()
         headers = step_headers(call_id, 0, f"{deadline:.6f}", self._reply_prefix + call_id,
-                               request_id)
+                               request_id, sent_at=b.at_most_once)
         if self.tracing is not None:
             self.tracing.inject(headers)
         size = t.oversize(envelope, headers, b.at_most_once)

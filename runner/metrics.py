@@ -7,8 +7,8 @@ Entrypoint: requests by rpc and gRPC status code, and their end-to-end time (fro
 the request to answering it) by rpc and status code.
 Node, by workflow and node: messages by outcome; the step's time (from taking the message to
 having passed its output on, or answered, and acked it), the handler's share of it, and the
-queue wait before it (from the step's message being published, HDR_PUBLISHED, to the start
-of the handler).
+queue wait before it (from the step's message being stored, as its JetStream ack subject
+says, or for a call over core NATS sent, HDR_PUBLISHED, to the start of the handler).
 """
 
 from __future__ import annotations

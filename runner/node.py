@@ -22,9 +22,10 @@ again. A handler that raises ``sdk.Abort`` answers its code and message; any oth
 exception answers INTERNAL ``node <name>: <message>``. Sync handlers run in a thread pool.
 
 Metrics (runner.metrics): per route, the step's time, the handler's, and the queue wait
-before it (HDR_PUBLISHED to the handler's start). Tracing (runner.tracing, only when the
-environment turns it on): each step runs in a CONSUMER span, a child of the context its
-message carries, and its output's message carries this span's.
+before it (from the message being stored, ``Delivery.published``, to the handler's start).
+Tracing (runner.tracing, only when the environment turns it on): each step runs in a
+CONSUMER span, a child of the context its message carries, and its output's message carries
+this span's.
 
 A step of an at-most-once workflow (``delivery: at-most-once``) comes as a call of its queue
 group instead (``Transport.serve``, runner.transport.core), and its output goes on as a call
@@ -636,7 +637,7 @@ class NodeProcess(RunnerProcess):
         assert route.next_subject is not None
         headers = step_headers(d.call_id, route.next_step,
                                d.deadline_header or repr(time.time() + self.env.request_timeout),
-                               d.reply, d.request_id)
+                               d.reply, d.request_id, sent_at=route.at_most_once)
         if self.tracing is not None:
             self.tracing.inject(headers)
         size = self.transport.oversize(payload, headers, route.at_most_once)

@@ -185,10 +185,14 @@ class ConsumerState:
 
 
 def step_headers(call_id: str, step: int, deadline: str, reply: str,
-                 request_id: str = "") -> dict[str, str]:
+                 request_id: str = "", sent_at: bool = False) -> dict[str, str]:
     """The headers of a step's input: message id ``"<call id>:<step>"``, deadline (unix
-    seconds), reply subject, the time it is published (HDR_PUBLISHED: now, unix seconds), and
-    HDR_REQUEST_ID when the request id is not the call id.
+    seconds), reply subject, HDR_REQUEST_ID when the request id is not the call id, and with
+    `sent_at` the time it is sent (HDR_PUBLISHED: now, unix seconds).
+
+    `sent_at` is for calls over core NATS (at most once) only: a JetStream message carries
+    the time the stream stored it in its ack subject (:attr:`Delivery.published`), so it
+    goes without that header (one header fewer to encode and parse on every hop).
 
     The call id is unique per rpc call (it keys the reply and de-duplicates a republished
     step); the request id is what node code, logs and records see (``ctx.request_id``). They
@@ -199,10 +203,11 @@ def step_headers(call_id: str, step: int, deadline: str, reply: str,
         contract.HDR_MSG_ID: f"{call_id}:{step}",
         contract.HDR_DEADLINE: deadline,
         contract.HDR_REPLY: reply,
-        contract.HDR_PUBLISHED: f"{time.time():.6f}",
     }
     if request_id and request_id != call_id:
         headers[contract.HDR_REQUEST_ID] = request_id
+    if sent_at:
+        headers[contract.HDR_PUBLISHED] = f"{time.time():.6f}"
     return headers
 
 
@@ -278,7 +283,9 @@ class Delivery(abc.ABC):
 
     @property
     def published(self) -> float:
-        """When the message was published (unix seconds, HDR_PUBLISHED); 0.0 when unknown."""
+        """When the message was stored or sent (unix seconds): HDR_PUBLISHED here (a call
+        over core NATS); a transport that stores messages says when it stored it. 0.0 when
+        unknown."""
         raw = self.headers.get(contract.HDR_PUBLISHED)
         try:
             return float(raw) if raw else 0.0

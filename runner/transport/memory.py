@@ -79,6 +79,7 @@ class _Stored:
     subject: str
     payload: bytes
     headers: dict[str, str]
+    at: float = 0.0  # when it was stored (unix seconds), as JetStream's ack subject says
 
 
 @dataclass
@@ -194,7 +195,7 @@ class _Stream:
                 return  # a duplicate: accepted, not stored
             self._seen[msg_id] = now
         seq = next(self._seq)
-        self.messages[seq] = _Stored(subject, payload, dict(headers))
+        self.messages[seq] = _Stored(subject, payload, dict(headers), time.time())
         for durable in self.consumers.values():
             if durable.filter_subject == subject:
                 durable.ready.append(seq)
@@ -276,12 +277,13 @@ class MemoryBroker:
 class MemoryDelivery(Delivery):
     """A delivery to one transport; settling it needs that transport to be connected."""
 
-    __slots__ = ("_count", "_durable", "_owner", "seq")
+    __slots__ = ("_count", "_durable", "_owner", "_stored_at", "seq")
 
     def __init__(self, durable: _Durable, seq: int, count: int, stored: _Stored,
                  owner: MemoryTransport) -> None:
         self.payload = stored.payload
         self.headers = stored.headers
+        self._stored_at = stored.at
         self._durable = durable
         self._owner = owner
         self.seq = seq
@@ -290,6 +292,10 @@ class MemoryDelivery(Delivery):
     @property
     def delivery_count(self) -> int:
         return self._count
+
+    @property
+    def published(self) -> float:
+        return self._stored_at
 
     async def ack(self) -> None:
         self._owner._check()

@@ -19,11 +19,12 @@
 Wire protocol (see also runner.contract for the names):
 
 * step input (JetStream, subject ``step_subject(p, v, wf, i)``): payload a serialized
-  ``google.protobuf.Any``; four headers: Nats-Msg-Id ``"{call_id}:{step}"`` (so a
+  ``google.protobuf.Any``; three headers: Nats-Msg-Id ``"{call_id}:{step}"`` (so a
   redelivered step publishes no duplicate, and where a node reads the request id from),
-  HDR_DEADLINE (absolute unix seconds), HDR_REPLY, the subject of the answer:
-  ``"{entrypoint inbox}.{call_id}"``, and HDR_PUBLISHED (unix seconds: the node's queue
-  wait starts there); HDR_REQUEST_ID only when the client chose the request id
+  HDR_DEADLINE (absolute unix seconds) and HDR_REPLY, the subject of the answer:
+  ``"{entrypoint inbox}.{call_id}"`` (the node's queue wait starts at the time the stream
+  stored the message, which JetStream puts in its ack subject: ``NatsDelivery.published``);
+  HDR_REQUEST_ID only when the client chose the request id
   (``x-request-id``), which then differs from the call id; and, while tracing is on, the
   W3C trace context (``traceparent``, ``tracestate``: runner.tracing);
 * reply (core NATS, to HDR_REPLY): on success no headers at all, the payload is the
@@ -377,6 +378,19 @@ class NatsDelivery(Delivery):
     @property
     def delivery_count(self) -> int:
         return self.msg.metadata.num_delivered or 1
+
+    @property
+    def published(self) -> float:
+        """When the stream stored the message (unix seconds), from the timestamp JetStream
+        puts in its ack subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
+        <consumer seq>.<ns>.<pending>``, or the 12-token form with a domain and an account
+        hash before the stream and a random token at the end. 0.0 when it is not there."""
+        tokens = (self.msg.reply or "").split(".")
+        at = 7 if len(tokens) == 9 else 9 if len(tokens) >= 12 else 0
+        try:
+            return int(tokens[at]) / 1e9 if at else 0.0
+        except ValueError:
+            return 0.0
 
     # Plain functions returning nats-py's coroutine: no coroutine of ours per settlement.
     def ack(self) -> Awaitable[None]:

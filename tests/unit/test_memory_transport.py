@@ -6,6 +6,7 @@ consumers' state (requests waiting, deliveries, unsettled)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -293,5 +294,29 @@ def test_consumer_state_counts_replicas_with_room_deliveries_and_unsettled(
         await t.disconnect()
         with pytest.raises(Unreachable):
             await t.consumer_state(stream, consumer, 1.0)
+
+    run(scenario)
+
+
+def test_a_delivery_says_when_its_message_was_stored(tmp_path: Path) -> None:
+    """As JetStream's ack subject does: no header carries it (runner.transport.nats)."""
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        t, stream, consumer = await transport(broker, env(tmp_path))
+        got: list[Delivery] = []
+
+        async def handle(d: Delivery) -> None:
+            got.append(d)
+            await d.ack()
+
+        before = time.time()
+        await t.publish(SUBJECT, b"x", step_headers("r1", 0, "0", ""), 1.0)
+        after = time.time()
+        c = t.consume(stream, consumer, handle, 1)
+        await c.start()
+        await until(lambda: bool(got))
+        assert contract.HDR_PUBLISHED not in got[0].headers
+        assert before <= got[0].published <= after
+        await c.stop(1.0)
 
     run(scenario)
