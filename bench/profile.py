@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -207,13 +208,15 @@ def profile_side(side: str, a: argparse.Namespace, spy: str, work: Path) -> dict
                 raise RuntimeError(f"{side}: its processes did not come up under load "
                                    f"(see {out / 'bench.log'})")
             time.sleep(2.0)  # past the warm-up
-            spies = [subprocess.Popen(
-                [spy, "record", "--native", "--nonblocking", "-r", str(a.rate),
-                 "-d", str(a.seconds), "--format", "raw", "-o", str(out / f"{t.name}.txt"),
-                 "--pid", str(t.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for t in targets]  # fmt: skip
-            for s in spies:
-                s.wait(timeout=a.seconds + 60)
+            with contextlib.ExitStack() as logs:
+                spies = [subprocess.Popen(
+                    [spy, "record", "--native", "-r", str(a.rate), "-d", str(a.seconds),
+                     "--format", "raw", "-o", str(out / f"{t.name}.txt"), "--pid", str(t.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=logs.enter_context(open(out / f"{t.name}.py-spy.log", "wb")))
+                    for t in targets]  # fmt: skip
+                for spy_proc in spies:
+                    spy_proc.wait(timeout=a.seconds + 60)
             bench.wait(timeout=600)
         finally:
             if bench.poll() is None:
@@ -227,7 +230,11 @@ def profile_side(side: str, a: argparse.Namespace, spy: str, work: Path) -> dict
     cell = run["cells"][0]
     processes = []
     for t, name in zip(targets, names, strict=True):
-        raw = (out / f"{t.name}.txt").read_text() if (out / f"{t.name}.txt").exists() else ""
+        samples = out / f"{t.name}.txt"
+        if not samples.exists():
+            log = (out / f"{t.name}.py-spy.log").read_text(errors="replace").strip()
+            raise RuntimeError(f"py-spy took no samples of {name}: {log[-300:] or 'no output'}")
+        raw = samples.read_text()
         parts = parse_raw(raw)
         cpu_us = None if cpu.get(name) is None else cpu[name] * 1000
         processes.append({"role": t.role, "name": name, "samples": sum(parts.values()),
