@@ -1145,14 +1145,17 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         return False
     s = result["settings"]
     fig, axes = plt.subplots(
-        1, len(s["payloads"]), figsize=(6 * len(s["payloads"]), 4.5), squeeze=False
+        1, len(s["payloads"]), figsize=(6.5 * len(s["payloads"]), 5), squeeze=False
     )
     runs = result["runs"]
     for ax, payload in zip(axes[0], s["payloads"], strict=True):
         for conc, color in zip(
             s["concurrency"], ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False
         ):
-            for system, style, label in (("kai", "-o", "kai"), ("floor-nats", "--s", "floor")):
+            for system, style, label in (
+                ("kai", "-o", "kai"), (AT_MOST_ONCE_SYSTEM, "x", "kai at most once"),
+                ("floor-js", ":^", "JetStream floor"), ("floor-nats", "--s", "composed floor"),
+            ):
                 xs, p50, p99 = [], [], []
                 for r in sorted(
                     (r for r in runs if r["system"] == system), key=lambda r: r["nodes"]
@@ -1187,7 +1190,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("KAI chain latency vs its floor (gRPC echo + N bare NATS hops)")
+    fig.suptitle("KAI chain latency vs its floors (JetStream: our message pattern without our"
+                 " code; composed: gRPC echo + N bare NATS hops)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
