@@ -266,7 +266,7 @@ def by_role(side: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def table(kai: dict[str, Any], floor: dict[str, Any], a: argparse.Namespace) -> str:
     ours, theirs = by_role(kai), by_role(floor)
     lines = [f"profile: {a.nodes} nodes, {a.payload} B, {a.concurrency} in flight; py-spy"
-             f" {a.rate} Hz for {a.seconds:g} s per process; µs of CPU per answered request"
+             f" {a.rate} Hz for {a.seconds} s per process; µs of CPU per answered request"
              " (each part its share of the process's CPU)",
              f"  throughput: kai {kai['throughput_rps']:.0f} req/s, JetStream floor"
              f" {floor['throughput_rps']:.0f} req/s"]
@@ -304,7 +304,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=3, help="chain length (default 3)")
     p.add_argument("--payload", type=int, default=100, help="payload bytes (default 100)")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
-    p.add_argument("--seconds", type=float, default=12.0, help="seconds sampled (default 12)")
+    p.add_argument("--seconds", type=int, default=12,
+                   help="whole seconds sampled (default 12; py-spy takes whole seconds)")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--json", type=Path, default=RESULTS / "profile.json")
     p.add_argument("--keep", type=Path, help="keep the raw samples and logs in this directory")
