@@ -143,13 +143,15 @@ def test_chain_bench_quick_reports_its_figures(tmp_path: Path) -> None:
 def test_chain_bench_rounds_are_interleaved_and_merged(tmp_path: Path) -> None:
     out = tmp_path / "chain.json"
     # an A/B variant: a directory first on the runner processes' path, whose sitecustomize
-    # leaves a mark per process in the directory its environment variable names
+    # leaves a mark per runner process (`python -m runner ...`; not the entrypoint's protoc
+    # child) in the directory its environment variable names
     patched, marks = tmp_path / "patched", tmp_path / "marks"
     patched.mkdir()
     marks.mkdir()
     (patched / "sitecustomize.py").write_text(
         "import os\n"
-        "if os.environ.get('KAI_BENCH_MARKS'):\n"
+        "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+        "if os.environ.get('KAI_BENCH_MARKS') and argv[1:3] == [b'-m', b'runner']:\n"
         "    open(os.path.join(os.environ['KAI_BENCH_MARKS'], str(os.getpid())), 'w').close()\n"
     )
     proc = run_bench(
