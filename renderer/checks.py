@@ -332,18 +332,25 @@ def crd_validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _crd_problems(file: str, obj: Obj, schema: str, kind: str) -> list[Problem]:
-    """What the bundled CRD schema `schema` of `kind` says of `obj`, strictly."""
-    return [
+def _crd_problems(file: str, obj: Obj, schema: str, kind: str,
+                  api_version: str) -> list[Problem]:
+    """What the bundled CRD schema `schema` of `kind` says of `obj`, strictly, and whether
+    `obj` has the schema's `api_version` (the only version it can check)."""
+    problems = [
         Problem(file, path=_field_path(error.absolute_path) or "(object)",
                 message=f"{error.message} (the {kind} CRD schema, strict)")
         for error in sorted(crd_validator(schema).iter_errors(obj),
                             key=lambda e: list(map(str, e.path)))
     ]
+    if obj.get("apiVersion") != api_version:
+        problems.append(Problem(file, path="apiVersion", message=(
+            f"must be {api_version} (the version of the bundled CRD schema)")))
+    return problems
 
 
 def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
-    problems = _crd_problems(file, obj, PODMONITOR_SCHEMA, "PodMonitor")
+    problems = _crd_problems(file, obj, PODMONITOR_SCHEMA, "PodMonitor",
+                             PODMONITOR_API_VERSION)
     problems += _require(file, obj, {"metadata.name": str, "spec.podMetricsEndpoints": list})
     if _get(obj, "spec.podMetricsEndpoints") == []:
         problems.append(Problem(file, path="spec.podMetricsEndpoints",
@@ -358,9 +365,6 @@ def _check_podmonitor(file: str, obj: Obj) -> list[Problem]:
                 endpoint.get(key) for key in ("port", "portNumber", "targetPort")):
             problems.append(Problem(file, path=f"spec.podMetricsEndpoints[{i}]", message=(
                 "names no port to scrape (port, portNumber or targetPort)")))
-    if obj.get("apiVersion") != PODMONITOR_API_VERSION:
-        problems.append(Problem(file, path="apiVersion", message=(
-            f"must be {PODMONITOR_API_VERSION} (the version of the bundled CRD schema)")))
     return problems
 
 
@@ -372,7 +376,8 @@ _DIGITS = re.compile(r"^[0-9]+$")
 
 
 def _check_scaledobject(file: str, obj: Obj) -> list[Problem]:
-    problems = _crd_problems(file, obj, SCALEDOBJECT_SCHEMA, "KEDA ScaledObject")
+    problems = _crd_problems(file, obj, SCALEDOBJECT_SCHEMA, "KEDA ScaledObject",
+                             SCALEDOBJECT_API_VERSION)
     problems += _require(file, obj, {"metadata.name": str, "spec.scaleTargetRef.name": str})
     low, high = _get(obj, "spec.minReplicaCount"), _get(obj, "spec.maxReplicaCount")
     if isinstance(low, int) and low > (high if isinstance(high, int) else KEDA_MAX_REPLICAS):
@@ -400,9 +405,6 @@ def _check_scaledobject(file: str, obj: Obj) -> list[Problem]:
         if meta.get("useHttps") not in (None, "true", "false"):
             problems.append(Problem(file, path=f"{at}.useHttps",
                                     message='must be "true" or "false"'))
-    if obj.get("apiVersion") != SCALEDOBJECT_API_VERSION:
-        problems.append(Problem(file, path="apiVersion", message=(
-            f"must be {SCALEDOBJECT_API_VERSION} (the version of the bundled CRD schema)")))
     return problems
 
 
@@ -416,7 +418,7 @@ def _check_grpcroute(file: str, obj: Obj) -> list[Problem]:
     Service backend needs a port; refs to one Gateway name distinct listeners); and what
     the CRD leaves optional but a route that carries traffic needs: a parent, a rule, a
     backend, and weights that do not add up to 0."""
-    problems = _crd_problems(file, obj, GRPCROUTE_SCHEMA, "GRPCRoute")
+    problems = _crd_problems(file, obj, GRPCROUTE_SCHEMA, "GRPCRoute", GRPCROUTE_API_VERSION)
     problems += _require(file, obj, {"metadata.name": str, "spec.parentRefs": list,
                                      "spec.rules": list})
     refs = _get(obj, "spec.parentRefs")
@@ -453,9 +455,6 @@ def _check_grpcroute(file: str, obj: Obj) -> list[Problem]:
         if weights == 0:
             problems.append(Problem(file, path=at, message=(
                 "weights add up to 0: every request would fail UNAVAILABLE")))
-    if obj.get("apiVersion") != GRPCROUTE_API_VERSION:
-        problems.append(Problem(file, path="apiVersion", message=(
-            f"must be {GRPCROUTE_API_VERSION} (the version of the bundled CRD schema)")))
     return problems
 
 
