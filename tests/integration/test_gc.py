@@ -59,14 +59,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _env(url: str, project: str, version: str) -> contract.RunnerEnv:
+def _env(url: str, project: str, version: str, auth_dir: str = "") -> contract.RunnerEnv:
     return contract.RunnerEnv(project=project, version=version, version_dir="/nonexistent",
-                              proto="public_input.proto", workflows=(WORKFLOW,), nats_url=url)
+                              proto="public_input.proto", workflows=(WORKFLOW,), nats_url=url,
+                              nats_auth_dir=auth_dir)
 
 
-async def _start_version(url: str, project: str, version: str) -> None:
-    """What a version's entrypoint and nodes create on the server as they start."""
-    transport = NatsTransport(_env(url, project, version))
+async def _start_version(url: str, project: str, version: str, auth_dir: str = "") -> None:
+    """What a version's entrypoint and nodes create on the server as they start (with the
+    credentials in `auth_dir`, laid out as the runner's Secret mount)."""
+    transport = NatsTransport(_env(url, project, version, auth_dir))
     async with asyncio.timeout(LIMIT):
         await transport.connect(f"test {version}")
         try:
@@ -409,6 +411,32 @@ def test_credentials_refused_or_needed(repo: Path, tmp_path: Path) -> None:
     else:
         assert refused == (f"error: cannot connect to NATS at {url}: the server refused the "
                            "credentials of --nats-creds")
+
+
+def test_a_creds_file_the_server_accepts_lists_and_deletes(repo: Path, tmp_path: Path) -> None:
+    """Decentralized JWT auth, as on NGS or a Synadia server: the user's .creds file logs in
+    and gc does its work through it."""
+    from tests.integration.test_nats_auth import operator_setup, secret_dir
+
+    config, good, _ = operator_setup()
+    creds = tmp_path / "user.creds"
+    creds.write_text(good)
+    mount = secret_dir(tmp_path / "mount", {"creds": good})
+    stopped = "KAI_demo_greeter-v1_py-greeting"
+    with NatsServer(store_dir=tmp_path / "nats", extra_config=config) as jwt_server:
+        for version in ("greeter-v1", "greeter-v2"):
+            asyncio.run(asyncio.wait_for(
+                _start_version(jwt_server.url, PROJECT, version, str(mount)), LIMIT))
+        code, out, err = gc(repo, "--nats", jwt_server.url, "--nats-creds", str(creds),
+                            "--yes")
+        assert (code, err) == (0, ""), (out, err)
+        assert out.splitlines()[-1] == ("deleted 2 streams (3 consumers) of version "
+                                        "greeter-v1"), out
+        assert any(stopped in line for line in out.splitlines()), out
+        code, out, err = gc(repo, "--nats", jwt_server.url, "--nats-creds", str(creds),
+                            "--dry-run")
+        assert (code, err) == (0, ""), (out, err)
+        assert out.splitlines()[-1].startswith("nothing to collect: project demo"), out
 
 
 def test_usage_errors(repo: Path, tmp_path: Path) -> None:
