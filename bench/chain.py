@@ -66,6 +66,7 @@ from typing import Any
 
 from bench import variants
 from bench.procs import Child, ProcessGroup, proc_status_kb, sigterm_as_interrupt, wait_for_line
+from bench.targets import payload_size
 from bench.targets import target as _target
 from bench.variants import Variant
 
@@ -895,8 +896,7 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _size(n: int) -> str:
-    return f"{n // 1024} KB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+_size = payload_size
 
 
 def cell_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:

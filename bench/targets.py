@@ -26,6 +26,11 @@ DEV_START_S = 1.5
 CHAIN_NODES = 3  # the chain the ratio targets name
 
 
+def payload_size(n: int) -> str:
+    """A payload's size as the benchmarks print it: "100 B", "100 KB", "8192 KB"."""
+    return f"{n // 1024} KB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
 def target(name: str, value: float | None, limit: float, better: str, unit: str,
            detail: str = "") -> dict[str, Any]:
     """One target: `better` is "max" (met when value ≤ limit) or "min" (value ≥ limit)."""
@@ -67,14 +72,14 @@ def chain_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     row = _row(analysis["rows"], CHAIN_NODES, small, lo)
     js = row.get("js_floor") or {}
     out.append(target(
-        f"{CHAIN_NODES} nodes, {small} B, {lo} in flight: p50 ÷ JetStream floor's",
+        f"{CHAIN_NODES} nodes, {payload_size(small)}, {lo} in flight: p50 ÷ JetStream floor's",
         (row.get("ratio_to_js") or {}).get("p50"), P50_VS_JS, "max", "×",
         f"kai {_ms(row.get('kai'), 'p50_ms')} ms, floor {_ms(js, 'p50_ms')} ms" if js else "",
     ))  # fmt: skip
     row = _row(analysis["rows"], CHAIN_NODES, small, top)
     js = row.get("js_floor") or {}
     out.append(target(
-        f"{CHAIN_NODES} nodes, {small} B, {top} in flight: req/s ÷ JetStream floor's",
+        f"{CHAIN_NODES} nodes, {payload_size(small)}, {top} in flight: req/s ÷ JetStream floor's",
         (row.get("ratio_to_js") or {}).get("throughput"), THROUGHPUT_VS_JS, "min", "×",
         f"kai {_ms(row.get('kai'), 'throughput_rps', 0)} req/s, floor"
         f" {_ms(js, 'throughput_rps', 0)} req/s" if js else "",
@@ -123,7 +128,7 @@ def peer_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             detail = why
             if worst:
                 r = worst[1]
-                detail = (f"worst cell: {r['nodes']} nodes, {r['payload']} B,"
+                detail = (f"worst cell: {r['nodes']} nodes, {payload_size(r['payload'])},"
                           f" {r['concurrency']} in flight")
             out.append(target(f"{name}: {label}, every cell", worst[0] if worst else None,
                               PEER_FACTOR, "min", "×", detail))
