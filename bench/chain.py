@@ -242,6 +242,19 @@ def cpu_summary(
     return out
 
 
+def drive(group: ProcessGroup, client: str, kind: str, target: list[str], s: Settings,
+          cells: list[tuple[int, int]] | None, children: list[Child], roles: dict[str, str],
+          others: dict[str, int] | None = None,
+          ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Drive serving `children` with the load client (`run_loadgen`), their RSS and CPU (and
+    that of `others`, e.g. nats-server) sampled meanwhile: (the load's result, the processes'
+    report, CPU per request)."""
+    with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
+        load = run_loadgen(group, client, kind, target, s, cells)
+    processes = rss.report(roles)
+    return load, processes, cpu_summary(load, processes, rss.others_cpu())
+
+
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -359,16 +372,9 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings,
         stdout_pipe=True,
     )
     wait_for_line(server, b"READY", s.startup_timeout)
-    with RssSampler({server.name: server.pid}) as rss:
-        load = run_loadgen(
-            group,
-            f"client-{system}",
-            "grpc",
-            ["--address", f"127.0.0.1:{port}", "--method", METHOD],
-            s,
-            cells,
-        )
-    processes = rss.report({server.name: "floor"})
+    load, processes, cpu = drive(group, f"client-{system}", "grpc",
+                                 ["--address", f"127.0.0.1:{port}", "--method", METHOD], s,
+                                 cells, [server], {server.name: "floor"})
     group.stop(server)
     return {
         "system": system,
@@ -377,7 +383,7 @@ def measure_grpc_floor(group: ProcessGroup, s: Settings,
         "client_loop": load.get("loop"),
         "cells": load["cells"],
         "processes": processes,
-        "cpu": cpu_summary(load, processes, {}),
+        "cpu": cpu,
     }
 
 
@@ -401,17 +407,9 @@ def measure_nats_floor(
         )
     for hop in hops:
         wait_for_line(hop, b"READY", s.startup_timeout)
-    with RssSampler({h.name: h.pid for h in hops}, others=others) as rss:
-        load = run_loadgen(
-            group,
-            f"client-{system}{n}",
-            "nats",
-            ["--url", nats_url, "--subject", f"floor{n}.s0"],
-            s,
-            cells,
-        )
-    processes = rss.report({h.name: "floor" for h in hops})
-    cpu = cpu_summary(load, processes, rss.others_cpu())
+    load, processes, cpu = drive(group, f"client-{system}{n}", "nats",
+                                 ["--url", nats_url, "--subject", f"floor{n}.s0"], s, cells,
+                                 hops, {h.name: "floor" for h in hops}, others)
     for hop in hops:
         group.stop(hop)
     return {
@@ -463,11 +461,9 @@ def measure_js_floor(
     children = [front, *hops]
     address = f"127.0.0.1:{port}"
     startup = wait_ready(group, children, address, s.startup_timeout)
-    with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
-        load = run_loadgen(group, f"client-{system}{n}", "grpc",
-                           ["--address", address, "--method", METHOD], s, cells)
-    processes = rss.report({c.name: "floor" for c in children})
-    cpu = cpu_summary(load, processes, rss.others_cpu())
+    load, processes, cpu = drive(group, f"client-{system}{n}", "grpc",
+                                 ["--address", address, "--method", METHOD], s, cells,
+                                 children, {c.name: "floor" for c in children}, others)
     for c in children:
         group.stop(c)
     return {
@@ -617,13 +613,9 @@ def measure_ours(
         roles[name] = role
     address = f"127.0.0.1:{grpc_port}"
     startup = wait_ready(group, children, address, s.startup_timeout)
-    with RssSampler({c.name: c.pid for c in children}, others=others) as rss:
-        load = run_loadgen(
-            group, f"client-{system}-n{n}", "grpc", ["--address", address, "--method", METHOD],
-            s, cells,
-        )
-    processes = rss.report(roles)
-    cpu = cpu_summary(load, processes, rss.others_cpu())
+    load, processes, cpu = drive(group, f"client-{system}-n{n}", "grpc",
+                                 ["--address", address, "--method", METHOD], s, cells,
+                                 children, roles, others)
     for c in children:
         if not c.alive():
             raise RuntimeError(f"{c.name} died during the run:\n{c.log_tail()}")
