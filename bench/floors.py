@@ -33,7 +33,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 GRPC_OPTIONS = [
@@ -62,16 +62,15 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def grpc_echo(port: int, method: str, loop_name: str) -> None:
+async def _serve_until_signal(port: int, method: str, loop_name: str,
+                              call: Callable[..., Awaitable[bytes]]) -> None:
+    """Serve `method` (bytes in, bytes out) with `call` on loopback `port`, say READY, and
+    stop on SIGTERM or SIGINT."""
     import grpc
 
     service, _, rpc = method.strip("/").rpartition("/")
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return request
-
     handler = grpc.method_handlers_generic_handler(
-        service, {rpc: grpc.unary_unary_rpc_method_handler(echo)}
+        service, {rpc: grpc.unary_unary_rpc_method_handler(call)}
     )
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
@@ -80,6 +79,15 @@ async def grpc_echo(port: int, method: str, loop_name: str) -> None:
     print(f"READY loop={loop_name}", flush=True)
     await _until_signal()
     await server.stop(grace=1.0)
+
+
+async def grpc_echo(port: int, method: str, loop_name: str) -> None:
+    import grpc
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    await _serve_until_signal(port, method, loop_name, echo)
 
 
 async def nats_hop(url: str, subject: str, next_subject: str | None, loop_name: str) -> None:
@@ -171,17 +179,7 @@ async def js_front(port: int, method: str, url: str, stream: str, subjects: str,
             acks.pop(call, None)
             replies.pop(call, None)
 
-    service, _, rpc = method.strip("/").rpartition("/")
-    handler = grpc.method_handlers_generic_handler(
-        service, {rpc: grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"READY loop={loop_name}", flush=True)
-    await _until_signal()
-    await server.stop(grace=1.0)
+    await _serve_until_signal(port, method, loop_name, echo)
     with contextlib.suppress(Exception):
         await nc.drain()
 
