@@ -70,7 +70,7 @@ def _run_protoc(args: list[str], in_child: bool = False) -> tuple[int, str]:
                                   capture_output=True, timeout=CHILD_TIMEOUT,
                                   stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
-            return 1, f"protoc did not finish within {CHILD_TIMEOUT:.0f}s"
+            return 1, f"protoc did not finish within {CHILD_TIMEOUT:g}s"
         return done.returncode, done.stderr.decode("utf-8", "replace")
     from grpc_tools import protoc
 

@@ -59,3 +59,34 @@ def test_a_child_compile_leaves_the_compiler_out_of_this_process(version: Path) 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_stalled_compiler_child_ends_in_one_error_at_its_timeout(
+        version: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from runner import proto
+
+    monkeypatch.setattr(proto.sys, "executable", _fake_python(tmp_path, "exec sleep 30"))
+    monkeypatch.setattr(proto, "CHILD_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(ProtoError, match=r"main\.proto: protoc did not finish within 0\.5s"):
+        compile_proto(version, "main.proto", in_child=True)
+    assert time.monotonic() - started < 10
+
+
+def test_a_compiler_child_killed_by_a_signal_is_an_error_not_a_result(
+        version: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import proto
+
+    monkeypatch.setattr(proto.sys, "executable", _fake_python(tmp_path, "kill -9 $$"))
+    with pytest.raises(ProtoError) as err:
+        compile_proto(version, "main.proto", in_child=True)
+    assert [str(p) for p in err.value.problems] == ["main.proto: protoc failed"]
